@@ -1,0 +1,25 @@
+"""`relist` command line: a thin typer layer over library functions.
+
+Each area registers its commands from its own module, so adding a command
+never means editing another area's file.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="relist: ranking and whole-list re-ranking for e-commerce feeds.", no_args_is_help=True)
+train_app = typer.Typer(help="Train a model (ranking, evaluator, generator).", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate policies and models; prints a table and writes JSON.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+
+
+def _register_all() -> None:
+    from relist.cli import commands_sim
+
+    for module in (commands_sim,):
+        module.register(app, train_app, eval_app)
+
+
+_register_all()
