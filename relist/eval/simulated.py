@@ -80,16 +80,13 @@ def policy_table(
 
 def print_policy_table(report: dict, title: str = "True expected reward per request (simulator)",
                        console: Console | None = None) -> None:
-    table = Table(title=title)
+    """Each cell: mean ±95% CI, then change vs the logging policy and % of the oracle."""
+    table = Table(title=title, caption="cell: mean ±95% CI / change vs logging, % of oracle")
     table.add_column("policy")
     for metric in OBJECTIVES:
-        table.add_column(f"{metric.upper()} (±95%)", justify="right")
-        table.add_column("vs logging", justify="right")
-        table.add_column("% oracle", justify="right")
+        table.add_column(metric.upper(), justify="right")
     for name, row in report["policies"].items():
-        cells = []
-        for metric in OBJECTIVES:
-            r = row[metric]
-            cells += [f"{r['mean']:.3f} ±{r['ci95']:.3f}", f"{100 * r['vs_logging']:+.1f}%", f"{r['pct_oracle']:.1f}"]
+        cells = [f"{r['mean']:.3f} ±{r['ci95']:.3f}\n{100 * r['vs_logging']:+.1f}%, {r['pct_oracle']:.0f}%"
+                 for r in (row[metric] for metric in OBJECTIVES)]
         table.add_row(name, *cells)
     (console or Console()).print(table)

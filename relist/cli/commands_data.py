@@ -1,0 +1,43 @@
+"""`relist convert`: real data sets into relist's Parquet tables."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+class Dataset(str, Enum):
+    letor = "letor"
+    amazon = "amazon"
+    yandex = "yandex"
+    obd = "obd"
+
+
+def convert(
+    dataset: Dataset = typer.Argument(..., help="Which data set format SRC is in."),
+    src: Path = typer.Option(..., help=(
+        "letor: an S*.txt[.gz] file or a directory of them; amazon: the folder with item_meta.csv.gz and "
+        "train.csv.gz; yandex: sessions_long.tsv.gz; obd: a log file <policy>/<campaign>.csv.gz "
+        "(its <campaign>_item_context.csv.gz must lie beside it).")),
+    out: Path = typer.Option(..., help="Directory for items.parquet, users.parquet, lists.parquet and extras."),
+) -> None:
+    """Convert a real data set into the DESIGN §4 tables (the mapping is in each loader's docstring)."""
+    from relist.data.loaders import LOADERS
+    from relist.data.schema import SchemaError
+
+    try:
+        tables = LOADERS[dataset.value](src)
+    except SchemaError as err:
+        console.print(f"[red]bad input:[/red] {err}")
+        raise typer.Exit(1) from None
+    for path in tables.write(out):
+        console.print(f"wrote {path}")
+
+
+def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:
+    app.command("convert")(convert)

@@ -1,0 +1,116 @@
+"""Id-indexed feature arrays shared by every model: item side information and user history.
+
+Models receive ids and look features up here, so a request needs only ids.
+Ids the store has never seen (new items at serving time) map to the padding
+row 0, whose features are the neutral defaults; ``known_items`` tells them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from relist.data.padding import PAD_ID, pad_lists
+
+PRICE_BUCKETS = 16
+
+
+@dataclass
+class FeatureStore:
+    item_cate: np.ndarray  # [n_items + 1] int64, 0 = unknown (real categories are shifted by +1)
+    item_shop: np.ndarray  # [n_items + 1] int64, 0 = unknown
+    item_price: np.ndarray  # [n_items + 1] float32, standardised log price, 0 = unknown
+    item_price_bucket: np.ndarray  # [n_items + 1] int64 in [0, PRICE_BUCKETS]
+    user_segment: np.ndarray  # [n_users + 1] int64, 0 = unknown
+    user_hist: np.ndarray  # [n_users + 1, L] item ids, most recent first, PAD_ID padded
+    user_hist_mask: np.ndarray  # [n_users + 1, L] bool
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_cate) - 1
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_segment) - 1
+
+    @property
+    def n_cates(self) -> int:
+        """Vocabulary size of category embeddings (including the unknown id 0)."""
+        return int(self.item_cate.max()) + 1
+
+    @property
+    def n_shops(self) -> int:
+        return int(self.item_shop.max()) + 1
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.user_segment.max()) + 1
+
+    @classmethod
+    def from_tables(cls, items: pa.Table, users: pa.Table) -> FeatureStore:
+        item_id = items.column("item_id").to_numpy()
+        size = int(item_id.max()) + 1
+        cate = np.zeros(size, np.int64)
+        shop = np.zeros(size, np.int64)
+        price = np.zeros(size, np.float32)
+        cate[item_id] = items.column("cate_id").to_numpy() + 1
+        shop[item_id] = items.column("shop_id").to_numpy() + 1
+        log_price = np.log1p(np.maximum(items.column("price").to_numpy().astype(np.float64), 0.0))
+        price[item_id] = (log_price - log_price.mean()) / (log_price.std() + 1e-6)
+        edges = np.quantile(price[item_id], np.linspace(0, 1, PRICE_BUCKETS + 1)[1:-1])
+        bucket = np.zeros(size, np.int64)
+        bucket[item_id] = np.searchsorted(edges, price[item_id]) + 1
+
+        user_id = users.column("user_id").to_numpy()
+        n_users = int(user_id.max()) + 1
+        segment = np.zeros(n_users, np.int64)
+        if "segment" in users.column_names:
+            segment[user_id] = users.column("segment").to_numpy() + 1
+        hist_rows, hist_row_mask = pad_lists(users.column("hist_items").to_pylist())
+        hist = np.full((n_users, hist_rows.shape[1]), PAD_ID, np.int64)
+        hist_mask = np.zeros(hist.shape, bool)
+        known = np.where(hist_rows < size, hist_rows, PAD_ID)
+        hist[user_id], hist_mask[user_id] = known, hist_row_mask & (known != PAD_ID)
+        return cls(cate, shop, price, bucket, segment, hist, hist_mask)
+
+    @classmethod
+    def from_dir(cls, data_dir: str | Path) -> FeatureStore:
+        from relist.data.logs import read_items, read_users
+
+        return cls.from_tables(read_items(data_dir), read_users(data_dir))
+
+    def known_items(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        return (ids > 0) & (ids <= self.n_items)
+
+    def item_index(self, ids: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Ids as tensor rows of this store: unknown ids become 0 (neutral features)."""
+        ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+        return torch.where((ids > 0) & (ids <= self.n_items), ids, torch.zeros_like(ids))
+
+    def item_features(self, ids: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Side information of items, any shape of ids."""
+        rows = self.item_index(ids)
+        return {
+            "item": rows,
+            "cate": torch.from_numpy(self.item_cate)[rows],
+            "shop": torch.from_numpy(self.item_shop)[rows],
+            "price": torch.from_numpy(self.item_price)[rows],
+            "price_bucket": torch.from_numpy(self.item_price_bucket)[rows],
+        }
+
+    def user_features(self, user_ids: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Profile and behaviour history of users (unknown users get an empty history)."""
+        ids = torch.as_tensor(np.asarray(user_ids), dtype=torch.long)
+        rows = torch.where((ids > 0) & (ids <= self.n_users), ids, torch.zeros_like(ids))
+        hist = torch.from_numpy(self.user_hist)[rows]
+        return {
+            "segment": torch.from_numpy(self.user_segment)[rows],
+            "hist": hist,
+            "hist_cate": torch.from_numpy(self.item_cate)[hist],
+            "hist_mask": torch.from_numpy(self.user_hist_mask)[rows],
+        }

@@ -1,0 +1,147 @@
+"""Business rules every list generator obeys: category scatter, a shop cap and pinned slots.
+
+Generators fill a list slot by slot, so the rules are exposed as a vectorised
+per-slot mask (``allowed_mask``) that a decoder combines with its scores, plus
+``check`` for whole lists. When no candidate satisfies every rule at some slot
+(e.g. all remaining candidates share one category), ``feasible_mask`` relaxes
+the rules step by step — first the scatter window, then the shop cap — and
+flags the row, so a generator still returns its best partial-rule list and the
+caller knows it broke a rule.
+
+Conventions: category and shop 0 mean "unknown" (relist.data.features) and never
+conflict with anything; ``pinned`` maps a slot to an item id that must stand
+there whenever it is among the request's candidates (it then also may not
+appear at any other slot). A pinned item at its slot is exempt from the scatter
+and shop rules — the business put it there — but the items after it are not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from relist.data.features import FeatureStore
+
+UNKNOWN = 0
+
+
+@dataclass(frozen=True)
+class BusinessRules:
+    cate_window: int = 2  # no item of the same category as any of the previous w items (0 = off)
+    max_per_shop: int | None = None  # at most q items of one shop per list (None = off)
+    pinned: Mapping[int, int] = field(default_factory=dict)  # slot -> item id
+
+    def allowed_mask(
+        self,
+        prefix_cates: torch.Tensor,
+        prefix_shops: torch.Tensor,
+        cand_cates: torch.Tensor,
+        cand_shops: torch.Tensor,
+        chosen: torch.Tensor,
+        slot: int,
+        *,
+        cand_ids: torch.Tensor | None = None,
+        cand_mask: torch.Tensor | None = None,
+        window: int | None = None,
+        shop_cap: bool = True,
+    ) -> torch.Tensor:
+        """Candidates [B, m] that may fill ``slot`` after a prefix [B, t] without breaking a rule.
+
+        ``chosen`` marks candidates already in the prefix and ``cand_mask`` real
+        (non-padding) candidates; ``cand_ids`` is needed only when slots are
+        pinned. ``window``/``shop_cap`` override the rules (used to relax them).
+        """
+        allowed = ~chosen
+        if cand_mask is not None:
+            allowed = allowed & cand_mask
+        pinned_here = self._pinned_candidates(cand_ids, slot, allowed)
+        if pinned_here is not None:
+            has_pin = pinned_here.any(1, keepdim=True)
+            allowed = torch.where(has_pin, pinned_here, allowed & ~self._pinned_elsewhere(cand_ids, slot))
+        else:
+            has_pin = torch.zeros(allowed.shape[0], 1, dtype=torch.bool, device=allowed.device)
+        window = self.cate_window if window is None else window
+        if window > 0 and prefix_cates.shape[1] > 0:
+            recent = prefix_cates[:, -window:]
+            clash = (recent[:, :, None] == cand_cates[:, None, :]).any(1) & (cand_cates != UNKNOWN)
+            allowed = allowed & (~clash | has_pin)
+        if shop_cap and self.max_per_shop is not None and prefix_shops.shape[1] > 0:
+            count = (prefix_shops[:, :, None] == cand_shops[:, None, :]).sum(1)
+            full = (count >= self.max_per_shop) & (cand_shops != UNKNOWN)
+            allowed = allowed & (~full | has_pin)
+        return allowed
+
+    def feasible_mask(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``allowed_mask``, but rows left with no candidate get the least relaxed rules that leave one.
+
+        Returns the mask and a [B] flag of rows that had to relax a rule. The
+        order of relaxation: shrink the scatter window one step at a time, then
+        also drop the shop cap (never the no-repeat and padding constraints).
+        """
+        mask = self.allowed_mask(*args, **kwargs)
+        relaxed = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+        empty = ~mask.any(1)
+        steps = [(w, True) for w in range(self.cate_window - 1, -1, -1)] + [(0, False)]
+        for window, shop_cap in steps:
+            if not empty.any():
+                break
+            looser = self.allowed_mask(*args, **kwargs, window=window, shop_cap=shop_cap)
+            fix = empty & looser.any(1)
+            mask = torch.where(fix[:, None], looser, mask)
+            relaxed |= fix
+            empty &= ~fix
+        return mask, relaxed
+
+    def check(
+        self,
+        list_cates: torch.Tensor,
+        list_shops: torch.Tensor,
+        list_ids: torch.Tensor | None = None,
+        candidates: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per list [B, n]: True when it keeps every rule (pinned slots need ids and candidates)."""
+        n = list_cates.shape[1]
+        ok = torch.ones(list_cates.shape[0], dtype=torch.bool, device=list_cates.device)
+        exempt = torch.zeros_like(list_cates, dtype=torch.bool)
+        if self.pinned and list_ids is not None and candidates is not None:
+            for slot, item in self.pinned.items():
+                present = (candidates == item).any(1)
+                elsewhere = (list_ids == item) & (torch.arange(n, device=list_ids.device) != slot)
+                ok &= ~elsewhere.any(1)
+                if slot < n:
+                    ok &= ~present | (list_ids[:, slot] == item)
+                    exempt[:, slot] = list_ids[:, slot] == item
+        known_cate = list_cates != UNKNOWN
+        for lag in range(1, min(self.cate_window, n - 1) + 1):
+            clash = (list_cates[:, lag:] == list_cates[:, :-lag]) & known_cate[:, lag:] & ~exempt[:, lag:]
+            ok &= ~clash.any(1)
+        if self.max_per_shop is not None:
+            same = list_shops[:, :, None] == list_shops[:, None, :]
+            earlier = torch.ones(n, n, dtype=torch.bool, device=list_shops.device).tril()
+            count = (same & earlier).sum(2)  # items of this shop up to and including each slot
+            over = (count > self.max_per_shop) & (list_shops != UNKNOWN) & ~exempt
+            ok &= ~over.any(1)
+        return ok
+
+    def _pinned_candidates(self, cand_ids: torch.Tensor | None, slot: int, allowed: torch.Tensor):
+        if slot not in self.pinned or cand_ids is None:
+            return None
+        return (cand_ids == self.pinned[slot]) & allowed
+
+    def _pinned_elsewhere(self, cand_ids: torch.Tensor | None, slot: int) -> torch.Tensor:
+        """Candidates reserved for a later pinned slot."""
+        if cand_ids is None or not self.pinned:
+            return torch.zeros((), dtype=torch.bool)
+        later = [item for s, item in self.pinned.items() if s != slot]
+        if not later:
+            return torch.zeros_like(cand_ids, dtype=torch.bool)
+        return torch.isin(cand_ids, torch.as_tensor(later, dtype=cand_ids.dtype, device=cand_ids.device))
+
+
+def item_attributes(store: FeatureStore, ids: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Category and shop of items of any shape, as the rules read them (0 = unknown)."""
+    features = store.item_features(ids)
+    return features["cate"], features["shop"]

@@ -1,0 +1,305 @@
+"""One training loop for every model in relist: supervised, distillation and policy gradient.
+
+The loop knows nothing about models: a model maps a batch to named logits and a loss maps
+``(outputs, batch)`` to named terms plus ``"loss"``.  What it owns is what is easy to get subtly
+wrong around them: early stopping on a validation metric, files that are never half-written,
+resume that reproduces the uninterrupted run bit for bit, and DDP.
+
+Exact resume without saving generator states: every epoch starts by seeding torch, numpy and
+``random`` from ``(seed, epoch, rank)``, so a resumed epoch draws the same numbers as the original
+on any number of ranks.  ``train_batches`` should likewise depend only on its arguments.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from relist.train.config import TrainConfig, save_config
+from relist.train.distributed import DistEnv, init_from_env
+
+LossFn = Callable[[dict[str, Tensor], dict[str, Tensor]], dict[str, Tensor]]
+BatchFn = Callable[[int, int, int], Iterable[Mapping[str, Any]]]
+ValidateFn = Callable[[nn.Module], Mapping[str, float]]
+
+BEST = "model.safetensors"
+LAST = Path("checkpoints") / "last.safetensors"
+STATE = Path("checkpoints") / "last_state.pt"
+LOG = "train_log.csv"
+CURVES = "training_curves.png"
+CONFIG = "train_config.yaml"
+
+
+class CheckpointError(RuntimeError):
+    """A weights or training-state file that is missing, corrupt or does not fit; names the file."""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of :func:`fit`; the model itself ends with the last epoch's weights."""
+
+    best_path: Path
+    best_epoch: int
+    best_metric: float
+    epochs: int
+    stopped_early: bool
+    history: list[dict[str, float]]
+
+
+@dataclass
+class _Progress:
+    """Everything besides weights and optimizer that a resumed run needs (saved in last_state.pt)."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    train_batches: BatchFn,
+    validate: ValidateFn,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+) -> FitResult:
+    """Train ``model`` with AdamW until ``cfg.epochs`` or early stopping on ``cfg.monitor``.
+
+    ``train_batches(epoch, rank, world_size)`` yields this rank's batches (tensors or numpy arrays);
+    ``validate(model)`` runs on rank 0 only, on the bare module, under ``torch.no_grad``, and
+    returns metrics that are then shared with all ranks.  Only rank 0 writes into ``out_dir``;
+    with ``resume`` every rank reads the last checkpoint from it (so under multi-node DDP it must
+    be on shared storage).
+    """
+    out_dir = Path(out_dir)
+    env = init_from_env(cfg.device)
+    main = env.rank == 0
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    model.to(env.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    progress = _load_checkpoint(out_dir, model, optimizer) if resume else _Progress()
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / CONFIG)
+    net = env.wrap(model)
+    while progress.epoch < cfg.epochs and not _should_stop(progress, cfg):
+        epoch = progress.epoch
+        _seed(cfg.seed, epoch, env.rank)
+        start = perf_counter()
+        batches = islice(train_batches(epoch, env.rank, env.world_size), cfg.max_steps_per_epoch)
+        bar = tqdm(env.lockstep(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not main)
+        losses, samples, steps = _train_epoch(net, loss_fn, optimizer, bar, params, cfg, env)
+        seconds = perf_counter() - start
+        if steps == 0:
+            raise ValueError(f"train_batches gave no batches in epoch {epoch} (on at least one rank)")
+        if not math.isfinite(losses["loss"]):
+            raise FloatingPointError(f"training loss is {losses['loss']} in epoch {epoch}; lower lr or set grad_clip")
+        metrics = env.broadcast(_validate(model, validate) if main else None)
+        value = _monitored(metrics, cfg, epoch)
+        bar.set_postfix(loss=f"{losses['loss']:.4g}", **{cfg.monitor: f"{value:.4g}"})
+        bar.close()
+        progress.history.append(
+            {"epoch": epoch}
+            | {f"train_{name}": v for name, v in losses.items()}
+            | {f"val_{name}": float(v) for name, v in metrics.items()}
+            | {"seconds": seconds, "samples_per_s": samples / seconds}
+        )
+        progress.epoch, progress.step = epoch + 1, progress.step + steps
+        if progress.best is None or (value > progress.best if cfg.monitor_mode == "max" else value < progress.best):
+            progress.best, progress.best_epoch, progress.bad_epochs = value, epoch, 0
+            if main:
+                save_weights(model, out_dir / BEST, {"epoch": str(epoch), cfg.monitor: repr(value)})
+        else:
+            progress.bad_epochs += 1
+        if main:
+            _write_log(out_dir, progress, cfg.monitor)
+            _save_checkpoint(out_dir, model, optimizer, progress)
+    return FitResult(
+        out_dir / BEST, progress.best_epoch, progress.best, progress.epoch, _should_stop(progress, cfg),
+        progress.history,
+    )
+
+
+def _train_epoch(
+    net: nn.Module,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Mapping[str, Any]],
+    params: list[nn.Parameter],
+    cfg: TrainConfig,
+    env: DistEnv,
+) -> tuple[dict[str, float], int, int]:
+    """One pass; returns mean loss terms over all ranks' samples, the global sample count and steps."""
+    net.train()
+    sums: dict[str, Tensor] = {}
+    samples = steps = 0
+    for raw in batches:
+        batch = to_device(raw, env.device)
+        terms = _loss_terms(loss_fn, net(batch), batch)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        n = len(next(iter(batch.values())))
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value.detach().double() * n
+        samples, steps = samples + n, steps + 1
+    names = sorted(sums)
+    totals = env.sum(torch.stack([torch.tensor(samples, dtype=torch.float64)] + [sums[k].cpu() for k in names]))
+    total_samples = totals[0].item()
+    return {k: (v / total_samples).item() for k, v in zip(names, totals[1:], strict=True)}, int(total_samples), steps
+
+
+def _loss_terms(loss_fn: LossFn, outputs: Any, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Apply ``loss_fn`` and enforce the model/loss contract with messages that say what is wrong."""
+    if not isinstance(outputs, Mapping):
+        raise TypeError(f"model.forward must return a dict of named logits, got {type(outputs).__name__}")
+    terms = loss_fn(outputs, batch)
+    if not isinstance(terms, Mapping) or "loss" not in terms:
+        got = sorted(terms) if isinstance(terms, Mapping) else type(terms).__name__
+        raise ValueError(f"loss_fn must return a dict with a 'loss' entry (the total to minimise); got {got}")
+    if terms["loss"].dim() != 0:
+        raise ValueError(f"loss_fn's 'loss' must be a scalar, got shape {tuple(terms['loss'].shape)}")
+    return terms
+
+
+def _validate(model: nn.Module, validate: ValidateFn) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        return {name: float(value) for name, value in validate(model).items()}
+
+
+def _monitored(metrics: Mapping[str, float], cfg: TrainConfig, epoch: int) -> float:
+    """The early-stopping value; runs on every rank after the broadcast, so all raise together."""
+    if cfg.monitor not in metrics:
+        raise ValueError(f"validate() returned {sorted(metrics)}, which lacks monitor '{cfg.monitor}'")
+    value = metrics[cfg.monitor]
+    if not math.isfinite(value):
+        raise ValueError(f"validation metric '{cfg.monitor}' is {value} in epoch {epoch}")
+    return value
+
+
+def _should_stop(progress: _Progress, cfg: TrainConfig) -> bool:
+    return cfg.patience is not None and progress.bad_epochs >= cfg.patience
+
+
+def _seed(seed: int, epoch: int, rank: int) -> None:
+    """Seed every generator from (seed, epoch, rank): resumed epochs replay exactly, ranks differ."""
+    value = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Tensor]:
+    """A batch of tensors or numpy arrays as tensors on ``device`` (numpy is shared, not copied)."""
+    return {name: torch.as_tensor(value).to(device, non_blocking=True) for name, value in batch.items()}
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write the model's state as safetensors, atomically (a reader never sees half a file)."""
+    _atomic_write(Path(path), lambda tmp: save_model(model, str(tmp), metadata=metadata))
+
+
+def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
+    """Load safetensors weights into ``model`` (strict) and return the file's metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata() or {}
+        load_model(model, path, strict=True)
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({err})") from err
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the model: {err}") from err
+    return metadata
+
+
+def _save_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: _Progress) -> None:
+    """Weights then state, each atomic; the epoch in both lets a resume detect a torn pair."""
+    save_weights(model, out_dir / LAST, {"epoch": str(progress.epoch)})
+    state = {"progress": asdict(progress), "optimizer": optimizer.state_dict()}
+    _atomic_write(out_dir / STATE, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> _Progress:
+    path = out_dir / STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training state to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        progress = _Progress(**state["progress"])
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as err:  # torch.load and load_state_dict raise many types for one cause
+        raise CheckpointError(f"{path}: corrupt or incompatible training state ({type(err).__name__}: {err})") from err
+    weights_epoch = load_weights(model, out_dir / LAST).get("epoch")
+    if weights_epoch != str(progress.epoch):
+        raise CheckpointError(
+            f"{out_dir / LAST}: weights are from epoch {weights_epoch} but {path} is from epoch {progress.epoch} "
+            "(interrupted while saving?)"
+        )
+    return progress
+
+
+def _write_log(out_dir: Path, progress: _Progress, monitor: str) -> None:
+    """Rewrite the CSV and the curves from the history, so they always match the checkpoint."""
+    columns = list(dict.fromkeys(name for row in progress.history for name in row))
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(progress.history)
+
+    _atomic_write(out_dir / LOG, write_csv)
+    _atomic_write(out_dir / CURVES, lambda tmp: _plot(progress, monitor).savefig(tmp, format="png"))
+
+
+def _plot(progress: _Progress, monitor: str):
+    from matplotlib.figure import Figure  # no pyplot: renders with Agg and touches no global state
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    epochs = [row["epoch"] for row in progress.history]
+    for ax, prefix in zip(fig.subplots(1, 2), ("train_", "val_"), strict=True):
+        for name in progress.history[-1]:
+            if name.startswith(prefix):
+                ax.plot(epochs, [row.get(name, math.nan) for row in progress.history], marker=".", label=name)
+        ax.axvline(progress.best_epoch, color="grey", linestyle=":", label=f"best {monitor}")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    return fig
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary sibling, then rename it over ``path`` (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
