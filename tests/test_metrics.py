@@ -143,6 +143,8 @@ def test_ndcg_of_order_agrees_with_scores():
     order = np.array([[2, 0, 3, 1]])
     scores = np.array([[3.0, 1.0, 4.0, 2.0]])  # ranks the columns in that order
     assert ndcg_of_order(labels, order, k=3) == pytest.approx(ndcg_per_query(labels, scores, k=3))
+    with pytest.raises(ValueError, match="permutation"):
+        ndcg_of_order(labels, np.array([[0, 0, 1, 2]]))
 
 
 def padded_case():

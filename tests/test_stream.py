@@ -79,3 +79,17 @@ def test_bad_input_is_named(shards, tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(SchemaError, match="bad.parquet"):
         list(ParquetStream(tmp_path / "bad.parquet", COLUMNS, batch_size=8))
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_memory_is_bounded_by_the_batch_not_the_file(tmp_path, seed):
+    rows = 40_000
+    table = pa.table({"shown": pa.ListArray.from_arrays(np.arange(0, rows * 10 + 1, 10, dtype=np.int32),
+                                                        pa.array(np.arange(rows * 10)))})
+    size = table.nbytes
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=1_000)
+    del table
+    baseline = peak = pa.total_allocated_bytes()
+    for _ in ParquetStream(tmp_path / "big.parquet", ["shown"], batch_size=64, seed=seed, buffer_batches=4):
+        peak = max(peak, pa.total_allocated_bytes())
+    assert peak - baseline < size / 8

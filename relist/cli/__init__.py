@@ -16,9 +16,9 @@ app.add_typer(eval_app, name="eval")
 
 
 def _register_all() -> None:
-    from relist.cli import commands_sim
+    from relist.cli import commands_data, commands_demo, commands_sim
 
-    for module in (commands_sim,):
+    for module in (commands_sim, commands_data, commands_demo):
         module.register(app, train_app, eval_app)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -11,7 +11,7 @@ from rich.console import Console
 console = Console()
 
 
-class Dataset(str, Enum):
+class Dataset(StrEnum):
     letor = "letor"
     amazon = "amazon"
     yandex = "yandex"
@@ -19,12 +19,12 @@ class Dataset(str, Enum):
 
 
 def convert(
-    dataset: Dataset = typer.Argument(..., help="Which data set format SRC is in."),
+    dataset: Dataset = typer.Argument(..., help="Which data set (and so which format) SRC holds."),
     src: Path = typer.Option(..., help=(
         "letor: an S*.txt[.gz] file or a directory of them; amazon: the folder with item_meta.csv.gz and "
         "train.csv.gz; yandex: sessions_long.tsv.gz; obd: a log file <policy>/<campaign>.csv.gz "
         "(its <campaign>_item_context.csv.gz must lie beside it).")),
-    out: Path = typer.Option(..., help="Directory for items.parquet, users.parquet, lists.parquet and extras."),
+    out: Path = typer.Option(..., help="Directory for items.parquet, users.parquet, lists.parquet, extras."),
 ) -> None:
     """Convert a real data set into the DESIGN §4 tables (the mapping is in each loader's docstring)."""
     from relist.data.loaders import LOADERS

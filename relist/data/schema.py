@@ -100,24 +100,21 @@ def _first_bad(bad: np.ndarray, path, field: str, problem: str) -> None:
         raise SchemaError(path, int(np.argmax(bad)), field, problem)
 
 
-def _list_lengths(table: pa.Table, name: str) -> np.ndarray:
+def _list_lengths(table: pa.Table, name: str, path) -> np.ndarray:
     column = table.column(name).combine_chunks()
-    _first_bad(column.is_null().to_numpy(zero_copy_only=False), "", name, "null list")
+    _first_bad(column.is_null().to_numpy(zero_copy_only=False), path, name, "null list")
     return np.diff(column.offsets.to_numpy())
 
 
 def _validate_lists(table: pa.Table, path, n_items: int | None) -> None:
-    try:
-        m = _list_lengths(table, "candidates")
-        n = _list_lengths(table, "shown")
-    except SchemaError as err:
-        raise SchemaError(path, err.row, err.field, err.problem) from None
+    m = _list_lengths(table, "candidates", path)
+    n = _list_lengths(table, "shown", path)
     _first_bad(m == 0, path, "candidates", "empty candidate list")
-    _first_bad(_list_lengths(table, "cand_scores") != m, path, "cand_scores", "length differs from candidates")
+    _first_bad(_list_lengths(table, "cand_scores", path) != m, path, "cand_scores", "length differs from candidates")
     _first_bad(n > m, path, "shown", "more shown items than candidates")
     for label in ("click", "next", "buy"):
         if label in table.column_names:
-            _first_bad(_list_lengths(table, label) != n, path, label, "length differs from shown")
+            _first_bad(_list_lengths(table, label, path) != n, path, label, "length differs from shown")
     exposed = table.column("exposed_len").to_numpy(zero_copy_only=False)
     _first_bad((exposed < 0) | (exposed > n), path, "exposed_len", "outside [0, len(shown)]")
     scores = table.column("cand_scores").combine_chunks().flatten().to_numpy(zero_copy_only=False)

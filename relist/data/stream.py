@@ -1,11 +1,11 @@
 """Bounded-memory streaming of Parquet logs, sharded across DDP ranks.
 
 Logs outgrow memory long before they outgrow a disk, so training never loads a table: it reads
-record batches through ``pyarrow.dataset`` and holds at most a few batches (or one shuffle buffer)
-at a time.  Each rank owns whole files, or whole row groups when there are fewer files than ranks,
-so every row is read by exactly one rank and no coordination is needed.  Balanced shards (a number
-of equal files divisible by the world size) waste nothing: the trainer stops all ranks when the
-first one runs out.
+record batches with ``ParquetFile.iter_batches`` and holds about one row group plus one batch (or
+one shuffle buffer) at a time.  Each rank owns whole files, or whole row groups when there are
+fewer files than ranks, so every row is read by exactly one rank and no coordination is needed.
+Balanced shards (a number of equal files divisible by the world size) waste nothing: the trainer
+stops all ranks when the first one runs out.
 
 List columns come back in the one padding convention of :mod:`relist.data.padding`: a 2-D array
 plus ``<name>_mask`` (True = real entry), built with whole-array operations, never per row.
@@ -20,19 +20,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from relist.data.padding import PAD_ID, length_mask
 from relist.data.schema import SchemaError
 
-
-# Pre-buffering reads a whole file's column chunks ahead of time: memory would grow with the file.
-_SCAN = ds.ParquetFragmentScanOptions(pre_buffer=False)
+_Shard = tuple[str, list[int] | None]  # a file, and its row groups when files are split across ranks
 
 
 class ParquetStream:
     """Iterate this rank's share of a Parquet file or directory of shards as dicts of numpy arrays.
 
-    With ``seed`` set, the rank's fragments are visited in a seeded order and rows are shuffled
+    With ``seed`` set, the rank's shards are visited in a seeded order and rows are shuffled
     within blocks of ``buffer_batches * batch_size`` rows (memory stays bounded by that block);
     pass ``seed + epoch`` for a new order each epoch.  Without ``seed`` the order is the file order.
     """
@@ -48,7 +47,7 @@ class ParquetStream:
         buffer_batches: int = 8,
     ):
         if batch_size < 1 or buffer_batches < 1:
-            raise ValueError(f"batch_size and buffer_batches must be >= 1, got {batch_size}, {buffer_batches}")
+            raise ValueError(f"batch_size and buffer_batches must be >= 1: {batch_size}, {buffer_batches}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.path, self.columns, self.batch_size = Path(path), list(columns), batch_size
@@ -57,20 +56,21 @@ class ParquetStream:
             raise SchemaError(self.path, None, None, "no such file or directory")
         try:
             dataset = ds.dataset(self.path, format="parquet")
-            fragments = sorted(dataset.get_fragments(), key=lambda fragment: fragment.path)
-            if len(fragments) < world_size:
-                fragments = [group for fragment in fragments for group in fragment.split_by_row_group()]
+            files = sorted(dataset.files)
+            shards: list[_Shard] = [(file, None) for file in files]
+            if len(files) < world_size:
+                shards = [(file, [g]) for file in files for g in range(pq.read_metadata(file).num_row_groups)]
         except (pa.ArrowInvalid, OSError) as err:
             raise SchemaError(self.path, None, None, f"not a readable Parquet dataset ({err})") from err
         for name in self.columns:
             if name not in dataset.schema.names:
                 raise SchemaError(self.path, None, name, f"missing column (has {dataset.schema.names})")
-        self.fragments: list[ds.ParquetFileFragment] = fragments[rank::world_size]
+        self.shards = shards[rank::world_size]
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         rng = None if self.seed is None else np.random.default_rng([self.seed, self.rank])
-        fragments = self.fragments if rng is None else [self.fragments[i] for i in rng.permutation(len(self.fragments))]
-        batches = (batch for fragment in fragments for batch in self._read(fragment))
+        shards = self.shards if rng is None else [self.shards[i] for i in rng.permutation(len(self.shards))]
+        batches = (batch for shard in shards for batch in self._read(*shard))
         block_rows = self.batch_size if rng is None else self.batch_size * self.buffer_batches
         for block in _exact(batches, block_rows):
             if rng is not None:
@@ -78,11 +78,14 @@ class ParquetStream:
             for start in range(0, block.num_rows, self.batch_size):
                 yield _decode(block.slice(start, self.batch_size))
 
-    def _read(self, fragment: ds.ParquetFileFragment) -> Iterator[pa.RecordBatch]:
+    def _read(self, file: str, row_groups: list[int] | None) -> Iterator[pa.RecordBatch]:
+        # iter_batches without pre-buffering holds about one row group; the dataset scanner's
+        # readahead (or pre_buffer) lets memory grow with the file when the consumer is slower.
         try:
-            yield from fragment.to_batches(columns=self.columns, batch_size=self.batch_size, fragment_scan_options=_SCAN)
+            with pq.ParquetFile(file, pre_buffer=False) as reader:
+                yield from reader.iter_batches(self.batch_size, row_groups=row_groups, columns=self.columns)
         except (pa.ArrowInvalid, OSError) as err:
-            raise SchemaError(fragment.path, None, None, f"unreadable Parquet data ({err})") from err
+            raise SchemaError(file, None, None, f"unreadable Parquet data ({err})") from err
 
 
 def _exact(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:

@@ -42,7 +42,7 @@ def group_auc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> Gro
     """GAUC and its counts, from average ranks within each group (vectorised, no loop over groups)."""
     groups, labels, scores = (np.asarray(x).ravel() for x in (groups, labels, scores))
     if not len(groups) == len(labels) == len(scores):
-        raise ValueError(f"groups, labels and scores differ in length: {len(groups)}, {len(labels)}, {len(scores)}")
+        raise ValueError(f"lengths differ: groups {len(groups)}, labels {len(labels)}, scores {len(scores)}")
     scores = scores.astype(np.float64)
     if not np.isfinite(scores).all():
         raise ValueError("scores contain NaN or infinite values")
@@ -61,7 +61,7 @@ def group_auc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> Gro
     n_neg = size - n_pos
     counted = (n_pos > 0) & (n_neg > 0)
     if not counted.any():
-        raise ValueError("AUC is undefined: no group has both a positive and a negative label (only one class)")
+        raise ValueError("AUC is undefined: only one class (no group has both a positive and a negative)")
     rank_sum = np.bincount(group, weights=rank * positive, minlength=len(size))[counted]
     n_pos, n_neg = n_pos[counted], n_neg[counted]
     per_group = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
@@ -84,6 +84,8 @@ def ndcg_of_order(
     order = np.atleast_2d(np.asarray(order))
     if order.shape[0] != labels.shape[0]:
         raise ValueError(f"order has {order.shape[0]} rows, labels {labels.shape[0]}")
+    if (np.diff(np.sort(order, axis=1), axis=1) == 0).any():
+        raise ValueError("order repeats a column: it must be a permutation (or a prefix of one)")
     if empty not in ("exclude", "zero", "one"):
         raise ValueError(f"empty must be 'exclude', 'zero' or 'one', got {empty!r}")
     k = labels.shape[1] if k is None else k

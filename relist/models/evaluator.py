@@ -10,13 +10,17 @@ point-wise click model, the context-blind baseline of the evaluator-validity stu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from relist.data.features import PRICE_BUCKETS, FeatureStore
-from relist.data.padding import PAD_ID, NEG_INF
+from relist.data.padding import NEG_INF, PAD_ID
+from relist.train.config import load_config, save_config
+from relist.train.trainer import BEST, load_weights
 
 
 class Vocab(BaseModel):
@@ -52,8 +56,8 @@ def list_features(store: FeatureStore, user_ids: np.ndarray | Tensor, items: np.
     Item features keep their store names (item, cate, shop, price, price_bucket), the
     user's history items get a ``hist_`` prefix, ``mask`` marks real (non-padding) entries.
     """
-    items = torch.as_tensor(np.asarray(items) if not isinstance(items, Tensor) else items, dtype=torch.long)
-    user = store.user_features(user_ids.cpu() if isinstance(user_ids, Tensor) else user_ids)
+    items = items.long() if isinstance(items, Tensor) else torch.tensor(np.asarray(items), dtype=torch.long)
+    user = store.user_features(user_ids.cpu() if isinstance(user_ids, Tensor) else np.array(user_ids))
     batch = store.item_features(items.cpu())
     batch |= {f"hist_{name}": value for name, value in store.item_features(user["hist"]).items()}
     batch |= {"mask": items.cpu() != PAD_ID, "hist_mask": user["hist_mask"], "segment": user["segment"]}
@@ -126,3 +130,35 @@ class DCWN(nn.Module):
             parts += [seq, lstm, synergy]
         hidden = self.mlp(torch.cat(parts, -1))
         return {"click": self.click(hidden).squeeze(-1), "next": self.next(hidden).squeeze(-1)}
+
+
+def exposure(next_logits: Tensor) -> Tensor:
+    """Chance that each position is seen: 1 at the top, then the product of the scroll probabilities before."""
+    p_next = torch.sigmoid(next_logits)
+    return torch.cat([torch.ones_like(p_next[:, :1]), torch.cumprod(p_next[:, :-1], 1)], 1)
+
+
+class EvaluatorSpec(BaseModel):
+    """What rebuilds a trained evaluator: tables, architecture, and how its list reward sums positions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vocab: Vocab
+    model: DCWNConfig
+    exposure_weighted: bool = Field(False, description="weight positions by the predicted exposure (chosen on "
+                                                       "validation logs by relist.train.evaluator)")
+
+
+SPEC_FILE = "evaluator.yaml"
+
+
+def save_spec(spec: EvaluatorSpec, model_dir: str | Path) -> None:
+    save_config(spec, Path(model_dir) / SPEC_FILE)
+
+
+def load_evaluator(model_dir: str | Path) -> tuple[DCWN, EvaluatorSpec]:
+    """A trained DCWN (eval mode) and its spec from a directory written by ``relist train evaluator``."""
+    spec = load_config(Path(model_dir) / SPEC_FILE, EvaluatorSpec)
+    model = DCWN(spec.vocab, spec.model)
+    load_weights(model, Path(model_dir) / BEST)
+    return model.eval(), spec

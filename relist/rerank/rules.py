@@ -47,22 +47,24 @@ class BusinessRules:
         cand_mask: torch.Tensor | None = None,
         window: int | None = None,
         shop_cap: bool = True,
+        reserve_pinned: bool = True,
     ) -> torch.Tensor:
         """Candidates [B, m] that may fill ``slot`` after a prefix [B, t] without breaking a rule.
 
         ``chosen`` marks candidates already in the prefix and ``cand_mask`` real
         (non-padding) candidates; ``cand_ids`` is needed only when slots are
-        pinned. ``window``/``shop_cap`` override the rules (used to relax them).
+        pinned. ``window``, ``shop_cap`` and ``reserve_pinned`` loosen the rules (used to relax them).
         """
         allowed = ~chosen
         if cand_mask is not None:
             allowed = allowed & cand_mask
-        pinned_here = self._pinned_candidates(cand_ids, slot, allowed)
-        if pinned_here is not None:
+        if reserve_pinned:
+            allowed = allowed & ~self._reserved(cand_ids, slot)
+        has_pin = torch.zeros(allowed.shape[0], 1, dtype=torch.bool, device=allowed.device)
+        if slot in self.pinned and cand_ids is not None:
+            pinned_here = (cand_ids == self.pinned[slot]) & allowed
             has_pin = pinned_here.any(1, keepdim=True)
-            allowed = torch.where(has_pin, pinned_here, allowed & ~self._pinned_elsewhere(cand_ids, slot))
-        else:
-            has_pin = torch.zeros(allowed.shape[0], 1, dtype=torch.bool, device=allowed.device)
+            allowed = torch.where(has_pin, pinned_here, allowed)
         window = self.cate_window if window is None else window
         if window > 0 and prefix_cates.shape[1] > 0:
             recent = prefix_cates[:, -window:]
@@ -79,16 +81,19 @@ class BusinessRules:
 
         Returns the mask and a [B] flag of rows that had to relax a rule. The
         order of relaxation: shrink the scatter window one step at a time, then
-        also drop the shop cap (never the no-repeat and padding constraints).
+        drop the shop cap, and last free the items reserved for other pinned
+        slots (never the no-repeat and padding constraints).
         """
         mask = self.allowed_mask(*args, **kwargs)
         relaxed = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
         empty = ~mask.any(1)
-        steps = [(w, True) for w in range(self.cate_window - 1, -1, -1)] + [(0, False)]
-        for window, shop_cap in steps:
+        steps = [(w, True, True) for w in range(self.cate_window - 1, -1, -1)]
+        steps += [(0, False, True), (0, False, False)]
+        for window, shop_cap, reserve_pinned in steps:
             if not empty.any():
                 break
-            looser = self.allowed_mask(*args, **kwargs, window=window, shop_cap=shop_cap)
+            looser = self.allowed_mask(*args, **kwargs, window=window, shop_cap=shop_cap,
+                                       reserve_pinned=reserve_pinned)
             fix = empty & looser.any(1)
             mask = torch.where(fix[:, None], looser, mask)
             relaxed |= fix
@@ -126,19 +131,12 @@ class BusinessRules:
             ok &= ~over.any(1)
         return ok
 
-    def _pinned_candidates(self, cand_ids: torch.Tensor | None, slot: int, allowed: torch.Tensor):
-        if slot not in self.pinned or cand_ids is None:
-            return None
-        return (cand_ids == self.pinned[slot]) & allowed
-
-    def _pinned_elsewhere(self, cand_ids: torch.Tensor | None, slot: int) -> torch.Tensor:
-        """Candidates reserved for a later pinned slot."""
-        if cand_ids is None or not self.pinned:
+    def _reserved(self, cand_ids: torch.Tensor | None, slot: int) -> torch.Tensor:
+        """Candidates pinned to another slot, which they alone may fill."""
+        others = [item for s, item in self.pinned.items() if s != slot]
+        if cand_ids is None or not others:
             return torch.zeros((), dtype=torch.bool)
-        later = [item for s, item in self.pinned.items() if s != slot]
-        if not later:
-            return torch.zeros_like(cand_ids, dtype=torch.bool)
-        return torch.isin(cand_ids, torch.as_tensor(later, dtype=cand_ids.dtype, device=cand_ids.device))
+        return torch.isin(cand_ids, torch.as_tensor(others, dtype=cand_ids.dtype, device=cand_ids.device))
 
 
 def item_attributes(store: FeatureStore, ids: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

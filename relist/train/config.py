@@ -53,7 +53,7 @@ def load_config(path: str | Path, model_cls: type[M]) -> M:
         elif path.suffix == ".toml":
             data = tomllib.loads(text)
         else:
-            raise ConfigError(f"file {path}: unknown config format '{path.suffix}' (use .yaml, .yml or .toml)")
+            raise ConfigError(f"file {path}: unknown format '{path.suffix}' (use .yaml, .yml or .toml)")
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"file {path}: not valid {path.suffix[1:].upper()} ({err})") from err
     if data is None:

@@ -35,7 +35,8 @@ class DistEnv:
         """The model DDP-wrapped when there are several ranks (its parameters already on ``device``)."""
         if self.world_size == 1:
             return model
-        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
 
     def lockstep(self, batches: Iterable[T]) -> Iterator[T]:
         """Yield batches while every rank still has one.
@@ -62,6 +63,11 @@ class DistEnv:
         box = [obj]
         dist.broadcast_object_list(box, src=0, device=self.device)
         return box[0]
+
+    def barrier(self) -> None:
+        """Wait for every rank, e.g. until rank 0 has finished writing files the others will read."""
+        if self.world_size > 1:
+            dist.barrier()
 
     def _all(self, flag: bool) -> bool:
         if self.world_size == 1:

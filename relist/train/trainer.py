@@ -51,7 +51,7 @@ class CheckpointError(RuntimeError):
 
 @dataclass(frozen=True)
 class FitResult:
-    """Outcome of :func:`fit`; the model itself ends with the last epoch's weights."""
+    """Outcome of :func:`fit`; epochs count from 0, ``epochs`` is how many have run."""
 
     best_path: Path
     best_epoch: int
@@ -85,10 +85,11 @@ def fit(
     """Train ``model`` with AdamW until ``cfg.epochs`` or early stopping on ``cfg.monitor``.
 
     ``train_batches(epoch, rank, world_size)`` yields this rank's batches (tensors or numpy arrays);
-    ``validate(model)`` runs on rank 0 only, on the bare module, under ``torch.no_grad``, and
-    returns metrics that are then shared with all ranks.  Only rank 0 writes into ``out_dir``;
-    with ``resume`` every rank reads the last checkpoint from it (so under multi-node DDP it must
-    be on shared storage).
+    ``validate(model)`` runs on rank 0 only, on the bare module (on ``cfg.device``: see
+    :func:`to_device`), under ``torch.no_grad``, and returns metrics that are then shared with all
+    ranks.  Only rank 0 writes into ``out_dir``; with ``resume`` every rank reads the last
+    checkpoint from it (so under multi-node DDP it must be on shared storage).  The model ends
+    with the last epoch's weights; the best are in ``result.best_path``.
     """
     out_dir = Path(out_dir)
     env = init_from_env(cfg.device)
@@ -108,33 +109,36 @@ def fit(
         _seed(cfg.seed, epoch, env.rank)
         start = perf_counter()
         batches = islice(train_batches(epoch, env.rank, env.world_size), cfg.max_steps_per_epoch)
-        bar = tqdm(env.lockstep(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not main)
+        bar = tqdm(env.lockstep(batches), f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not main)
         losses, samples, steps = _train_epoch(net, loss_fn, optimizer, bar, params, cfg, env)
         seconds = perf_counter() - start
         if steps == 0:
             raise ValueError(f"train_batches gave no batches in epoch {epoch} (on at least one rank)")
         if not math.isfinite(losses["loss"]):
-            raise FloatingPointError(f"training loss is {losses['loss']} in epoch {epoch}; lower lr or set grad_clip")
+            raise FloatingPointError(f"training loss is {losses['loss']} in epoch {epoch}; lower lr or clip")
         metrics = env.broadcast(_validate(model, validate) if main else None)
         value = _monitored(metrics, cfg, epoch)
         bar.set_postfix(loss=f"{losses['loss']:.4g}", **{cfg.monitor: f"{value:.4g}"})
         bar.close()
+        progress.epoch, progress.step = epoch + 1, progress.step + steps
         progress.history.append(
-            {"epoch": epoch}
+            {"epoch": epoch, "step": progress.step}
             | {f"train_{name}": v for name, v in losses.items()}
-            | {f"val_{name}": float(v) for name, v in metrics.items()}
+            | {f"val_{name}": v for name, v in metrics.items()}
             | {"seconds": seconds, "samples_per_s": samples / seconds}
         )
-        progress.epoch, progress.step = epoch + 1, progress.step + steps
-        if progress.best is None or (value > progress.best if cfg.monitor_mode == "max" else value < progress.best):
+        if _improves(value, progress.best, cfg):
             progress.best, progress.best_epoch, progress.bad_epochs = value, epoch, 0
             if main:
                 save_weights(model, out_dir / BEST, {"epoch": str(epoch), cfg.monitor: repr(value)})
         else:
             progress.bad_epochs += 1
         if main:
-            _write_log(out_dir, progress, cfg.monitor)
+            _write_log(out_dir / LOG, progress.history)
             _save_checkpoint(out_dir, model, optimizer, progress)
+    if main:  # once, not per epoch: drawing costs ~0.3 s and the CSV already logs each epoch
+        _atomic_write(out_dir / CURVES, lambda tmp: _plot(progress, cfg.monitor).savefig(tmp, format="png"))
+    env.barrier()  # fit returns on every rank only once out_dir is complete
     return FitResult(
         out_dir / BEST, progress.best_epoch, progress.best, progress.epoch, _should_stop(progress, cfg),
         progress.history,
@@ -167,9 +171,9 @@ def _train_epoch(
             sums[name] = sums.get(name, 0.0) + value.detach().double() * n
         samples, steps = samples + n, steps + 1
     names = sorted(sums)
-    totals = env.sum(torch.stack([torch.tensor(samples, dtype=torch.float64)] + [sums[k].cpu() for k in names]))
-    total_samples = totals[0].item()
-    return {k: (v / total_samples).item() for k, v in zip(names, totals[1:], strict=True)}, int(total_samples), steps
+    totals = env.sum(torch.tensor([samples] + [sums[k].item() for k in names], dtype=torch.float64))
+    means = {name: (total / totals[0]).item() for name, total in zip(names, totals[1:], strict=True)}
+    return means, int(totals[0]), steps
 
 
 def _loss_terms(loss_fn: LossFn, outputs: Any, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -180,8 +184,9 @@ def _loss_terms(loss_fn: LossFn, outputs: Any, batch: dict[str, Tensor]) -> dict
     if not isinstance(terms, Mapping) or "loss" not in terms:
         got = sorted(terms) if isinstance(terms, Mapping) else type(terms).__name__
         raise ValueError(f"loss_fn must return a dict with a 'loss' entry (the total to minimise); got {got}")
-    if terms["loss"].dim() != 0:
-        raise ValueError(f"loss_fn's 'loss' must be a scalar, got shape {tuple(terms['loss'].shape)}")
+    shapes = {name: tuple(value.shape) for name, value in terms.items() if value.dim() != 0}
+    if shapes:
+        raise ValueError(f"loss_fn's terms must be scalars, got shapes {shapes}")
     return terms
 
 
@@ -199,6 +204,10 @@ def _monitored(metrics: Mapping[str, float], cfg: TrainConfig, epoch: int) -> fl
     if not math.isfinite(value):
         raise ValueError(f"validation metric '{cfg.monitor}' is {value} in epoch {epoch}")
     return value
+
+
+def _improves(value: float, best: float | None, cfg: TrainConfig) -> bool:
+    return best is None or (value > best if cfg.monitor_mode == "max" else value < best)
 
 
 def _should_stop(progress: _Progress, cfg: TrainConfig) -> bool:
@@ -239,7 +248,7 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
     return metadata
 
 
-def _save_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: _Progress) -> None:
+def _save_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: _Progress):
     """Weights then state, each atomic; the epoch in both lets a resume detect a torn pair."""
     save_weights(model, out_dir / LAST, {"epoch": str(progress.epoch)})
     state = {"progress": asdict(progress), "optimizer": optimizer.state_dict()}
@@ -255,28 +264,27 @@ def _load_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Opt
         progress = _Progress(**state["progress"])
         optimizer.load_state_dict(state["optimizer"])
     except Exception as err:  # torch.load and load_state_dict raise many types for one cause
-        raise CheckpointError(f"{path}: corrupt or incompatible training state ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path}: corrupt or incompatible training state ({err!r})") from err
     weights_epoch = load_weights(model, out_dir / LAST).get("epoch")
     if weights_epoch != str(progress.epoch):
         raise CheckpointError(
-            f"{out_dir / LAST}: weights are from epoch {weights_epoch} but {path} is from epoch {progress.epoch} "
-            "(interrupted while saving?)"
+            f"{out_dir / LAST}: weights are from epoch {weights_epoch} but {path} is from epoch "
+            f"{progress.epoch} (interrupted while saving?)"
         )
     return progress
 
 
-def _write_log(out_dir: Path, progress: _Progress, monitor: str) -> None:
-    """Rewrite the CSV and the curves from the history, so they always match the checkpoint."""
-    columns = list(dict.fromkeys(name for row in progress.history for name in row))
+def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+    """Rewrite the whole CSV from the history, so after a resume it matches the checkpoint."""
+    columns = list(dict.fromkeys(name for row in history for name in row))
 
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
-            writer.writerows(progress.history)
+            writer.writerows(history)
 
-    _atomic_write(out_dir / LOG, write_csv)
-    _atomic_write(out_dir / CURVES, lambda tmp: _plot(progress, monitor).savefig(tmp, format="png"))
+    _atomic_write(path, write_csv)
 
 
 def _plot(progress: _Progress, monitor: str):

@@ -34,9 +34,11 @@ class Tables:
     extra: dict[str, pa.Table] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Validate on construction, so no loader can hand out a table that breaks the §4 contract."""
+        n_items = None if self.items is None else pc.max(self.items["item_id"]).as_py()
         for kind in REQUIRED:
             if getattr(self, kind) is not None:
-                validate(getattr(self, kind), kind)
+                validate(getattr(self, kind), kind, n_items=n_items)
 
     def write(self, out: str | Path) -> list[Path]:
         """Write every table as ``<name>.parquet`` under ``out``; returns the paths written."""
@@ -61,7 +63,7 @@ def read_bytes(path: str | Path) -> bytes:
     chunks: list[bytes] = []
     try:
         with gzip.open(path, "rb") as stream:
-            while chunk := stream.read(1 << 22):
+            while chunk := stream.read1(1 << 20):  # read1 hands over all it decoded before a break
                 chunks.append(chunk)
     except (EOFError, OSError, zlib.error) as err:
         line = sum(chunk.count(b"\n") for chunk in chunks) + 1
@@ -103,10 +105,10 @@ def read_delimited(
         row = bad_rows[0]
         raise SchemaError(path, row.number, None,
                           f"expected {row.expected_columns} fields, got {row.actual_columns}")
-    return pa.table({name: convert(table.column(name), kind, path, name) for name, kind in columns.items()})
+    return pa.table({name: _convert(table.column(name), kind, path, name) for name, kind in columns.items()})
 
 
-def convert(text: pa.ChunkedArray, kind: pa.DataType, path: str | Path, name: str) -> pa.Array:
+def _convert(text: pa.ChunkedArray, kind: pa.DataType, path: str | Path, name: str) -> pa.Array:
     """Cast a text column; the first value that does not convert (or is not finite) is reported by line."""
     text = text.combine_chunks()
     if kind == pa.string():
@@ -154,15 +156,9 @@ def read_parquet(path: str | Path, columns: list[str]) -> pa.Table:
 
 
 def check_rows(bad: np.ndarray, path: str | Path, name: str, problem: str, first_row: int = 2) -> None:
-    """Raise for the first True in ``bad``, numbered from ``first_row`` (2 = first data line of a text file)."""
+    """Raise for the first True in ``bad``, counted from ``first_row`` (2: first data line of a text file)."""
     if bad.any():
         raise SchemaError(path, int(np.argmax(bad)) + first_row, name, problem)
-
-
-def codes(values: pa.Array) -> np.ndarray:
-    """Dense int32 codes 1..k for categorical values (sorted order), leaving 0 free for padding."""
-    _, inverse = np.unique(values.to_numpy(zero_copy_only=False), return_inverse=True)
-    return (inverse + 1).astype(np.int32)
 
 
 def list_column(values: np.ndarray, offsets: np.ndarray, kind: pa.DataType) -> pa.ListArray:
@@ -171,7 +167,7 @@ def list_column(values: np.ndarray, offsets: np.ndarray, kind: pa.DataType) -> p
 
 
 def neutral_items(item_ids: np.ndarray, **extra: pa.Array | np.ndarray) -> pa.Table:
-    """Items table for data without category, shop or price: those are 0 (unknown); ``extra`` columns follow."""
+    """Items table for data without category, shop or price (all 0: unknown), then the ``extra`` columns."""
     n = len(item_ids)
     return pa.table({
         "item_id": pa.array(item_ids, pa.int64()),

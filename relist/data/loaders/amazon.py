@@ -151,7 +151,8 @@ def _read_ctr(path: Path, n_items: int, n_cates: int) -> dict[str, np.ndarray]:
     check(lengths > HIST_LEN, "hist_item_id", f"history longer than {HIST_LEN}")
     check(np.diff(column["hist_cate_id"].offsets.to_numpy()) != lengths, "hist_cate_id",
           "length differs from hist_item_id")
-    check(rows_with((hist_items < 1) | (hist_items > n_items)), "hist_item_id", f"item id outside 1..{n_items}")
+    check(rows_with((hist_items < 1) | (hist_items > n_items)), "hist_item_id",
+          f"item id outside 1..{n_items}")
     check(rows_with((hist_cates < 0) | (hist_cates >= n_cates)), "hist_cate_id",
           f"category outside 0..{n_cates - 1}")
     # Most recent first: column j of row i holds the (j+1)-th item back from the end of its history;

@@ -115,10 +115,10 @@ def _paths(src: str | Path | Sequence[str | Path]) -> list[Path]:
         src = Path(src)
         if not src.is_dir():
             return [src]
-        paths = sorted(src.glob("S*.txt")) + sorted(src.glob("S*.txt.gz"))
+        paths = sorted([*src.glob("S*.txt"), *src.glob("S*.txt.gz")])
         if not paths:
             raise SchemaError(src, None, None, "no S*.txt or S*.txt.gz files in this directory")
-        return sorted(paths, key=lambda p: p.name)
+        return paths
     return [Path(p) for p in src]
 
 
@@ -178,8 +178,8 @@ def _query_starts(parsed: list[_Parsed]) -> np.ndarray:
         for start in local:
             qid = int(p.qids[start])
             if qid in seen:
-                raise SchemaError(p.path, int(start) + 1, "qid",
-                                  f"query {qid} already appeared ({seen[qid]}); a query's lines must be contiguous")
+                raise SchemaError(p.path, int(start) + 1, "qid", f"query {qid} already appeared "
+                                  f"({seen[qid]}); the lines of a query must be contiguous")
             seen[qid] = f"{p.path.name} line {start + 1}"
         starts.append(local + offset)
         offset += len(p.qids)

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from relist.data.loaders._text import Tables, check_rows, codes, list_column, neutral_items, read_delimited
+from relist.data.loaders._text import Tables, check_rows, list_column, neutral_items, read_delimited
 
 LIST_LEN = 10
 
@@ -55,14 +55,14 @@ def load_yandex(path: str | Path, exposure: Literal["last_click", "all"] = "last
     col = {name: raw[name].to_numpy(zero_copy_only=False) for name in _COLUMNS}
     n = raw.num_rows
     starts = np.flatnonzero(np.diff(col["session"], prepend=col["session"][:1] - 1) != 0)
-    start_of_row = np.repeat(starts, np.diff(np.append(starts, n)))
+    session_length = np.diff(np.append(starts, n))
+    start_of_row = np.repeat(starts, session_length)
 
     def check(bad: np.ndarray, name: str, problem: str) -> None:
         check_rows(bad, path, name, problem)
 
     check(col["position"] != np.arange(n) - start_of_row + 1, "position",
           f"positions of a session must run 1..{LIST_LEN} in order")
-    session_length = np.diff(np.append(starts, n))
     check(_at(starts, session_length != LIST_LEN, n), "session", f"a session must have {LIST_LEN} rows")
     check(_at(starts[1:], np.diff(col["session"][starts]) < 0, n), "session",
           "session ids must increase: a session's rows must be contiguous")
@@ -78,22 +78,23 @@ def load_yandex(path: str | Path, exposure: Literal["last_click", "all"] = "last
           "differs from the clicks on the list plus the clicks outside it")
 
     doc_ids, item_index = np.unique(col["doc_id"], return_inverse=True)
+    _, query_index = np.unique(col["query"][starts], return_inverse=True)
     clicked = col["clicked"].reshape(-1, LIST_LEN)
     exposed = np.full(len(starts), LIST_LEN, np.int16)
     if exposure == "last_click":
         any_click = clicked.any(axis=1)
         exposed[any_click] = LIST_LEN - np.argmax(clicked[any_click, ::-1], axis=1)
+    went_on = np.arange(1, LIST_LEN + 1) < exposed[:, None]
     offsets = np.arange(0, n + 1, LIST_LEN)
     shown = list_column(item_index + 1, offsets, pa.int64())
     lists = pa.table({
         "request_id": col["session"][starts],
-        "user_id": codes(raw["query"].take(starts)).astype(np.int64),
+        "user_id": query_index.astype(np.int64) + 1,
         "candidates": shown,
         "cand_scores": list_column(np.zeros(n, np.float32), offsets, pa.float32()),
         "shown": shown,
         "click": list_column(col["clicked"], offsets, pa.int8()),
-        "next": list_column((np.arange(LIST_LEN) + 1 < exposed[:, None]).astype(np.int8).ravel(), offsets,
-                            pa.int8()),
+        "next": list_column(went_on.astype(np.int8).ravel(), offsets, pa.int8()),
         "exposed_len": exposed,
         "split": raw["split"].take(starts),
         "query": raw["query"].take(starts),

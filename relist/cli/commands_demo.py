@@ -1,0 +1,23 @@
+"""`relist demo`: the whole pipeline end to end on the simulator, with an HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def demo(
+    out: Path = typer.Option(Path("demo_out"), help="Output directory (steps whose inputs did not change are skipped)."),
+    config: Path = typer.Option(None, help="Simulator YAML config (default: the embedded default world)."),
+    quick: bool = typer.Option(False, help="Small sizes for a first look in about two minutes."),
+    force: bool = typer.Option(False, help="Rerun every step even if its inputs did not change."),
+) -> None:
+    """Simulate logs, train every model, evaluate all policies and write report.html."""
+    from relist.demo.pipeline import run_demo
+
+    run_demo(out, config, quick, force)
+
+
+def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:
+    app.command("demo")(demo)

@@ -1,0 +1,46 @@
+"""`relist train evaluator` and `relist train generator`: the DCWN evaluator and the GRN generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def train_evaluator(
+    data: Path = typer.Option(..., help="Log directory (items.parquet, users.parquet, lists/{train,valid}/)."),
+    out: Path = typer.Option(..., help="Run directory: weights, evaluator.yaml, checkpoints, curves."),
+    config: Path = typer.Option(CONFIGS / "evaluator.yaml", help="Evaluator training config (YAML)."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+) -> None:
+    """Train the DCWN list evaluator on logged lists (labels only where the user looked)."""
+    from relist.train.config import load_config
+    from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
+
+    result, spec = train_evaluator(load_config(config, EvaluatorTrainConfig), data, out, resume)
+    lr = "exposure-weighted" if spec.exposure_weighted else "plain sum"
+    console.print(f"best epoch {result.best_epoch + 1} ({result.best_metric:.4f}); list reward: {lr}; wrote {out}")
+
+
+def train_generator(
+    data: Path = typer.Option(..., help="Log directory with train and valid requests."),
+    evaluator: Path = typer.Option(..., help="Trained evaluator directory (from `relist train evaluator`)."),
+    out: Path = typer.Option(..., help="Run directory: weights, generator.yaml, checkpoints, curves."),
+    config: Path = typer.Option(CONFIGS / "generator.yaml", help="Generator training config (YAML)."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+) -> None:
+    """Train the GRN generator by policy gradient against the frozen evaluator."""
+    from relist.train.config import load_config
+    from relist.train.generator import GeneratorTrainConfig, train_generator
+
+    result = train_generator(load_config(config, GeneratorTrainConfig), data, evaluator, out, resume)
+    console.print(f"best epoch {result.best_epoch + 1} (valid LR {result.best_metric:.4f}); wrote {out}")
+
+
+def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:
+    train_app.command("evaluator")(train_evaluator)
+    train_app.command("generator")(train_generator)

@@ -1,0 +1,102 @@
+"""One self-contained HTML report with embedded plots, built from the JSON records of a run.
+
+Every figure is drawn from the same JSON that `relist eval ...` writes, so the
+report and the printed tables can never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from relist.sim.user_model import OBJECTIVES  # noqa: E402
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}h2{border-bottom:1px solid #ddd;margin-top:2em}
+.lists{display:flex;gap:2em}.lists ol{padding-left:1.5em}.chip{display:inline-block;width:12px;height:12px;
+border-radius:2px;margin-right:6px;vertical-align:middle}.muted{color:#777;font-size:90%}
+"""
+
+
+def figure_html(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def image_html(path: Path) -> str:
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+
+
+def policy_table_html(report: dict) -> str:
+    head = "".join(f"<th>{m.upper()} (±95%)</th><th>vs logging</th><th>% oracle</th>" for m in OBJECTIVES)
+    rows = []
+    for name, row in report["policies"].items():
+        cells = "".join(
+            f"<td>{r['mean']:.3f} ±{r['ci95']:.3f}</td><td>{100 * r['vs_logging']:+.1f}%</td><td>{r['pct_oracle']:.1f}</td>"
+            for r in (row[m] for m in OBJECTIVES))
+        extra = "".join(f"<td>{row[k]:.3f}</td>" if isinstance(row.get(k), float) else "<td></td>"
+                        for k in report.get("extra_columns", []))
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}{extra}</tr>")
+    extra_head = "".join(f"<th>{html.escape(k)}</th>" for k in report.get("extra_columns", []))
+    return f"<table><tr><th>policy</th>{head}{extra_head}</tr>{''.join(rows)}</table>"
+
+
+def reward_bars(report: dict, metrics: tuple[str, ...] = ("ipv", "gmv")):
+    names = [n for n in report["policies"] if n != "oracle"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(names) + 1.5))
+    for ax, metric in zip(np.atleast_1d(axes), metrics, strict=True):
+        means = [report["policies"][n][metric]["mean"] for n in names]
+        cis = [report["policies"][n][metric]["ci95"] for n in names]
+        ax.barh(names, means, xerr=cis, color="#4c72b0", capsize=3)
+        ax.axvline(report["policies"]["oracle"][metric]["mean"], color="#c44e52", ls="--", label="oracle")
+        ax.set_xlabel(f"true expected {metric.upper()} per request")
+        ax.invert_yaxis()
+        ax.legend(loc="lower right")
+    return fig
+
+
+def reward_vs_latency(report: dict, latency_p99_ms: dict[str, float], metric: str = "ipv"):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, p99 in latency_p99_ms.items():
+        if name in report["policies"]:
+            ax.scatter(p99, report["policies"][name][metric]["mean"])
+            ax.annotate(name, (p99, report["policies"][name][metric]["mean"]), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("p99 latency per request (ms, log scale)")
+    ax.set_ylabel(f"true expected {metric.upper()}")
+    return fig
+
+
+def example_lists_html(example: dict, cate_of: dict[int, int]) -> str:
+    """Candidates, upstream list and served list side by side, coloured by category."""
+    palette = plt.get_cmap("tab20")
+
+    def item(i: int) -> str:
+        c = cate_of.get(int(i), 0)
+        r, g, b, _ = palette(c % 20)
+        return (f'<li><span class="chip" style="background:rgb({int(255 * r)},{int(255 * g)},{int(255 * b)})">'
+                f"</span>item {int(i)} <span class=muted>cat {c}</span></li>")
+
+    columns = "".join(f"<div><h4>{html.escape(title)}</h4><ol>{''.join(item(i) for i in items)}</ol></div>"
+                      for title, items in example["lists"].items())
+    return f"<p>user {example['user_id']}: {html.escape(example.get('note', ''))}</p><div class=lists>{columns}</div>"
+
+
+def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> Path:
+    """``sections``: (heading, html body) pairs, in order."""
+    body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
+    path.write_text(f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+                    f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+    return path

@@ -1,0 +1,48 @@
+"""Settings of the ranking models: every improvement of the coarse ranker is one switch, so it can be ablated."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TASKS = ("ctr", "next", "buy")
+
+
+class Vocab(BaseModel):
+    """Embedding-table sizes, taken from the data once and saved with the model (row 0 = padding/unknown)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    items: int = Field(ge=2)
+    cates: int = Field(ge=1)
+    shops: int = Field(ge=1)
+    price_buckets: int = Field(ge=1)
+    segments: int = Field(ge=1)
+
+
+class TeacherConfig(BaseModel):
+    """Fine-ranking teacher: DIN target attention + DCN cross layers + a deep MLP, one head per task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks: tuple[Literal["ctr", "next", "buy"], ...] = ("ctr", "next")
+    attention_hidden: int = Field(32, ge=1)
+    cross_layers: int = Field(2, ge=0)
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class StudentConfig(BaseModel):
+    """Two-tower DSSM; each field below is one improvement of the seed, off = plain DSSM."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vector_dim: int = Field(32, ge=1, description="size of the user and item tower outputs")
+    tower_hidden: tuple[int, ...] = (64,)
+    head: Literal["dot", "mlp"] = Field("dot", description="final dot product or an MLP over both vectors")
+    head_hidden: tuple[int, ...] = (64,)
+    fm_cross: bool = Field(False, description="low-cost FM crossing of the behaviour sequence with the target item")
+    user_attention: Literal["mean", "nova"] = Field("mean", description="mean pooling or NOVA self-attention")
+    item_interaction: Literal["mlp", "senet_bilinear"] = Field("mlp", description="item tower field interaction")
+    senet_reduction: int = Field(2, ge=1)

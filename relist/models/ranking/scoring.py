@@ -1,0 +1,63 @@
+"""Inference at the boundaries of the ranking package: logits for samples, probabilities for re-ranking,
+and the serving form of the coarse ranker (item matrix offline, user tower per request)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from relist.data.features import FeatureStore
+from relist.data.requests import Requests
+from relist.models.ranking.dssm import DSSM
+from relist.models.ranking.samples import FEATURES, Samples, iterate_batches
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, samples: Samples, batch_size: int = 8192) -> dict[str, np.ndarray]:
+    """Every output logit of ``model`` for every sample, by output name."""
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in iterate_batches({k: samples[k] for k in FEATURES}, batch_size):
+        for name, logits in model({k: torch.from_numpy(v) for k, v in batch.items()}).items():
+            parts.setdefault(name, []).append(logits.numpy())
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def request_inputs(store: FeatureStore, user_ids: np.ndarray, item_ids: np.ndarray) -> dict[str, Tensor]:
+    """Model inputs for every (user_ids[b], item_ids[b, j]) pair, flattened to B*m rows."""
+    user_ids, item_ids = np.asarray(user_ids), np.asarray(item_ids)
+    per_row = np.repeat(user_ids, item_ids.shape[1])
+    return store.user_features(per_row) | store.item_features(item_ids.reshape(-1))
+
+
+@torch.no_grad()
+def point_scores(model: nn.Module, store: FeatureStore, requests: Requests) -> dict[str, np.ndarray]:
+    """Click and keep-scrolling probabilities of every candidate, [B, m] each (0 at padding).
+
+    ``model`` is a trained teacher with ``ctr`` and ``next`` heads; re-ranking's beam search consumes these.
+    """
+    model.eval()
+    logits = model(request_inputs(store, requests.user_id, requests.candidates))
+    missing = {"ctr", "next"} - set(logits)
+    if missing:
+        raise ValueError(f"point_scores needs a model with ctr and next heads; it lacks {sorted(missing)}")
+    shape = requests.candidates.shape
+    return {name: np.where(requests.mask, torch.sigmoid(logits[name]).numpy().reshape(shape), 0.0)
+            for name in ("ctr", "next")}
+
+
+class CoarseScorer:
+    """Serving form of the student: the item matrix is computed once; a request costs one user-tower pass
+    and one batched head over the candidates' rows."""
+
+    def __init__(self, model: DSSM, store: FeatureStore):
+        self.model, self.store = model.eval(), store
+        with torch.no_grad():
+            self.item_matrix = model.item_vectors(store.item_features(np.arange(store.n_items + 1)))
+
+    @torch.no_grad()
+    def score(self, user_id: int, candidates: np.ndarray) -> np.ndarray:
+        """Click logits of up to thousands of candidate ids for one user; unknown ids score as row 0."""
+        user = self.model.user_vectors(self.store.user_features(np.array([user_id])))
+        return self.model.score(user, self.item_matrix[self.store.item_index(candidates)]).numpy()

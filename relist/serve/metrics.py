@@ -1,0 +1,62 @@
+"""Prometheus metrics of the service: requests by status, latency per stage, fallbacks, model version.
+
+Each app owns its own registry (not prometheus_client's global one), so several
+apps in one process (tests) never share counters. Under ``--workers N`` every
+worker counts its own requests; with ``PROMETHEUS_MULTIPROC_DIR`` set, the
+scrape aggregates all workers (prometheus_client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("relist_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "status"], registry=r)
+        self.latency = Histogram("relist_request_seconds", "Request latency by endpoint", ["endpoint"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_latency = Histogram("relist_stage_seconds", "Pipeline stage latency", ["stage"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.fallbacks = Counter("relist_fallbacks", "Requests served the upstream order because a model failed",
+                                 ["endpoint", "stage"], registry=r)
+        self.skipped = Counter("relist_budget_skips", "Stages skipped because they would overrun the budget",
+                               ["stage"], registry=r)
+        self.served_by = Counter("relist_served_lists", "Served lists by the generator that produced them",
+                                 ["generator"], registry=r)
+        self.reloads = Counter("relist_reloads", "Model reload attempts by outcome", ["outcome"], registry=r)
+        self.version = Gauge("relist_model_version", "1 for the model version being served", ["version"],
+                             registry=r, multiprocess_mode="livemax")
+
+    def set_version(self, old: str | None, new: str) -> None:
+        if old is not None and old != new:
+            self.version.remove(old)
+        self.version.labels(new).set(1)
+
+    def observe_result(self, endpoint: str, result) -> None:
+        """Record one pipeline result (relist.serve.pipeline.RerankResult)."""
+        for stage, ms in result.timings_ms.items():
+            if stage != "total":
+                self.stage_latency.labels(stage).observe(ms / 1e3)
+        for stage in result.skipped:
+            self.skipped.labels(stage).inc()
+        if result.fallback:
+            self.fallbacks.labels(endpoint, result.failed_stage or "pipeline").inc()
+        self.served_by.labels(result.generator).inc()
+
+    def exposition(self) -> bytes:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

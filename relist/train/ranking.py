@@ -1,0 +1,155 @@
+"""Training of the ranking models: teacher, plain/improved DSSM student, and both distillation schemes.
+
+One YAML file (:class:`RankingConfig`) says which model, which switches and
+how to distill; the loop itself is relist.train.trainer.fit. Two-stage
+distillation is two fits: ``out/stage1`` on soft labels only, then ``out``
+warm-started from it on soft + hard labels. The teacher's soft labels are
+its logits on the training samples, computed once before the student trains.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from relist.eval.metrics import auc, gauc
+from relist.models.ranking.config import StudentConfig, TeacherConfig, Vocab
+from relist.models.ranking.distill import SyncDistill
+from relist.models.ranking.dssm import DSSM
+from relist.models.ranking.losses import distill_loss, hard_loss, sync_distill_loss
+from relist.models.ranking.samples import RankingData, Samples, iterate_batches, load_ranking_data
+from relist.models.ranking.scoring import predict_logits
+from relist.models.ranking.teacher import FineRankTeacher
+from relist.train.config import ConfigError, TrainConfig, load_config, save_config
+from relist.train.trainer import BEST, FitResult, fit, load_weights
+
+RUN_CONFIG = "ranking_config.yaml"
+VOCAB = "vocab.yaml"
+STAGE1 = "stage1"
+
+
+class DistillConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["none", "two_stage", "sync"] = Field(
+        "none", description="none: hard labels; two_stage: soft, then soft + hard from a trained teacher; "
+        "sync: teacher and student trained together, the student not updating the shared embeddings")
+    teacher_run: str | None = Field(None, description="run directory of the trained teacher (two_stage)")
+    stage1_epochs: int = Field(2, ge=1, description="epochs on soft labels only before the multi-task stage")
+    soft_weight: float = Field(0.5, ge=0, le=1, description="weight of the soft term in the multi-task loss")
+    temperature: float = Field(1.0, gt=0)
+
+
+class RankingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: Literal["teacher", "student"]
+    dim: int = Field(16, ge=1, description="embedding size of every id field")
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    train: TrainConfig = TrainConfig(monitor="gauc", monitor_mode="max", batch_size=1024, epochs=5, patience=2)
+    max_train_samples: int | None = Field(None, ge=1, description="cap on training samples (quick runs)")
+
+
+def build_model(cfg: RankingConfig, vocab: Vocab) -> nn.Module:
+    if cfg.model == "teacher":
+        return FineRankTeacher(vocab, cfg.dim, cfg.teacher)
+    if cfg.distill.mode == "sync":
+        return SyncDistill(vocab, cfg.dim, cfg.teacher, cfg.student)
+    return DSSM(vocab, cfg.dim, cfg.student)
+
+
+def load_ranking_model(run_dir: str | Path) -> nn.Module:
+    """The trained model of a run, ready to score: the teacher, or the student (also out of a sync run)."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / RUN_CONFIG, RankingConfig)
+    model = build_model(cfg, load_config(run_dir / VOCAB, Vocab))
+    load_weights(model, run_dir / BEST)
+    return (model.student if isinstance(model, SyncDistill) else model).eval()
+
+
+def train_ranking(cfg: RankingConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
+                  data: RankingData | None = None) -> FitResult:
+    """Train as ``cfg`` says; writes weights, checkpoints, curves and the run's config into ``out_dir``."""
+    out_dir = Path(out_dir)
+    if data is None:
+        data = load_ranking_data(data_dir, ("train", "valid"))
+    train = _head(data.splits["train"], cfg.max_train_samples)
+    valid = data.splits["valid"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / RUN_CONFIG)
+    save_config(data.vocab, out_dir / VOCAB)
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same run
+    model = build_model(cfg, data.vocab)
+    if cfg.model == "teacher":
+        loss = hard_loss(cfg.teacher.tasks)
+        return fit(model, loss, _train_batches(train, cfg.train), _validator(valid), cfg.train, out_dir, resume)
+    if cfg.distill.mode == "none":
+        return fit(model, hard_loss(), _train_batches(train, cfg.train), _validator(valid), cfg.train, out_dir, resume)
+    if cfg.distill.mode == "sync":
+        loss = sync_distill_loss(cfg.teacher.tasks, cfg.distill.soft_weight, cfg.distill.temperature)
+        return fit(model, loss, _train_batches(train, cfg.train), _validator(valid, "student_ctr"), cfg.train,
+                   out_dir, resume)
+    return _two_stage(model, cfg, train, valid, data.vocab, out_dir, resume)
+
+
+def _two_stage(model: nn.Module, cfg: RankingConfig, train: Samples, valid: Samples, vocab: Vocab,
+               out_dir: Path, resume: bool) -> FitResult:
+    train = train | {"teacher_ctr": _teacher_logits(cfg.distill.teacher_run, vocab, train)}
+    batches, validate = _train_batches(train, cfg.train), _validator(valid)
+    stage1_cfg = cfg.train.model_copy(update={"epochs": cfg.distill.stage1_epochs})
+    stage1_dir = out_dir / STAGE1
+    resume_stage1 = resume and (stage1_dir / "checkpoints").is_dir()
+    fit(model, distill_loss(1, temperature=cfg.distill.temperature), batches, validate, stage1_cfg, stage1_dir,
+        resume_stage1)
+    resume_stage2 = resume and (out_dir / "checkpoints").is_dir()
+    if not resume_stage2:
+        load_weights(model, stage1_dir / BEST)
+    stage2 = distill_loss(2, cfg.distill.soft_weight, cfg.distill.temperature)
+    return fit(model, stage2, batches, validate, cfg.train, out_dir, resume_stage2)
+
+
+def _teacher_logits(teacher_run: str | None, vocab: Vocab, train: Samples) -> np.ndarray:
+    if teacher_run is None:
+        raise ConfigError("distill.mode two_stage needs distill.teacher_run (the trained teacher's run directory)")
+    teacher_vocab = load_config(Path(teacher_run) / VOCAB, Vocab)
+    if teacher_vocab != vocab:
+        raise ConfigError(f"teacher run {teacher_run} was trained on other data (vocab {teacher_vocab} != {vocab})")
+    return predict_logits(load_ranking_model(teacher_run), train)["ctr"]
+
+
+def _train_batches(samples: Samples, cfg: TrainConfig):
+    """Shuffled batches that depend only on (seed, epoch, rank), as exact resume requires."""
+    n = len(samples["item"])
+
+    def batches(epoch: int, rank: int, world_size: int):
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(n)[rank::world_size]
+        return iterate_batches(samples, cfg.batch_size, order)
+
+    return batches
+
+
+def _validator(samples: Samples, output: str = "ctr"):
+    """Validation GAUC/AUC of the click logit ``output`` (and of the teacher's heads when it has them)."""
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        logits = predict_logits(model, samples)
+        metrics = {"gauc": gauc(samples["user"], samples["click"], logits[output]),
+                   "auc": auc(samples["click"], logits[output])}
+        if output != "ctr":
+            metrics["teacher_gauc"] = gauc(samples["user"], samples["click"], logits["ctr"])
+        if "next" in logits and "next" in samples:
+            metrics["next_auc"] = auc(samples["next"], logits["next"])
+        return metrics
+
+    return validate
+
+
+def _head(samples: Samples, limit: int | None) -> Samples:
+    return samples if limit is None else {name: column[:limit] for name, column in samples.items()}
