@@ -8,7 +8,7 @@ from relist.data.logs import logged_requests
 from relist.models.ranking import DSSM, CoarseScorer, FineRankTeacher, StudentConfig, SyncDistill, TeacherConfig
 from relist.models.ranking.layers import Bilinear, NovaAttention, SENet
 from relist.models.ranking.losses import distill_loss, hard_loss, sync_distill_loss
-from relist.models.ranking.samples import iterate_batches, load_ranking_data, samples_from_ctr_split
+from relist.models.ranking.samples import iterate_batches, load_ranking_data
 from relist.models.ranking.scoring import point_scores, predict_logits, request_inputs
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
@@ -183,23 +183,31 @@ def test_coarse_scorer_matches_the_model_on_the_same_pairs(sim_dir, data):
         assert np.allclose(fast, model(pairs)["ctr"].numpy(), atol=1e-5)
 
 
-def test_ctr_split_is_read_and_checked(tmp_path):
+def test_amazon_ctr_split_becomes_ranking_samples(tmp_path):
+    import gzip
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from relist.data.schema import SchemaError
-
-    table = pa.table({"user_id": [1, 1, 2], "item_id": [5, 6, 7], "cate_id": [0, 2, 1], "label": [1, 0, 1],
-                      "hist_item_id": [[3], [3], [4, 5]], "hist_cate_id": [[0], [0], [1, 1]]})
+    with gzip.open(tmp_path / "item_meta.csv.gz", "wt") as f:
+        f.write("item_id\ti_category\tr_complement\tr_substitute\n")
+        f.writelines(f"{i}\t{i % 3}\t[]\t[]\n" for i in range(1, 9))
+    (tmp_path / "ctr_split").mkdir()
+    table = pa.table({"user_id": pa.array([1, 1, 2], pa.int32()), "item_id": pa.array([5, 6, 7], pa.int32()),
+                      "cate_id": pa.array([2, 0, 1], pa.int32()), "label": pa.array([1, 0, 1], pa.int8()),
+                      "hist_item_id": pa.array([[3], [3], [4, 5]], pa.list_(pa.int32())),
+                      "hist_cate_id": pa.array([[0], [0], [1, 2]], pa.list_(pa.int32())),
+                      "hist_len": pa.array([1, 1, 2], pa.int16()), "time": pa.array([1, 1, 2], pa.int64())})
     for split in ("train", "valid", "test"):
-        pq.write_table(table, tmp_path / f"{split}.parquet")
-    samples = samples_from_ctr_split(tmp_path / "train.parquet")
-    assert samples["hist"].tolist() == [[3, 0], [3, 0], [4, 5]] and samples["hist_mask"].sum() == 4
+        pq.write_table(table, tmp_path / "ctr_split" / f"{split}.parquet")
     data = load_ranking_data(tmp_path)
-    assert data.vocab.items == 8 and data.store is None
-    pq.write_table(table.drop(["label"]), tmp_path / "bad.parquet")
-    with pytest.raises(SchemaError, match="bad.parquet.*'label'"):
-        samples_from_ctr_split(tmp_path / "bad.parquet")
+    samples = data.splits["train"]
+    assert data.vocab.items == 9 and data.vocab.cates == 4 and data.store is None
+    assert samples["hist"].shape[1] == 20 and samples["hist"][2, :3].tolist() == [5, 4, 0]  # most recent first
+    assert samples["cate"].tolist() == [3, 1, 2] and samples["click"].tolist() == [1, 0, 1]
+    torch.manual_seed(0)
+    logits = predict_logits(DSSM(data.vocab, DIM, TINY), samples)["ctr"]
+    assert logits.shape == (3,) and np.isfinite(logits).all()
 
 
 def test_predict_logits_is_batch_size_independent(data):

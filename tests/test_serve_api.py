@@ -164,13 +164,13 @@ def test_unknown_items_and_users_are_served_with_defaults(client, logged):
 def test_failing_model_falls_back_to_upstream_order(client, logged):
     """The evaluator was built for lists of at most 10: n=12 makes it raise on every stage."""
     body = body_of(logged, n=12)
-    before = _metric(client, 'relist_fallbacks_total{endpoint="rerank",stage="upstream"}')
+    before = metric_value(client, 'relist_fallbacks_total{endpoint="rerank",stage="upstream"}')
     r = client.post("/v1/rerank", json=body)
     assert r.status_code == 200
     out = r.json()
     assert out["fallback"] and out["generator"] == "upstream" and out["list_reward"] is None
     assert out["items"] == [c["id"] for c in body["candidates"][:12]]
-    assert _metric(client, 'relist_fallbacks_total{endpoint="rerank",stage="upstream"}') == before + 1
+    assert metric_value(client, 'relist_fallbacks_total{endpoint="rerank",stage="upstream"}') == before + 1
 
 
 def test_budget_of_one_ms_serves_a_valid_list_flagged(client, logged):
@@ -209,9 +209,9 @@ def test_ops_endpoints(client):
 
 def test_requests_are_counted_by_status(client):
     key = 'relist_requests_total{endpoint="rerank",status="422"}'
-    before = _metric(client, key)
+    before = metric_value(client, key)
     client.post("/v1/rerank", json={"candidates": []})
-    assert _metric(client, key) == before + 1
+    assert metric_value(client, key) == before + 1
 
 
 def test_admin_needs_the_token(client, world):
@@ -244,7 +244,7 @@ def test_schemathesis_finds_no_server_error(client, mode):
     assert not failures, failures[:3]
 
 
-def _metric(client, key: str) -> float:
+def metric_value(client, key: str) -> float:
     for line in client.get("/metrics").text.splitlines():
         if line.startswith(key + " "):
             return float(line.split()[-1])

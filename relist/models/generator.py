@@ -42,8 +42,8 @@ def candidate_features(store: FeatureStore, user_ids: np.ndarray | Tensor, candi
     """Model inputs of requests: candidate and user features, the upstream score and the raw candidate ids."""
     batch = list_features(store, user_ids, candidates)
     device = batch["item"].device
-    batch["score"] = torch.as_tensor(cand_scores, dtype=torch.float32).to(device)
-    batch["candidates"] = torch.as_tensor(candidates, dtype=torch.long).to(device)
+    batch["score"] = torch.as_tensor(np.array(cand_scores, dtype=np.float32)).to(device)
+    batch["candidates"] = torch.as_tensor(np.array(candidates, dtype=np.int64)).to(device)
     return batch
 
 

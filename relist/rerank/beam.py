@@ -16,13 +16,16 @@ prefix that keeps them, and the returned list is flagged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from relist.data.features import FeatureStore
 from relist.data.padding import PAD_ID
-from relist.rerank.rules import BusinessRules
+from relist.data.requests import Requests
+from relist.rerank.rules import BusinessRules, item_attributes
 
 # A relaxed rule costs more than any list can be worth, so rule-keeping lists always rank first.
 RELAX_PENALTY = 1e9
@@ -127,3 +130,41 @@ def _pick(x: torch.Tensor, beam: torch.Tensor) -> torch.Tensor:
     """Rows of the surviving beams: x [B, k, ...] indexed by beam [B, k]."""
     index = beam.reshape(*beam.shape, *([1] * (x.dim() - 2))).expand(*beam.shape, *x.shape[2:])
     return x.gather(1, index)
+
+
+ScoresFn = Callable[[Requests], dict[str, np.ndarray]]
+"""Point-wise probabilities of a batch of requests: "ctr" and "next" [B, m] (optionally "buy"),
+e.g. ``functools.partial(relist.models.ranking.scoring.point_scores, teacher, store)``."""
+
+
+class BeamPolicy:
+    """Beam search as a policy (``__call__``: the best list) and a list generator (``propose``: k lists).
+
+    The GMV term needs a purchase model ("buy" among the scores) and ``item_price``
+    (raw prices indexed by item id, e.g. from items.parquet); without them it is 0.
+    """
+
+    def __init__(self, scores: ScoresFn, store: FeatureStore, k: int = 8, weights: ListValue = ListValue(),
+                 rules: BusinessRules = BusinessRules(), item_price: np.ndarray | None = None):
+        self.scores, self.store, self.k, self.weights, self.rules = scores, store, k, weights, rules
+        self.item_price = item_price
+
+    def search(self, requests: Requests, n: int) -> BeamLists:
+        p = self.scores(requests)
+        cates, shops = item_attributes(self.store, requests.candidates)
+        money = {}
+        if "buy" in p and self.item_price is not None:
+            ids = requests.candidates
+            known = (ids > 0) & (ids < len(self.item_price))
+            price = np.where(known, self.item_price[np.where(known, ids, 0)], 0.0)
+            money = {"p_buy": p["buy"], "price": price}
+        return beam_search(p["ctr"], p["next"], requests.candidates, cates, shops, requests.mask, n, self.k,
+                           self.weights, self.rules, **money)
+
+    def propose(self, requests: Requests, n: int) -> np.ndarray:
+        """The k lists [B, k, n]; where fewer than k exist, the best one stands in for the missing."""
+        out = self.search(requests, n)
+        return np.where(out.valid[:, :, None], out.items, out.items[:, :1])
+
+    def __call__(self, requests: Requests, n: int) -> np.ndarray:
+        return self.search(requests, n).items[:, 0]

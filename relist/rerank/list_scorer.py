@@ -71,8 +71,7 @@ class ListScorer:
     @torch.no_grad()
     def _score(self, user_ids: Array, lists: Array) -> tuple[Array, Array]:
         as_numpy = isinstance(lists, np.ndarray)
-        lists_t = torch.as_tensor(lists, dtype=torch.long)
-        users_t = torch.as_tensor(user_ids, dtype=torch.long)
+        lists_t, users_t = as_long(lists), as_long(user_ids)
         device = next(self.model.parameters()).device
         p_click, share = [], []
         for start in range(0, len(lists_t), self.batch_size):
@@ -85,3 +84,8 @@ class ListScorer:
             share.append(p * weight)
         out = torch.cat(p_click).to(lists_t.device), torch.cat(share).to(lists_t.device)
         return tuple(x.numpy() for x in out) if as_numpy else out
+
+
+def as_long(values: Array) -> Tensor:
+    """Ids as a long tensor (numpy arrays are copied: logs come back read-only)."""
+    return values.long() if isinstance(values, Tensor) else torch.tensor(np.asarray(values), dtype=torch.long)

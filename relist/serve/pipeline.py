@@ -15,6 +15,7 @@ version it started with.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -51,8 +52,10 @@ class PipelineConfig(BaseModel):
                                          description="beam list value weights r = pv·PV + ipv·IPV + gmv·GMV")
     cate_window: int = Field(2, ge=0, description="business rule: no category repeat within this many slots")
     max_per_shop: int | None = Field(None, ge=1)
-    recall_size: int = Field(200, ge=1, description="/v1/recommend: items recalled from the catalogue")
-    rerank_candidates: int = Field(50, ge=1, description="/v1/recommend: ranked candidates handed to re-ranking")
+    recall_size: int = Field(1000, ge=1, description="/v1/recommend: items recalled from the catalogue")
+    coarse_keep: int = Field(200, ge=1, description="/v1/recommend: items the coarse ranker passes on")
+    rerank_candidates: int = Field(50, ge=1,
+                                   description="/v1/recommend: items the fine ranker hands to re-ranking")
 
 
 @dataclass(frozen=True)
@@ -100,11 +103,18 @@ class EvaluatorScorer:
         self.scorer = scorer
 
     def __call__(self, inp: RerankInput, lists: np.ndarray) -> np.ndarray:
-        scorer = self.scorer
-        if inp.store is not scorer.store:
-            scorer = type(scorer)(scorer.model, inp.store, scorer.exposure_weighted)
+        scorer = _on_store(self.scorer, inp.store)
         users = np.repeat(inp.requests.user_id, len(lists))
         return np.asarray(scorer.list_reward(users, lists), dtype=np.float64)
+
+
+def _on_store(model, store: FeatureStore):
+    """``model`` (anything holding a ``store``) reading features from ``store``: a shallow copy if it differs."""
+    if model.store is store:
+        return model
+    view = copy.copy(model)
+    view.store = store
+    return view
 
 
 @dataclass
@@ -253,41 +263,81 @@ def _user_view(store: FeatureStore, user) -> FeatureStore:
                                user_hist_mask=np.concatenate([pad_row[2], hist_mask]))
 
 
-# --- stages -----------------------------------------------------------------------------------------
-
-
-def _policy_stage(policy) -> Stage:
-    return lambda inp: policy(inp.requests, inp.n)
-
-
-def _beam_upstream(config: PipelineConfig) -> Stage:
-    """Beam search over the upstream scores (as CTR) with a constant scroll probability and the rules."""
-    weights = ListValue(**config.list_value)
-    rules = BusinessRules(cate_window=config.cate_window, max_per_shop=config.max_per_shop)
-
-    def stage(inp: RerankInput) -> np.ndarray:
-        req = inp.requests
-        p_ctr = np.clip(req.cand_scores, 0.0, 1.0)
-        lists = beam_search(p_ctr, np.full_like(p_ctr, config.p_next), req.candidates, inp.cates, inp.shops,
-                            req.mask, inp.n, config.beam_width, weights, rules)
-        return lists.items[0][lists.valid[0]]
-
-    return stage
+# --- stages ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Models:
     """Trained models a version carries, by role; a stage needing a missing role is not built."""
 
-    scorer: object | None = None  # relist.rerank.list_scorer.ListScorer
+    scorer: object | None = None  # relist.rerank.list_scorer.ListScorer (role "evaluator")
+    generator: object | None = None  # relist.models.generator.GRN (role "generator")
+    ranker: object | None = None  # fine-ranking teacher with ctr and next heads (role "ranker")
+    coarse: object | None = None  # relist.models.ranking.scoring.CoarseScorer (role "coarse")
+
+
+PointScores = Callable[[RerankInput], tuple[np.ndarray, np.ndarray]]  # -> p_ctr, p_next [1, m]
+
+
+def _rules(config: PipelineConfig) -> BusinessRules:
+    return BusinessRules(cate_window=config.cate_window, max_per_shop=config.max_per_shop)
+
+
+def _beam(config: PipelineConfig, point_scores: PointScores) -> Stage:
+    """Beam search over point-wise click and scroll probabilities, under the rules (request overrides apply)."""
+    weights, rules = ListValue(**config.list_value), _rules(config)
+
+    def stage(inp: RerankInput) -> np.ndarray:
+        p_ctr, p_next = point_scores(inp)
+        req = inp.requests
+        lists = beam_search(p_ctr, p_next, req.candidates, inp.cates, inp.shops, req.mask, inp.n,
+                            config.beam_width, weights, rules)
+        return lists.items[0][lists.valid[0]]
+
+    return stage
+
+
+def _upstream_point_scores(config: PipelineConfig) -> PointScores:
+    """The upstream scores as click probabilities and a constant scroll probability."""
+
+    def scores(inp: RerankInput) -> tuple[np.ndarray, np.ndarray]:
+        p_ctr = np.clip(inp.requests.cand_scores, 0.0, 1.0)
+        return p_ctr, np.full_like(p_ctr, config.p_next)
+
+    return scores
+
+
+def _ranker_point_scores(ranker) -> PointScores:
+    from relist.models.ranking.scoring import point_scores
+
+    def scores(inp: RerankInput) -> tuple[np.ndarray, np.ndarray]:
+        p = point_scores(ranker, inp.store, inp.requests)
+        return p["ctr"], p["next"]
+
+    return scores
+
+
+def _grn(config: PipelineConfig, generator) -> Stage:
+    """The GRN's most likely list under the rules (a policy object per request: it is cheap and holds the
+    request's store view)."""
+    from relist.rerank.grn_policy import GRNPolicy
+
+    rules = _rules(config)
+    return lambda inp: GRNPolicy(generator, inp.store, rules=rules)(inp.requests, inp.n)
 
 
 StageBuilder = Callable[[PipelineConfig, Models], Stage | None]
 
 STAGE_BUILDERS: dict[str, StageBuilder] = {
     "greedy_upstream_score": lambda cfg, models: _policy_stage(greedy_by_score),
-    "beam_upstream": lambda cfg, models: _beam_upstream(cfg),
+    "beam_upstream": lambda cfg, models: _beam(cfg, _upstream_point_scores(cfg)),
+    "beam": lambda cfg, models: _beam(cfg, _ranker_point_scores(models.ranker)) if models.ranker else None,
+    "grn": lambda cfg, models: _grn(cfg, models.generator) if models.generator else None,
 }
+
+
+def _policy_stage(policy) -> Stage:
+    return lambda inp: policy(inp.requests, inp.n)
 
 
 def build_pipeline(version: str, store: FeatureStore, config: PipelineConfig, models: Models) -> Pipeline:

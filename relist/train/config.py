@@ -32,7 +32,7 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(None, gt=0, description="max global gradient norm; None: no clipping")
     seed: int = Field(0, ge=0)
-    patience: int | None = Field(3, ge=1, description="epochs without improvement before stopping")
+    patience: int | None = Field(3, ge=1, description="epochs without progress before stopping; None: never")
     monitor: str = Field("loss", description="name of the validation metric that picks the best epoch")
     monitor_mode: Literal["max", "min"] = "min"
     max_steps_per_epoch: int | None = Field(None, ge=1)

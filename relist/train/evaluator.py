@@ -21,7 +21,16 @@ from relist.data.logs import read_lists, split_path
 from relist.data.padding import length_mask
 from relist.data.stream import ParquetStream
 from relist.eval.metrics import auc, pearson
-from relist.models.evaluator import DCWN, DCWNConfig, EvaluatorSpec, Vocab, exposure, list_features, load_evaluator, save_spec
+from relist.models.evaluator import (
+    DCWN,
+    DCWNConfig,
+    EvaluatorSpec,
+    Vocab,
+    exposure,
+    list_features,
+    load_evaluator,
+    save_spec,
+)
 from relist.train.config import TrainConfig, save_config
 from relist.train.trainer import FitResult, fit
 

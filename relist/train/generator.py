@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
@@ -108,7 +107,7 @@ def request_batches(data_dir: Path, store: FeatureStore, batch_size: int):
                                seed=epoch)
         for raw in stream:
             batch = candidate_features(store, raw["user_id"], raw["candidates"], raw["cand_scores"])
-            yield batch | {"user_id": torch.as_tensor(raw["user_id"])}
+            yield batch | {"user_id": torch.tensor(raw["user_id"])}
 
     return batches
 
@@ -137,7 +136,7 @@ def train_generator(cfg: GeneratorTrainConfig, data_dir: str | Path, evaluator_d
     model = SampledGRN(vocab, cfg.model, cfg.samples, cfg.temperature, cfg.rules)
     requests, _ = logged_requests(data_dir, "valid", cfg.valid_requests)
     valid = candidate_features(store, requests.user_id, requests.candidates, requests.cand_scores)
-    valid["user_id"] = torch.as_tensor(np.asarray(requests.user_id))
+    valid["user_id"] = torch.tensor(requests.user_id)
     result = fit(model, policy_gradient_loss(scorer, cfg.reward), request_batches(data_dir, store,
                  cfg.train.batch_size), greedy_lr(scorer, valid, cfg.rules), cfg.train, out_dir, resume)
     save_config(cfg, out_dir / CONFIG_FILE)

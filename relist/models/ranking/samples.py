@@ -2,9 +2,8 @@
 
 Two sources give the same columns: relist logs (every shown position below
 ``exposed_len`` is a sample with click/next/buy labels, features from the
-FeatureStore) and a prepared point-wise CTR split (``{split}.parquet`` with
-user_id, item_id, cate_id, label, hist_item_id, hist_cate_id, e.g. the Amazon
-grocery ctr_split), which has click labels only and no shop/price/segment.
+FeatureStore) and the Amazon grocery CTR split (relist.data.loaders.amazon:
+sampled negatives, click labels only, no shop/price/segment).
 """
 
 from __future__ import annotations
@@ -14,17 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from relist.data.features import PRICE_BUCKETS, FeatureStore
+from relist.data.loaders.amazon import load_amazon_ctr
 from relist.data.logs import read_lists
-from relist.data.padding import pad_lists
 from relist.data.schema import SchemaError
 from relist.models.ranking.config import Vocab
 
 Samples = dict[str, np.ndarray]
 FEATURES = ("segment", "hist", "hist_cate", "hist_mask", "item", "cate", "shop", "price_bucket")
-CTR_SPLIT_COLUMNS = ("user_id", "item_id", "cate_id", "label", "hist_item_id", "hist_cate_id")
 
 
 @dataclass
@@ -46,12 +43,12 @@ def load_ranking_data(data_dir: str | Path, splits: tuple[str, ...] = ("train", 
                       price_buckets=PRICE_BUCKETS + 1, segments=store.n_segments)
         return RankingData(vocab, {s: _head(samples_from_logs(data_dir, s, store), max_samples) for s in splits},
                            store)
-    if (data_dir / "train.parquet").is_file():
-        every = {s: samples_from_ctr_split(data_dir / f"{s}.parquet") for s in ("train", "valid", "test")}
-        vocab = Vocab(items=_size(every, "item", "hist"), cates=_size(every, "cate", "hist_cate"),
-                      shops=1, price_buckets=1, segments=1)
-        return RankingData(vocab, {s: _head(every[s], max_samples) for s in splits})
-    raise SchemaError(data_dir, None, None, "neither a relist log directory (lists/) nor a CTR split (train.parquet)")
+    if (data_dir / "ctr_split").is_dir():
+        amazon = load_amazon_ctr(data_dir, splits)
+        vocab = Vocab(items=int(amazon.items["item_id"].to_numpy().max()) + 1,
+                      cates=int(amazon.items["cate_id"].to_numpy().max()) + 1, shops=1, price_buckets=1, segments=1)
+        return RankingData(vocab, {s: _head(samples_from_ctr(amazon.splits[s]), max_samples) for s in splits})
+    raise SchemaError(data_dir, None, None, "neither a relist log directory (lists/) nor the Amazon data (ctr_split/)")
 
 
 def samples_from_logs(data_dir: str | Path, split: str, store: FeatureStore) -> Samples:
@@ -72,29 +69,15 @@ def samples_from_logs(data_dir: str | Path, split: str, store: FeatureStore) -> 
     return samples
 
 
-def samples_from_ctr_split(path: str | Path) -> Samples:
-    path = Path(path)
-    if not path.is_file():
-        raise SchemaError(path, None, None, "no such file")
-    table = pq.read_table(path)
-    for name in CTR_SPLIT_COLUMNS:
-        if name not in table.column_names:
-            raise SchemaError(path, None, name, f"missing column (has {table.column_names})")
-    hist, hist_mask = pad_lists(table.column("hist_item_id").to_pylist())
-    hist_cate, _ = pad_lists(table.column("hist_cate_id").to_pylist(), hist.shape[1])
-    n = table.num_rows
-    item = table.column("item_id").to_numpy().astype(np.int64)
-    if (item < 1).any():
-        raise SchemaError(path, int(np.argmax(item < 1)), "item_id", "item ids must be >= 1 (0 is the padding id)")
+def samples_from_ctr(split: dict[str, np.ndarray]) -> Samples:
+    """One split of relist.data.loaders.amazon.load_amazon_ctr in the columns of the models."""
+    zeros = np.zeros(len(split["item_id"]), np.int64)
     return {
-        "user": table.column("user_id").to_numpy().astype(np.int64),
-        "segment": np.zeros(n, np.int64),
-        "hist": hist, "hist_cate": hist_cate, "hist_mask": hist_mask,
-        "item": item,
-        "cate": table.column("cate_id").to_numpy().astype(np.int64),
-        "shop": np.zeros(n, np.int64),
-        "price_bucket": np.zeros(n, np.int64),
-        "click": table.column("label").to_numpy().astype(np.int8),
+        "user": split["user_id"], "segment": zeros,
+        "hist": split["hist_items"], "hist_cate": split["hist_cates"].astype(np.int64),
+        "hist_mask": split["hist_mask"],
+        "item": split["item_id"], "cate": split["cate_id"].astype(np.int64), "shop": zeros, "price_bucket": zeros,
+        "click": split["label"],
     }
 
 
@@ -108,7 +91,3 @@ def iterate_batches(samples: Samples, batch_size: int, order: np.ndarray | None 
 
 def _head(samples: Samples, limit: int | None) -> Samples:
     return samples if limit is None else {name: column[:limit] for name, column in samples.items()}
-
-
-def _size(splits: dict[str, Samples], *columns: str) -> int:
-    return int(max(s[c].max() for s in splits.values() for c in columns)) + 1

@@ -1,0 +1,173 @@
+"""GRN decoding (pointer masks, rules, purity), its rewards, policy-gradient training and the policy."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from relist.data.features import FeatureStore
+from relist.data.logs import logged_requests
+from relist.models.evaluator import DCWNConfig, Vocab
+from relist.models.generator import GRN, GRNConfig, candidate_features, chosen_items, load_generator
+from relist.rerank.grn_policy import GRNPolicy, RulesConfig, rules_hook
+from relist.rerank.list_scorer import ListScorer
+from relist.rerank.rules import BusinessRules, item_attributes
+from relist.sim.config import load_sim_config
+from relist.sim.logs import simulate_logs
+from relist.sim.world import build_world
+from relist.train.config import TrainConfig
+from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
+from relist.train.generator import GeneratorTrainConfig, step_rewards, train_generator, without_each
+
+TINY = GRNConfig(dim=8, hidden=16, heads=2, list_len=10)
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    simulate_logs(build_world(load_sim_config()), out, 2000, 0.1, 0.1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(logs):
+    return FeatureStore.from_dir(logs)
+
+
+@pytest.fixture(scope="module")
+def evaluator_dir(logs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dcwn")
+    cfg = EvaluatorTrainConfig(model=DCWNConfig(dim=8, hidden=8, dropout=0.0),
+                               train=TrainConfig(epochs=1, batch_size=64, lr=0.01, monitor="click_logloss",
+                                                 monitor_mode="min", num_threads=1))
+    train_evaluator(cfg, logs, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scorer(evaluator_dir, store):
+    return ListScorer.load(evaluator_dir, store)
+
+
+def request_batch(logs, store, k=16):
+    requests, _ = logged_requests(logs, "test", k)
+    return requests, candidate_features(store, requests.user_id, requests.candidates, requests.cand_scores)
+
+
+def test_decoded_lists_are_distinct_real_candidates(logs, store):
+    torch.manual_seed(0)
+    requests, batch = request_batch(logs, store)
+    batch["mask"][0, 12:] = False  # a request with only 12 real candidates ...
+    batch["mask"][1, 6:] = False  # ... and one with fewer than n: the rest stays empty
+    out = GRN(Vocab.of(store), TINY)(batch, samples=3)
+    choice = out["choice"]
+    assert choice.shape == (16, 3, 10) and out["logp"].shape == (16, 3)
+    for b, k in itertools.product(range(16), range(3)):
+        picked = choice[b, k][choice[b, k] >= 0]
+        assert len(set(picked.tolist())) == len(picked)
+        assert batch["mask"][b, picked].all()
+    assert (choice[1, :, 6:] == -1).all() and (choice[1, :, :6] >= 0).all()
+    assert (choice[0] < 12).all()
+    torch.testing.assert_close(out["logp"], out["step_logp"].sum(-1))
+
+
+def test_list_probabilities_sum_to_one_over_all_permutations(logs, store):
+    torch.manual_seed(0)
+    _, batch = request_batch(logs, store, 1)
+    batch["mask"][:, 4:] = False  # 4 candidates, lists of 3: 24 arrangements
+    perms = torch.tensor(list(itertools.permutations(range(4), 3)))
+    model = GRN(Vocab.of(store), TINY)
+    out = model(batch, n=3, samples=len(perms), forced=perms[None])
+    assert out["logp"].exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_sampling_is_reproducible_and_decode_is_a_function_of_params(logs, store):
+    torch.manual_seed(0)
+    _, batch = request_batch(logs, store)
+    model = GRN(Vocab.of(store), TINY).eval()
+    params = dict(model.named_parameters())
+
+    def decode(p, seed):
+        generator = torch.Generator().manual_seed(seed)
+        return functional_call(model, p, (batch,), {"samples": 4, "generator": generator})
+
+    a, b = decode(params, 7), decode(params, 7)
+    assert torch.equal(a["choice"], b["choice"]) and torch.equal(a["logp"], b["logp"])
+    direct = model(batch, samples=4, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a["choice"], direct["choice"])
+    shifted = {name: p + 0.5 * torch.randn_like(p) for name, p in params.items()}
+    forced = functional_call(model, shifted, (batch,), {"samples": 4, "forced": a["choice"]})
+    assert not torch.allclose(forced["logp"], a["logp"])
+
+
+def test_business_rules_hold_in_decoded_lists(logs, store):
+    torch.manual_seed(0)
+    requests, batch = request_batch(logs, store, 64)
+    rules = BusinessRules(cate_window=2, max_per_shop=1)
+    out = GRN(Vocab.of(store), TINY)(batch, samples=2, allowed_fn=rules_hook(rules, batch))
+    lists = chosen_items(batch["candidates"], out["choice"]).reshape(128, 10)
+    cates, shops = item_attributes(store, lists)
+    assert rules.check(cates, shops).float().mean() > 0.95  # relaxed only where nothing else fits
+    unruled = GRN(Vocab.of(store), TINY)(batch, samples=2)
+    free = chosen_items(batch["candidates"], unruled["choice"]).reshape(128, 10)
+    assert rules.check(*item_attributes(store, free)).float().mean() < 0.5
+
+
+def test_without_each_removes_one_slot_and_moves_the_rest_up():
+    lists = torch.tensor([[5, 6, 7]])
+    assert without_each(lists).tolist() == [[[6, 7, 0], [5, 7, 0], [5, 6, 0]]]
+
+
+def test_advantage_reward_is_lr_with_minus_without(scorer, logs):
+    requests, shown = logged_requests(logs, "test", 4)
+    users, lists = torch.tensor(requests.user_id), torch.tensor(shown)
+    own = scorer.contributions(users, lists)
+    torch.testing.assert_close(step_rewards(scorer, users, lists, "self"), own)
+    advantage = step_rewards(scorer, users, lists, "advantage")
+    for t in (0, 4, 9):
+        rest = torch.cat([lists[:, :t], lists[:, t + 1:], torch.zeros_like(lists[:, :1])], 1)
+        expected = scorer.list_reward(users, lists) - scorer.list_reward(users, rest)
+        torch.testing.assert_close(advantage[:, t], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(advantage, own)  # the differential part is not zero
+
+
+def test_policy_gradient_raises_the_evaluator_reward(logs, store, evaluator_dir, scorer, tmp_path):
+    cfg = GeneratorTrainConfig(
+        model=TINY, samples=4, valid_requests=100, rules=RulesConfig(cate_window=1),
+        train=TrainConfig(epochs=2, batch_size=32, lr=0.01, max_steps_per_epoch=12, monitor="lr",
+                          monitor_mode="max", patience=None, num_threads=1))
+    torch.manual_seed(cfg.train.seed)
+    requests, _ = logged_requests(logs, "valid", 100)
+    rules = cfg.rules.build()
+    untrained = GRNPolicy(GRN(Vocab.of(store), TINY), store, rules=rules)(requests, 10)
+    result = train_generator(cfg, logs, evaluator_dir, tmp_path)
+    model, spec = load_generator(tmp_path)
+    assert spec.model == TINY and (tmp_path / "generator_train.yaml").is_file()
+    trained = GRNPolicy(model, store, rules=rules)(requests, 10)
+    before = scorer.list_reward(requests.user_id, untrained).mean()
+    after = scorer.list_reward(requests.user_id, trained).mean()
+    assert after == pytest.approx(result.best_metric, rel=1e-4)
+    assert after > before
+
+
+def test_grn_policy_serves_candidates_and_best_of_samples(logs, store, scorer):
+    requests, _ = logged_requests(logs, "test", 16)
+    model = GRN(Vocab.of(store), TINY)
+    greedy = GRNPolicy(model, store)(requests, 10)
+    assert greedy.shape == (16, 10)
+    assert all(set(row) <= set(cands) and len(set(row)) == 10 for row, cands in zip(greedy, requests.candidates,
+                                                                                   strict=True))
+    np.testing.assert_array_equal(greedy, GRNPolicy(model, store)(requests, 10))
+    best = GRNPolicy(model, store, mode="sample", samples=6, scorer=scorer, seed=3)(requests, 10)
+    _, batch = request_batch(logs, store, 16)
+    with torch.no_grad():
+        out = model(batch, samples=6, generator=torch.Generator().manual_seed(3))
+    samples = chosen_items(batch["candidates"], out["choice"]).numpy()
+    best_lr = scorer.best_of(requests.user_id, samples)[1].max(1)
+    np.testing.assert_allclose(scorer.list_reward(requests.user_id, best), best_lr, rtol=1e-5)
+    with pytest.raises(ValueError, match="scorer"):
+        GRNPolicy(model, store, mode="sample", samples=4)
