@@ -28,7 +28,12 @@ from relist.train.ranking import RankingConfig, train_ranking
 
 CONFIGS = Path(__file__).resolve().parents[1] / "relist" / "configs"
 AMAZON = Path("/work/shared/data/amazon_grocery_5core")
-ALL_SWITCHES = {"head": "mlp", "fm_cross": True, "user_attention": "nova", "item_interaction": "senet_bilinear"}
+ALL_SWITCHES = {
+    "head": "mlp",
+    "fm_cross": True,
+    "user_attention": "nova",
+    "item_interaction": "senet_bilinear",
+}
 VARIANTS: dict[str, dict] = {
     "dssm": {},
     "+ mlp head": {"student": {"head": "mlp"}},
@@ -41,7 +46,9 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def variant_config(base: RankingConfig, change: dict, seed: int, epochs: int, teacher_run: Path) -> RankingConfig:
+def variant_config(
+    base: RankingConfig, change: dict, seed: int, epochs: int, teacher_run: Path
+) -> RankingConfig:
     data = base.model_dump(mode="json")
     for section, values in change.items():
         data[section] |= values
@@ -56,9 +63,14 @@ def run(cfg: RankingConfig, data_dir: Path, data, out: Path) -> dict:
     result = train_ranking(cfg, data_dir, out, data=data)
     seconds = time.perf_counter() - start
     report = evaluate_ranking(out, data_dir, data=data)
-    return {"test_gauc": report["ctr"]["gauc"], "test_auc": report["ctr"]["auc"], "valid_gauc": result.best_metric,
-            "best_epoch": result.best_epoch + 1, "train_seconds": seconds,
-            "train_samples_per_s": float(np.median([h["samples_per_s"] for h in result.history]))}
+    return {
+        "test_gauc": report["ctr"]["gauc"],
+        "test_auc": report["ctr"]["auc"],
+        "valid_gauc": result.best_metric,
+        "best_epoch": result.best_epoch + 1,
+        "train_seconds": seconds,
+        "train_samples_per_s": float(np.median([h["samples_per_s"] for h in result.history])),
+    }
 
 
 def summarise(per_seed: dict[str, list[dict]]) -> dict:
@@ -66,11 +78,18 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict:
     rows = {}
     for name, runs in per_seed.items():
         gauc = np.array([r["test_gauc"] for r in runs])
-        row = {"gauc_mean": gauc.mean(), "gauc_std": gauc.std(ddof=1) if len(gauc) > 1 else 0.0,
-               "auc_mean": float(np.mean([r["test_auc"] for r in runs])), "per_seed": runs}
+        row = {
+            "gauc_mean": gauc.mean(),
+            "gauc_std": gauc.std(ddof=1) if len(gauc) > 1 else 0.0,
+            "auc_mean": float(np.mean([r["test_auc"] for r in runs])),
+            "per_seed": runs,
+        }
         if name != "teacher":
             diff = (gauc - base[: len(gauc)]) * 1000
-            row |= {"diff_permille_mean": diff.mean(), "diff_permille_std": diff.std(ddof=1) if len(diff) > 1 else 0.0}
+            row |= {
+                "diff_permille_mean": diff.mean(),
+                "diff_permille_std": diff.std(ddof=1) if len(diff) > 1 else 0.0,
+            }
         rows[name] = row
     return rows
 
@@ -79,10 +98,16 @@ def print_table(dataset: str, rows: dict) -> None:
     print(f"\n{dataset}: test GAUC, mean ± std over seeds; difference from plain DSSM in ‰ (paired by seed)")
     print(f"{'variant':44s} {'GAUC':>17s} {'Δ vs DSSM (‰)':>16s} {'AUC':>7s} {'samples/s':>10s}")
     for name, row in rows.items():
-        diff = f"{row['diff_permille_mean']:+.1f} ± {row['diff_permille_std']:.1f}" if name != "teacher" else "ceiling"
+        diff = (
+            f"{row['diff_permille_mean']:+.1f} ± {row['diff_permille_std']:.1f}"
+            if name != "teacher"
+            else "ceiling"
+        )
         speed = np.median([r["train_samples_per_s"] for r in row["per_seed"]])
-        print(f"{name:44s} {row['gauc_mean']:.4f} ± {row['gauc_std']:.4f} {diff:>16s} {row['auc_mean']:.4f} "
-              f"{speed:10,.0f}")
+        print(
+            f"{name:44s} {row['gauc_mean']:.4f} ± {row['gauc_std']:.4f} {diff:>16s} {row['auc_mean']:.4f} "
+            f"{speed:10,.0f}"
+        )
 
 
 def merge_into_results(dataset: str, entry: dict) -> Path:
@@ -122,8 +147,9 @@ def main() -> None:
     teacher_base = load_config(CONFIGS / "ranking_teacher.yaml", RankingConfig)
     student_base = load_config(CONFIGS / "ranking_dssm.yaml", RankingConfig)
     if args.dataset == "amazon":  # no scroll labels: the teacher has the click head only
-        teacher_base = teacher_base.model_copy(update={"teacher": teacher_base.teacher.model_copy(
-            update={"tasks": ("ctr",)})})
+        teacher_base = teacher_base.model_copy(
+            update={"teacher": teacher_base.teacher.model_copy(update={"tasks": ("ctr",)})}
+        )
         student_base = student_base.model_copy(update={"teacher": teacher_base.teacher})
     per_seed: dict[str, list[dict]] = {name: [] for name in ["teacher", *VARIANTS]}
     configs = {}
@@ -140,10 +166,15 @@ def main() -> None:
             print(f"seed {seed} {name}: test GAUC {per_seed[name][-1]['test_gauc']:.4f}", flush=True)
     rows = summarise(per_seed)
     print_table(args.dataset, rows)
-    entry = {"data": str(data_dir), "samples": {s: len(v["item"]) for s, v in data.splits.items()},
-             "seeds": args.seeds, "rows": rows, "configs": configs,
-             "command": f"python benchmarks/ranking_ablation.py --dataset {args.dataset} --seeds {args.seeds} "
-                        f"--student-epochs {args.student_epochs} --teacher-epochs {args.teacher_epochs}"}
+    entry = {
+        "data": str(data_dir),
+        "samples": {s: len(v["item"]) for s, v in data.splits.items()},
+        "seeds": args.seeds,
+        "rows": rows,
+        "configs": configs,
+        "command": f"python benchmarks/ranking_ablation.py --dataset {args.dataset} --seeds {args.seeds} "
+        f"--student-epochs {args.student_epochs} --teacher-epochs {args.teacher_epochs}",
+    }
     print(f"wrote {merge_into_results(args.dataset, entry)}")
 
 

@@ -28,7 +28,11 @@ from relist.train.config import load_config
 from relist.train.ranking import RankingConfig, load_ranking_model, train_ranking
 
 CONFIGS = Path(__file__).resolve().parents[1] / "relist" / "configs"
-MODELS = {"teacher": "ranking_teacher.yaml", "dssm": "ranking_dssm.yaml", "dssm_full": "ranking_dssm_full.yaml"}
+MODELS = {
+    "teacher": "ranking_teacher.yaml",
+    "dssm": "ranking_dssm.yaml",
+    "dssm_full": "ranking_dssm_full.yaml",
+}
 
 
 def timings_ms(call, repeats: int, warmup: int = 10) -> np.ndarray:
@@ -63,8 +67,9 @@ def main() -> None:
         cfg = load_config(CONFIGS / file, RankingConfig)
         update = {"train": cfg.train.model_copy(update={"epochs": 1, "num_threads": 1})}
         if cfg.distill.mode == "two_stage":
-            update["distill"] = cfg.distill.model_copy(update={"teacher_run": str(args.work / "teacher"),
-                                                               "stage1_epochs": 1})
+            update["distill"] = cfg.distill.model_copy(
+                update={"teacher_run": str(args.work / "teacher"), "stage1_epochs": 1}
+            )
         result = train_ranking(cfg.model_copy(update=update), logs, args.work / name, data=data)
         throughput[name] = result.history[-1]["samples_per_s"]
 
@@ -86,19 +91,35 @@ def main() -> None:
     matrix_ms = (time.perf_counter() - start) * 1000
 
     teacher_median = float(np.median(latency["teacher"]))
-    rows = {name: {"median_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)),
-                   "teacher_over_this_median": teacher_median / float(np.median(t)),
-                   "train_samples_per_s": throughput[name]} for name, t in latency.items()}
+    rows = {
+        name: {
+            "median_ms": float(np.median(t)),
+            "p99_ms": float(np.percentile(t, 99)),
+            "teacher_over_this_median": teacher_median / float(np.median(t)),
+            "train_samples_per_s": throughput[name],
+        }
+        for name, t in latency.items()
+    }
     print(f"{args.candidates} candidates, one user, {args.repeats} repeats, 1 thread")
     print(f"{'model':10s} {'median ms':>10s} {'p99 ms':>8s} {'teacher/this':>13s} {'train samples/s':>16s}")
     for name, row in rows.items():
-        print(f"{name:10s} {row['median_ms']:10.2f} {row['p99_ms']:8.2f} {row['teacher_over_this_median']:13.1f} "
-              f"{row['train_samples_per_s']:16,.0f}")
+        print(
+            f"{name:10s} {row['median_ms']:10.2f} {row['p99_ms']:8.2f} "
+            f"{row['teacher_over_this_median']:13.1f} {row['train_samples_per_s']:16,.0f}"
+        )
     print(f"item matrix for {data.store.n_items:,} items (offline, dssm_full): {matrix_ms:.1f} ms")
-    path = write_result("ranking_latency", {
-        "candidates": args.candidates, "catalogue_items": data.store.n_items, "repeats": args.repeats,
-        "train_samples": len(data.splits["train"]["item"]), "threads": 1, "rows": rows,
-        "item_matrix_ms": matrix_ms})
+    path = write_result(
+        "ranking_latency",
+        {
+            "candidates": args.candidates,
+            "catalogue_items": data.store.n_items,
+            "repeats": args.repeats,
+            "train_samples": len(data.splits["train"]["item"]),
+            "threads": 1,
+            "rows": rows,
+            "item_matrix_ms": matrix_ms,
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -14,7 +14,13 @@ prediction (weighted by the true exposure of the position). Valid and test split
     python benchmarks/rerank_evaluator_validity.py --data /tmp/relist_validity_sim [--generator DIR]
 
 Missing logs are simulated (--sim-requests); missing models are trained with
-relist/configs/evaluator.yaml into --work.
+relist/configs/evaluator.yaml into --work. The recorded result came from
+    relist simulate --out /tmp/eval_sim100k --requests 100000
+    relist train evaluator --data /tmp/eval_sim100k --out /tmp/ev/dcwn100k
+    python benchmarks/rerank_grn_ablation.py --data /tmp/eval_sim100k --evaluator /tmp/ev/dcwn100k \
+        --work /tmp/ev/ablation
+    python benchmarks/rerank_evaluator_validity.py --data /tmp/eval_sim100k --evaluator /tmp/ev/dcwn100k \
+        --work /tmp/ev/valwork --generator /tmp/ev/ablation/grn_advantage_seed0
 """
 
 from __future__ import annotations
@@ -63,8 +69,15 @@ def ensure_evaluator(data: Path, out: Path, context: bool) -> Path:
     return out
 
 
-def proposals(requests: Requests, shown: np.ndarray, shuffles: int, randoms: int, generator_dir: Path | None,
-              store: FeatureStore, seed: int) -> tuple[np.ndarray, list[str]]:
+def proposals(
+    requests: Requests,
+    shown: np.ndarray,
+    shuffles: int,
+    randoms: int,
+    generator_dir: Path | None,
+    store: FeatureStore,
+    seed: int,
+) -> tuple[np.ndarray, list[str]]:
     """Lists [B, L, n] per request and the name of each of the L kinds."""
     rng = np.random.default_rng(seed)
     n = shown.shape[1]
@@ -90,7 +103,7 @@ def proposals(requests: Requests, shown: np.ndarray, shuffles: int, randoms: int
 def within(scores: np.ndarray, truth: np.ndarray) -> float | None:
     """Pearson of per-request deviations [B, L]; None when the score cannot tell a request's lists apart."""
     centred = scores - scores.mean(1, keepdims=True)
-    if np.allclose(centred, 0):
+    if np.allclose(centred, 0, atol=1e-6):  # float32 sums of the same items differ in the last bits
         return None
     return pearson(centred, truth - truth.mean(1, keepdims=True))
 
@@ -103,8 +116,14 @@ def calibration(p_pred: np.ndarray, p_true: np.ndarray, weight: np.ndarray, bins
     rows = []
     for b in range(bins):
         w = weight[which == b]
-        rows.append({"decile": b + 1, "predicted": float(np.average(p_pred[which == b], weights=w)),
-                     "true": float(np.average(p_true[which == b], weights=w)), "weight": float(w.sum())})
+        rows.append(
+            {
+                "decile": b + 1,
+                "predicted": float(np.average(p_pred[which == b], weights=w)),
+                "true": float(np.average(p_true[which == b], weights=w)),
+                "weight": float(w.sum()),
+            }
+        )
     total = sum(r["weight"] for r in rows)
     gap = sum(r["weight"] * abs(r["predicted"] - r["true"]) for r in rows) / total
     return {"deciles": rows, "weighted_abs_gap": gap}
@@ -141,33 +160,55 @@ def study(split: str, args, world, store, scorers: dict[str, ListScorer], pointw
 
 
 def print_report(name: str, report: dict, console: Console) -> None:
-    table = Table(title=f"Evaluator validity on {name} ({report['requests']} requests x "
-                        f"{report['lists_per_request']} lists)")
-    for col in ("score", "Pearson all", "Pearson within req.", "within permutations", "picked true IPV",
-                "% best proposal"):
+    table = Table(
+        title=f"Evaluator validity on {name} ({report['requests']} requests x "
+        f"{report['lists_per_request']} lists)"
+    )
+    for col in (
+        "score",
+        "Pearson all",
+        "Pearson within req.",
+        "within permutations",
+        "picked true IPV",
+        "% best proposal",
+    ):
         table.add_column(col, justify="right")
     for score, row in report["scores"].items():
-        fmt = [f"{row[k]:.3f}" if row[k] is not None else "n/a (constant)"
-               for k in ("pearson_all_lists", "pearson_within_request", "pearson_within_permutations")]
-        table.add_row(score, *fmt, f"{row['picked_true_ipv']:.3f}", f"{row['picked_pct_of_best_proposal']:.1f}")
+        fmt = [
+            f"{row[k]:.3f}" if row[k] is not None else "n/a (constant)"
+            for k in ("pearson_all_lists", "pearson_within_request", "pearson_within_permutations")
+        ]
+        table.add_row(
+            score, *fmt, f"{row['picked_true_ipv']:.3f}", f"{row['picked_pct_of_best_proposal']:.1f}"
+        )
     console.print(table)
     cal = Table(title=f"Calibration on {name}: exposure-weighted click rate by decile of the prediction")
     for col in ("decile", "DCWN predicted", "true", "point-wise predicted", "true"):
         cal.add_column(col, justify="right")
-    for d, p in zip(report["calibration"]["dcwn"]["deciles"], report["calibration"]["pointwise"]["deciles"],
-                    strict=True):
-        cal.add_row(str(d["decile"]), f"{d['predicted']:.3f}", f"{d['true']:.3f}", f"{p['predicted']:.3f}",
-                    f"{p['true']:.3f}")
+    for d, p in zip(
+        report["calibration"]["dcwn"]["deciles"], report["calibration"]["pointwise"]["deciles"], strict=True
+    ):
+        cal.add_row(
+            str(d["decile"]),
+            f"{d['predicted']:.3f}",
+            f"{d['true']:.3f}",
+            f"{p['predicted']:.3f}",
+            f"{p['true']:.3f}",
+        )
     console.print(cal)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=Path("/tmp/relist_validity_sim"))
     parser.add_argument("--sim-requests", type=int, default=100_000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/relist_validity_models"))
     parser.add_argument("--evaluator", type=Path, help="trained DCWN dir (default: train into --work)")
-    parser.add_argument("--pointwise", type=Path, help="trained context-free DCWN dir (default: train into --work)")
+    parser.add_argument(
+        "--pointwise", type=Path, help="trained context-free DCWN dir (default: train into --work)"
+    )
     parser.add_argument("--generator", type=Path, help="trained GRN dir: adds its greedy and sampled lists")
     parser.add_argument("--requests", type=int, default=2000, help="requests per split")
     parser.add_argument("--shuffles", type=int, default=4)
@@ -179,14 +220,21 @@ def main() -> None:
     evaluator = args.evaluator or ensure_evaluator(args.data, args.work / "dcwn", context=True)
     pointwise_dir = args.pointwise or ensure_evaluator(args.data, args.work / "pointwise", context=False)
     world, store = world_of_logs(args.data), FeatureStore.from_dir(args.data)
-    scorers = {"lr_sum": ListScorer.load(evaluator, store, exposure_weighted=False),
-               "lr_exposure": ListScorer.load(evaluator, store, exposure_weighted=True)}
+    scorers = {
+        "lr_sum": ListScorer.load(evaluator, store, exposure_weighted=False),
+        "lr_exposure": ListScorer.load(evaluator, store, exposure_weighted=True),
+    }
     pointwise = ListScorer.load(pointwise_dir, store, exposure_weighted=False)
     from relist.models.evaluator import load_evaluator
 
-    payload = {"data": str(args.data), "evaluator": str(evaluator), "pointwise": str(pointwise_dir),
-               "generator": None if args.generator is None else str(args.generator),
-               "spec_exposure_weighted": load_evaluator(evaluator)[1].exposure_weighted, "splits": {}}
+    payload = {
+        "data": str(args.data),
+        "evaluator": str(evaluator),
+        "pointwise": str(pointwise_dir),
+        "generator": None if args.generator is None else str(args.generator),
+        "spec_exposure_weighted": load_evaluator(evaluator)[1].exposure_weighted,
+        "splits": {},
+    }
     console = Console()
     for split in ("valid", "test"):
         payload["splits"][split] = study(split, args, world, store, scorers, pointwise)

@@ -30,7 +30,7 @@ from rerank_evaluator_validity import ensure_data, ensure_evaluator  # noqa: E40
 
 from relist.data.features import FeatureStore  # noqa: E402
 from relist.data.logs import logged_requests  # noqa: E402
-from relist.eval.simulated import policy_table, print_policy_table  # noqa: E402
+from relist.eval.simulated import oracle_lists, policy_table, print_policy_table  # noqa: E402
 from relist.models.generator import load_generator  # noqa: E402
 from relist.rerank.grn_policy import GRNPolicy  # noqa: E402
 from relist.rerank.list_scorer import ListScorer  # noqa: E402
@@ -44,7 +44,9 @@ REWARDS = ("self", "advantage")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=Path("/tmp/relist_validity_sim"))
     parser.add_argument("--sim-requests", type=int, default=100_000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/relist_validity_models"))
@@ -66,25 +68,51 @@ def main() -> None:
     served, runs = {"greedy_upstream": greedy_by_score(requests, n)}, []
     for seed in args.seeds:
         for reward in REWARDS:
-            cfg = base.model_copy(update={"reward": reward,
-                                          "train": base.train.model_copy(update={"seed": seed})})
+            cfg = base.model_copy(
+                update={"reward": reward, "train": base.train.model_copy(update={"seed": seed})}
+            )
             out = args.work / f"grn_{reward}_seed{seed}"
             start = time.perf_counter()
             result = train_generator(cfg, args.data, evaluator, out)
             seconds = time.perf_counter() - start
             name = f"grn_{reward}_seed{seed}"
             served[name] = GRNPolicy(load_generator(out)[0], store, rules=rules)(requests, n)
-            runs.append({"name": name, "reward": reward, "seed": seed, "train_seconds": seconds,
-                         "best_epoch": result.best_epoch, "valid_lr": result.best_metric,
-                         "test_lr": float(scorer.list_reward(requests.user_id, served[name]).mean())})
-    report = policy_table(world, requests, shown, served, n)
+            runs.append(
+                {
+                    "name": name,
+                    "reward": reward,
+                    "seed": seed,
+                    "train_seconds": seconds,
+                    "best_epoch": result.best_epoch,
+                    "valid_lr": result.best_metric,
+                    "test_lr": float(scorer.list_reward(requests.user_id, served[name]).mean()),
+                }
+            )
+    report = policy_table(world, requests, shown, served, n, oracle=cached_oracle(args, world, requests, n))
     console = Console()
-    print_policy_table(report, "GRN reward ablation: true expected reward per test request (simulator)", console)
+    print_policy_table(
+        report, "GRN reward ablation: true expected reward per test request (simulator)", console
+    )
     summary = summarise(report, runs)
     print_summary(summary, console)
-    payload = {"data": str(args.data), "evaluator": str(evaluator), "config": base.model_dump(mode="json"),
-               "runs": runs, "summary": summary, "table": report}
+    payload = {
+        "data": str(args.data),
+        "evaluator": str(evaluator),
+        "config": base.model_dump(mode="json"),
+        "runs": runs,
+        "summary": summary,
+        "table": report,
+    }
     console.print(f"wrote {write_result('rerank_grn_ablation', payload)}")
+
+
+def cached_oracle(args, world, requests, n: int) -> np.ndarray:
+    """Oracle lists of the judged requests (slow: a search on the true model), kept in --work for reruns."""
+    path = args.work / f"oracle_test_{args.requests}.npy"
+    if not path.is_file():
+        args.work.mkdir(parents=True, exist_ok=True)
+        np.save(path, oracle_lists(world, requests, n))
+    return np.load(path)
 
 
 def summarise(report: dict, runs: list[dict]) -> dict:
@@ -96,16 +124,21 @@ def summarise(report: dict, runs: list[dict]) -> dict:
         out[reward] = {
             metric: {
                 "mean_over_seeds": float(np.mean([row[metric]["mean"] for row in rows])),
-                "std_over_seeds": float(np.std([row[metric]["mean"] for row in rows], ddof=1)) if len(rows) > 1
+                "std_over_seeds": float(np.std([row[metric]["mean"] for row in rows], ddof=1))
+                if len(rows) > 1
                 else None,
                 "vs_logging_mean": float(np.mean([row[metric]["vs_logging"] for row in rows])),
                 "pct_oracle_mean": float(np.mean([row[metric]["pct_oracle"] for row in rows])),
             }
             for metric in ("pv", "ipv")
         } | {"test_lr_mean": float(np.mean([r["test_lr"] for r in mine])), "seeds": [r["seed"] for r in mine]}
-    ipv = {reward: [report["policies"][r["name"]]["ipv"]["mean"] for r in runs if r["reward"] == reward]
-           for reward in REWARDS}
-    out["advantage_minus_self_ipv_per_seed"] = [a - s for a, s in zip(ipv["advantage"], ipv["self"], strict=True)]
+    ipv = {
+        reward: [report["policies"][r["name"]]["ipv"]["mean"] for r in runs if r["reward"] == reward]
+        for reward in REWARDS
+    }
+    out["advantage_minus_self_ipv_per_seed"] = [
+        a - s for a, s in zip(ipv["advantage"], ipv["self"], strict=True)
+    ]
     return out
 
 
@@ -116,12 +149,19 @@ def print_summary(summary: dict, console: Console) -> None:
     for reward in REWARDS:
         row = summary[reward]
         sd = row["ipv"]["std_over_seeds"]
-        table.add_row(reward, f"{row['ipv']['mean_over_seeds']:.4f} ± {sd if sd is not None else float('nan'):.4f}",
-                      f"{100 * row['ipv']['vs_logging_mean']:+.2f}%", f"{row['ipv']['pct_oracle_mean']:.1f}",
-                      f"{100 * row['pv']['vs_logging_mean']:+.2f}%", f"{row['test_lr_mean']:.4f}")
+        table.add_row(
+            reward,
+            f"{row['ipv']['mean_over_seeds']:.4f} ± {sd if sd is not None else float('nan'):.4f}",
+            f"{100 * row['ipv']['vs_logging_mean']:+.2f}%",
+            f"{row['ipv']['pct_oracle_mean']:.1f}",
+            f"{100 * row['pv']['vs_logging_mean']:+.2f}%",
+            f"{row['test_lr_mean']:.4f}",
+        )
     console.print(table)
-    console.print("advantage - self, true IPV per seed: "
-                  + ", ".join(f"{d:+.4f}" for d in summary["advantage_minus_self_ipv_per_seed"]))
+    console.print(
+        "advantage - self, true IPV per seed: "
+        + ", ".join(f"{d:+.4f}" for d in summary["advantage_minus_self_ipv_per_seed"])
+    )
 
 
 if __name__ == "__main__":

@@ -40,13 +40,25 @@ def trained(logs, tmp_path_factory):
     """One tiny evaluator trained through the CLI command (2 epochs on ~1.6k lists)."""
     out = tmp_path_factory.mktemp("dcwn")
     config = out / "cfg.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": TINY.model_dump(),
-        "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "monitor": "click_logloss", "monitor_mode": "min",
-                  "num_threads": 1},
-    }))
-    result = CliRunner().invoke(rerank_train_cli(), ["train", "evaluator", "--data", str(logs), "--out", str(out / "run"),
-                                      "--config", str(config)])
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": TINY.model_dump(),
+                "train": {
+                    "epochs": 2,
+                    "batch_size": 64,
+                    "lr": 0.01,
+                    "monitor": "click_logloss",
+                    "monitor_mode": "min",
+                    "num_threads": 1,
+                },
+            }
+        )
+    )
+    result = CliRunner().invoke(
+        rerank_train_cli(),
+        ["train", "evaluator", "--data", str(logs), "--out", str(out / "run"), "--config", str(config)],
+    )
     assert result.exit_code == 0, result.output
     return out / "run"
 
@@ -91,8 +103,10 @@ def test_outputs_are_logits_and_padding_is_finite(store, logs):
 
 def test_loss_sees_only_exposed_positions(store, logs):
     table = read_lists(logs, "train", 64)
-    raw = {name: np.asarray(table.column(name).to_pylist()) for name in ("user_id", "shown", "click", "next",
-                                                                          "exposed_len")}
+    raw = {
+        name: np.asarray(table.column(name).to_pylist())
+        for name in ("user_id", "shown", "click", "next", "exposed_len")
+    }
     model = DCWN(Vocab.of(store), TINY).eval()
     loss_fn = evaluator_loss(0.5)
     base = labelled_batch(store, raw)
@@ -131,8 +145,9 @@ def test_list_reward_matches_the_shared_metric(trained, store, logs):
 def test_scorer_is_type_preserving_and_batch_invariant(trained, store, logs):
     users, shown = some_lists(logs)
     whole = ListScorer.load(trained, store, exposure_weighted=True).list_reward(users, shown)
-    chunked = ListScorer(load_evaluator(trained)[0], store, True, batch_size=5).list_reward(torch.as_tensor(users),
-                                                                                       torch.as_tensor(shown))
+    chunked = ListScorer(load_evaluator(trained)[0], store, True, batch_size=5).list_reward(
+        torch.tensor(users), torch.tensor(shown)
+    )
     assert isinstance(whole, np.ndarray) and isinstance(chunked, torch.Tensor)
     np.testing.assert_allclose(whole, chunked.numpy(), rtol=1e-5)
 
@@ -141,8 +156,9 @@ def test_best_of_and_ranking_policy_pick_the_highest_lr(trained, store, logs):
     scorer = ListScorer.load(trained, store)
     requests, shown = logged_requests(logs, "test", 16)
     rng = np.random.default_rng(0)
-    proposals = np.stack([shown, shown[:, ::-1], np.take_along_axis(shown, rng.random(shown.shape).argsort(1), 1)],
-                         1)
+    proposals = np.stack(
+        [shown, shown[:, ::-1], np.take_along_axis(shown, rng.random(shown.shape).argsort(1), 1)], 1
+    )
     best, reward = scorer.best_of(requests.user_id, proposals)
     assert reward.shape == (16, 3)
     np.testing.assert_allclose(scorer.list_reward(requests.user_id, best), reward.max(1), rtol=1e-5)

@@ -41,9 +41,12 @@ def store(logs):
 @pytest.fixture(scope="module")
 def evaluator_dir(logs, tmp_path_factory):
     out = tmp_path_factory.mktemp("dcwn")
-    cfg = EvaluatorTrainConfig(model=DCWNConfig(dim=8, hidden=8, dropout=0.0),
-                               train=TrainConfig(epochs=1, batch_size=64, lr=0.01, monitor="click_logloss",
-                                                 monitor_mode="min", num_threads=1))
+    cfg = EvaluatorTrainConfig(
+        model=DCWNConfig(dim=8, hidden=8, dropout=0.0),
+        train=TrainConfig(
+            epochs=1, batch_size=64, lr=0.01, monitor="click_logloss", monitor_mode="min", num_threads=1
+        ),
+    )
     train_evaluator(cfg, logs, out)
     return out
 
@@ -129,7 +132,7 @@ def test_advantage_reward_is_lr_with_minus_without(scorer, logs):
     torch.testing.assert_close(step_rewards(scorer, users, lists, "self"), own)
     advantage = step_rewards(scorer, users, lists, "advantage")
     for t in (0, 4, 9):
-        rest = torch.cat([lists[:, :t], lists[:, t + 1:], torch.zeros_like(lists[:, :1])], 1)
+        rest = torch.cat([lists[:, :t], lists[:, t + 1 :], torch.zeros_like(lists[:, :1])], 1)
         expected = scorer.list_reward(users, lists) - scorer.list_reward(users, rest)
         torch.testing.assert_close(advantage[:, t], expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(advantage, own)  # the differential part is not zero
@@ -137,9 +140,21 @@ def test_advantage_reward_is_lr_with_minus_without(scorer, logs):
 
 def test_policy_gradient_raises_the_evaluator_reward(logs, store, evaluator_dir, scorer, tmp_path):
     cfg = GeneratorTrainConfig(
-        model=TINY, samples=4, valid_requests=100, rules=RulesConfig(cate_window=1),
-        train=TrainConfig(epochs=2, batch_size=32, lr=0.01, max_steps_per_epoch=12, monitor="lr",
-                          monitor_mode="max", patience=None, num_threads=1))
+        model=TINY,
+        samples=4,
+        valid_requests=100,
+        rules=RulesConfig(cate_window=1),
+        train=TrainConfig(
+            epochs=2,
+            batch_size=32,
+            lr=0.01,
+            max_steps_per_epoch=12,
+            monitor="lr",
+            monitor_mode="max",
+            patience=None,
+            num_threads=1,
+        ),
+    )
     torch.manual_seed(cfg.train.seed)
     requests, _ = logged_requests(logs, "valid", 100)
     rules = cfg.rules.build()
@@ -159,8 +174,10 @@ def test_grn_policy_serves_candidates_and_best_of_samples(logs, store, scorer):
     model = GRN(Vocab.of(store), TINY)
     greedy = GRNPolicy(model, store)(requests, 10)
     assert greedy.shape == (16, 10)
-    assert all(set(row) <= set(cands) and len(set(row)) == 10 for row, cands in zip(greedy, requests.candidates,
-                                                                                   strict=True))
+    assert all(
+        set(row) <= set(cands) and len(set(row)) == 10
+        for row, cands in zip(greedy, requests.candidates, strict=True)
+    )
     np.testing.assert_array_equal(greedy, GRNPolicy(model, store)(requests, 10))
     best = GRNPolicy(model, store, mode="sample", samples=6, scorer=scorer, seed=3)(requests, 10)
     _, batch = request_batch(logs, store, 16)

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from relist.data.logs import logged_requests
-from relist.models.ranking import DSSM, CoarseScorer, FineRankTeacher, StudentConfig, SyncDistill, TeacherConfig
+from relist.models.ranking import (
+    DSSM,
+    CoarseScorer,
+    FineRankTeacher,
+    StudentConfig,
+    SyncDistill,
+    TeacherConfig,
+)
 from relist.models.ranking.layers import Bilinear, NovaAttention, SENet
 from relist.models.ranking.losses import distill_loss, hard_loss, sync_distill_loss
 from relist.models.ranking.samples import iterate_batches, load_ranking_data
@@ -49,7 +56,9 @@ def test_samples_are_the_exposed_positions_of_logged_lists(sim_dir, data):
     samples = data.splits["valid"]
     assert len(samples["item"]) == exposed.sum()
     assert (samples["position"] < np.repeat(exposed, exposed)).all()
-    assert samples["click"].sum() == sum(sum(c[:e]) for c, e in zip(table.column("click").to_pylist(), exposed))
+    assert samples["click"].sum() == sum(
+        sum(c[:e]) for c, e in zip(table.column("click").to_pylist(), exposed, strict=True)
+    )
 
 
 def test_dot_head_is_an_inner_product_and_mlp_head_is_not(data, batch):
@@ -135,7 +144,9 @@ def test_sync_student_never_updates_the_shared_embeddings(data, batch):
     (terms["soft"] + terms["hard"]).backward()  # the student's terms only
     assert all(p.grad is None for p in model.teacher.embeddings.parameters())
     assert model.student.item_tower.mlp[0].weight.grad.abs().sum() > 0
-    assert all(p.grad is None for name, p in model.teacher.named_parameters() if not name.startswith("embeddings"))
+    assert all(
+        p.grad is None for name, p in model.teacher.named_parameters() if not name.startswith("embeddings")
+    )
     before = model.student.item_vectors(batch).detach()
     optimizer = torch.optim.SGD(model.teacher.embeddings.parameters(), lr=1.0)
     optimizer.step()  # no gradient reached the tables: the frozen-for-the-student item side cannot move
@@ -161,6 +172,8 @@ def test_point_scores_are_probabilities_of_each_candidate(sim_dir, data):
     requests, _ = logged_requests(sim_dir, "test", 5)
     requests.mask[:, -3:] = False
     scores = point_scores(teacher, data.store, requests)
+    chunked = point_scores(teacher, data.store, requests, max_pairs=60)  # 1 request per chunk
+    assert all(np.allclose(scores[k], chunked[k], atol=1e-6) for k in scores)
     assert set(scores) == {"ctr", "next"} and scores["ctr"].shape == requests.candidates.shape
     assert ((scores["ctr"] > 0) & (scores["ctr"] < 1))[requests.mask].all()
     assert (scores["next"][~requests.mask] == 0).all()
@@ -172,7 +185,9 @@ def test_point_scores_are_probabilities_of_each_candidate(sim_dir, data):
 
 
 def test_coarse_scorer_matches_the_model_on_the_same_pairs(sim_dir, data):
-    model = _student(data, head="mlp", fm_cross=True, user_attention="nova", item_interaction="senet_bilinear")
+    model = _student(
+        data, head="mlp", fm_cross=True, user_attention="nova", item_interaction="senet_bilinear"
+    )
     scorer = CoarseScorer(model, data.store)
     assert scorer.item_matrix.shape == (data.store.n_items + 1, 8 + 2 * DIM)
     candidates = np.arange(1, data.store.n_items + 1)
@@ -193,17 +208,28 @@ def test_amazon_ctr_split_becomes_ranking_samples(tmp_path):
         f.write("item_id\ti_category\tr_complement\tr_substitute\n")
         f.writelines(f"{i}\t{i % 3}\t[]\t[]\n" for i in range(1, 9))
     (tmp_path / "ctr_split").mkdir()
-    table = pa.table({"user_id": pa.array([1, 1, 2], pa.int32()), "item_id": pa.array([5, 6, 7], pa.int32()),
-                      "cate_id": pa.array([2, 0, 1], pa.int32()), "label": pa.array([1, 0, 1], pa.int8()),
-                      "hist_item_id": pa.array([[3], [3], [4, 5]], pa.list_(pa.int32())),
-                      "hist_cate_id": pa.array([[0], [0], [1, 2]], pa.list_(pa.int32())),
-                      "hist_len": pa.array([1, 1, 2], pa.int16()), "time": pa.array([1, 1, 2], pa.int64())})
+    table = pa.table(
+        {
+            "user_id": pa.array([1, 1, 2], pa.int32()),
+            "item_id": pa.array([5, 6, 7], pa.int32()),
+            "cate_id": pa.array([2, 0, 1], pa.int32()),
+            "label": pa.array([1, 0, 1], pa.int8()),
+            "hist_item_id": pa.array([[3], [3], [4, 5]], pa.list_(pa.int32())),
+            "hist_cate_id": pa.array([[0], [0], [1, 2]], pa.list_(pa.int32())),
+            "hist_len": pa.array([1, 1, 2], pa.int16()),
+            "time": pa.array([1, 1, 2], pa.int64()),
+        }
+    )
     for split in ("train", "valid", "test"):
         pq.write_table(table, tmp_path / "ctr_split" / f"{split}.parquet")
     data = load_ranking_data(tmp_path)
     samples = data.splits["train"]
     assert data.vocab.items == 9 and data.vocab.cates == 4 and data.store is None
-    assert samples["hist"].shape[1] == 20 and samples["hist"][2, :3].tolist() == [5, 4, 0]  # most recent first
+    assert samples["hist"].shape[1] == 20 and samples["hist"][2, :3].tolist() == [
+        5,
+        4,
+        0,
+    ]  # most recent first
     assert samples["cate"].tolist() == [3, 1, 2] and samples["click"].tolist() == [1, 0, 1]
     torch.manual_seed(0)
     logits = predict_logits(DSSM(data.vocab, DIM, TINY), samples)["ctr"]

@@ -18,10 +18,20 @@ from relist.train.config import ConfigError
 from relist.train.ranking import RankingConfig, load_ranking_model, train_ranking
 from relist.train.trainer import CheckpointError
 
-TRAIN = {"epochs": 2, "batch_size": 256, "lr": 0.01, "monitor": "gauc", "monitor_mode": "max", "patience": None,
-         "num_threads": 1}
-SMALL = {"dim": 4, "teacher": {"hidden": [8], "attention_hidden": 4},
-         "student": {"vector_dim": 8, "tower_hidden": [8], "head_hidden": [8]}}
+TRAIN = {
+    "epochs": 2,
+    "batch_size": 256,
+    "lr": 0.01,
+    "monitor": "gauc",
+    "monitor_mode": "max",
+    "patience": None,
+    "num_threads": 1,
+}
+SMALL = {
+    "dim": 4,
+    "teacher": {"hidden": [8], "attention_hidden": 4},
+    "student": {"vector_dim": 8, "tower_hidden": [8], "head_hidden": [8]},
+}
 
 
 def _cfg(**overrides) -> RankingConfig:
@@ -57,7 +67,9 @@ def test_teacher_learns_clicks_better_than_chance(teacher_run, sim_dir, data):
 
 
 def test_two_stage_distillation_runs_soft_then_soft_plus_hard(teacher_run, sim_dir, data, tmp_path):
-    cfg = _cfg(model="student", distill={"mode": "two_stage", "teacher_run": str(teacher_run), "stage1_epochs": 1})
+    cfg = _cfg(
+        model="student", distill={"mode": "two_stage", "teacher_run": str(teacher_run), "stage1_epochs": 1}
+    )
     result = train_ranking(cfg, sim_dir, tmp_path, data=data)
     stage1_log = (tmp_path / "stage1" / "train_log.csv").read_text().splitlines()[0]
     assert "train_soft" in stage1_log and "train_hard" not in stage1_log
@@ -71,21 +83,30 @@ def test_two_stage_needs_a_teacher_trained_on_the_same_data(sim_dir, data, tmp_p
 
 
 def test_sync_run_serves_the_student(sim_dir, data, tmp_path):
-    result = train_ranking(_cfg(model="student", distill={"mode": "sync"}, train=TRAIN | {"epochs": 1}), sim_dir,
-                           tmp_path, data=data)
+    result = train_ranking(
+        _cfg(model="student", distill={"mode": "sync"}, train=TRAIN | {"epochs": 1}),
+        sim_dir,
+        tmp_path,
+        data=data,
+    )
     assert {"val_gauc", "val_teacher_gauc"} <= set(result.history[0])
     assert isinstance(load_ranking_model(tmp_path), DSSM)
 
 
 def test_resumed_run_continues_from_its_checkpoint(sim_dir, data, tmp_path):
-    whole = train_ranking(_cfg(model="student", train=TRAIN | {"epochs": 3}), sim_dir, tmp_path / "whole", data=data)
+    whole = train_ranking(
+        _cfg(model="student", train=TRAIN | {"epochs": 3}), sim_dir, tmp_path / "whole", data=data
+    )
     train_ranking(_cfg(model="student", train=TRAIN | {"epochs": 2}), sim_dir, tmp_path / "cut", data=data)
-    resumed = train_ranking(_cfg(model="student", train=TRAIN | {"epochs": 3}), sim_dir, tmp_path / "cut",
-                            resume=True, data=data)
+    resumed = train_ranking(
+        _cfg(model="student", train=TRAIN | {"epochs": 3}), sim_dir, tmp_path / "cut", resume=True, data=data
+    )
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
     assert resumed.history[2]["val_gauc"] == whole.history[2]["val_gauc"]
     a, b = load_ranking_model(tmp_path / "whole"), load_ranking_model(tmp_path / "cut")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(sim_dir, data, tmp_path):
@@ -95,7 +116,9 @@ def test_corrupt_checkpoint_gives_a_clear_error(sim_dir, data, tmp_path):
         load_ranking_model(tmp_path)
     (tmp_path / "checkpoints" / "last_state.pt").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="last_state.pt.*corrupt"):
-        train_ranking(_cfg(model="student", train=TRAIN | {"epochs": 2}), sim_dir, tmp_path, resume=True, data=data)
+        train_ranking(
+            _cfg(model="student", train=TRAIN | {"epochs": 2}), sim_dir, tmp_path, resume=True, data=data
+        )
 
 
 def test_cli_trains_and_evaluates(sim_dir, tmp_path):
@@ -104,13 +127,30 @@ def test_cli_trains_and_evaluates(sim_dir, tmp_path):
     app.add_typer(eval_app, name="eval")
     commands_ranking.register(app, train_app, eval_app)
     config = tmp_path / "cfg.yaml"
-    config.write_text(json.dumps(SMALL | {"model": "student", "train": TRAIN | {"epochs": 1}}))  # JSON is YAML
+    config.write_text(
+        json.dumps(SMALL | {"model": "student", "train": TRAIN | {"epochs": 1}})
+    )  # JSON is YAML
     runner = CliRunner()
-    trained = runner.invoke(app, ["train", "ranking", "--config", str(config), "--data", str(sim_dir),
-                                  "--out", str(tmp_path / "run"), "--seed", "3"])
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            "ranking",
+            "--config",
+            str(config),
+            "--data",
+            str(sim_dir),
+            "--out",
+            str(tmp_path / "run"),
+            "--seed",
+            "3",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     assert "seed: 3" in (tmp_path / "run" / "ranking_config.yaml").read_text()
-    evaluated = runner.invoke(app, ["eval", "ranking", "--model", str(tmp_path / "run"), "--data", str(sim_dir)])
+    evaluated = runner.invoke(
+        app, ["eval", "ranking", "--model", str(tmp_path / "run"), "--data", str(sim_dir)]
+    )
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads((tmp_path / "run" / "eval_test.json").read_text())
     assert 0.5 < report["ctr"]["gauc"] < 1 and np.isfinite(report["ctr"]["auc"])

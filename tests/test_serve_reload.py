@@ -14,8 +14,7 @@ import uvicorn
 from test_serve_api import metric_value, tiny_logs
 
 from relist.serve.app import create_app
-from relist.serve.config import ServeConfig
-from relist.serve.pipeline import PipelineConfig
+from relist.serve.config import PipelineConfig, ServeConfig
 from relist.serve.registry import (
     CURRENT,
     MANIFEST,
@@ -43,7 +42,8 @@ def logs(tmp_path_factory):
 
 @pytest.fixture
 def model_dir(tmp_path, logs):
-    export_version(tmp_path / "models", "v1", logs, pipeline=PipelineConfig(stages=STAGES["v1"]), activate=True)
+    export_version(tmp_path / "models", "v1", logs, pipeline=PipelineConfig(stages=STAGES["v1"]),
+                   activate=True)
     return tmp_path / "models"
 
 
@@ -64,6 +64,9 @@ def corrupt_copy(model_dir, logs, name: str, how: str) -> None:
         (version / "evil.pt").write_bytes(b"not in the manifest")
     elif how == "bad_manifest":
         (version / MANIFEST).write_text("{not json")
+    elif how == "renamed":  # another version's files under this name
+        shutil.rmtree(version)
+        shutil.copytree(model_dir / VERSIONS / "v1", version)
 
 
 def test_export_is_verified_and_current_is_atomic(model_dir, logs):
@@ -83,7 +86,8 @@ def test_export_is_verified_and_current_is_atomic(model_dir, logs):
 
 @pytest.mark.parametrize("how, message", [
     ("flip_byte", "sha256"), ("truncate", "bytes"), ("missing_file", "missing"),
-    ("no_manifest", "manifest"), ("unlisted_file", "not in the manifest"), ("bad_manifest", "invalid manifest"),
+    ("no_manifest", "manifest"), ("unlisted_file", "not in the manifest"),
+    ("bad_manifest", "invalid manifest"), ("renamed", "is of version 'v1'"),
 ])
 def test_a_damaged_version_is_refused_and_the_old_one_keeps_serving(model_dir, logs, how, message):
     corrupt_copy(model_dir, logs, "v3", how)
@@ -106,7 +110,8 @@ class LiveServer:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -123,7 +128,7 @@ class LiveServer:
 
 
 def test_hot_reload_under_load(model_dir, logs):
-    """Clients keep sending while versions change: no failed request, each response from exactly one version."""
+    """Clients keep sending while versions change: no failed request, each response from one version."""
     app = create_app(model_dir, ServeConfig(watch_interval_s=0.1), admin_token=TOKEN)
     body = {"user": {"id": 5}, "candidates": [{"id": i, "score": 1.0 / i} for i in range(1, 41)],
             "n": 10, "budget_ms": 10_000.0}
@@ -168,7 +173,8 @@ def test_hot_reload_under_load(model_dir, logs):
         metrics = admin.get("/metrics").text
         admin.close()
 
-    assert 'relist_model_version{version="v4"} 1.0' in metrics and 'version="v2"' not in metrics
+    assert 'relist_model_version{version="v4"} 1.0' in metrics
+    assert 'relist_model_version{version="v2"} 0.0' in metrics and 'version="v3"' not in metrics
     for log in responses:
         assert len(log) > 20
         assert [r for r in log if r[0] != 200] == []  # zero failed requests
@@ -192,3 +198,36 @@ def test_startup_fails_when_current_names_no_loadable_version(model_dir):
     shutil.rmtree(model_dir / VERSIONS / "v1")
     with pytest.raises(VersionError):
         Registry(model_dir)
+
+
+def test_cli_export_packs_a_version_and_activates_it(tmp_path, logs):
+    import typer
+    from typer.testing import CliRunner
+
+    from relist.cli.commands_serve import register
+
+    app = typer.Typer()
+    register(app, typer.Typer(), typer.Typer())
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--model-dir", str(tmp_path / "m"), "--name", "cli1",
+                                 "--data", str(logs), "--activate"])
+    assert result.exit_code == 0, result.output
+    assert current_name(tmp_path / "m") == "cli1" and verify(tmp_path / "m" / VERSIONS / "cli1")
+    again = runner.invoke(app, ["export", "--model-dir", str(tmp_path / "m"), "--name", "cli1",
+                                "--data", str(logs)])
+    assert again.exit_code != 0 and "already exists" in str(again.exception)
+    for command in ("serve", "export"):
+        assert runner.invoke(app, [command, "--help"]).exit_code == 0
+
+
+def test_app_from_env_is_what_uvicorn_workers_build(monkeypatch, model_dir):
+    from fastapi.testclient import TestClient
+
+    from relist.serve.app import ENV_CONFIG, ENV_MODEL_DIR, app_from_env
+    from relist.serve.config import DEFAULT_CONFIG, load_serve_config
+
+    assert load_serve_config() == ServeConfig()  # the packaged serve.yaml states the defaults
+    monkeypatch.setenv(ENV_MODEL_DIR, str(model_dir))
+    monkeypatch.setenv(ENV_CONFIG, str(DEFAULT_CONFIG))
+    with TestClient(app_from_env()) as client:
+        assert client.get("/readyz").json()["model_version"] == "v1"

@@ -30,8 +30,10 @@ def train_ranking(
     if seed is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
     result = train(cfg, data, out, resume)
-    console.print(f"best epoch {result.best_epoch + 1}: validation {cfg.train.monitor} {result.best_metric:.4f}"
-                  f"{' (stopped early)' if result.stopped_early else ''}; weights in {result.best_path}")
+    console.print(
+        f"best epoch {result.best_epoch + 1}: validation {cfg.train.monitor} {result.best_metric:.4f}"
+        f"{' (stopped early)' if result.stopped_early else ''}; weights in {result.best_path}"
+    )
 
 
 def eval_ranking(

@@ -12,7 +12,9 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def train_evaluator(
-    data: Path = typer.Option(..., help="Log directory (items.parquet, users.parquet, lists/{train,valid}/)."),
+    data: Path = typer.Option(
+        ..., help="Log directory (items.parquet, users.parquet, lists/{train,valid}/)."
+    ),
     out: Path = typer.Option(..., help="Run directory: weights, evaluator.yaml, checkpoints, curves."),
     config: Path = typer.Option(CONFIGS / "evaluator.yaml", help="Evaluator training config (YAML)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
@@ -23,7 +25,9 @@ def train_evaluator(
 
     result, spec = train_evaluator(load_config(config, EvaluatorTrainConfig), data, out, resume)
     lr = "exposure-weighted" if spec.exposure_weighted else "plain sum"
-    console.print(f"best epoch {result.best_epoch + 1} ({result.best_metric:.4f}); list reward: {lr}; wrote {out}")
+    console.print(
+        f"best epoch {result.best_epoch + 1} ({result.best_metric:.4f}); list reward: {lr}; wrote {out}"
+    )
 
 
 def train_generator(

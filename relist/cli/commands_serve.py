@@ -23,6 +23,7 @@ def serve(
 
     from relist.serve.app import ENV_CONFIG, ENV_MODEL_DIR
     from relist.serve.config import load_serve_config
+    from relist.serve.metrics import prepare_workers
     from relist.serve.registry import VERSIONS, current_name, load_version
 
     cfg = load_serve_config(config)
@@ -30,15 +31,21 @@ def serve(
     os.environ[ENV_MODEL_DIR] = str(Path(model_dir).resolve())
     if config:
         os.environ[ENV_CONFIG] = str(Path(config).resolve())
+    workers = workers or cfg.workers
+    prepare_workers(workers)
     uvicorn.run("relist.serve.app:app_from_env", factory=True, host=host or cfg.host, port=port or cfg.port,
-                workers=workers or cfg.workers, log_level="info")
+                workers=workers, log_level="info")
 
 
 def export(
     model_dir: Path = typer.Option(..., help="Model directory to add the version to."),
     name: str = typer.Option(..., help="Version name (letters, digits, '.', '_', '-')."),
     data: Path = typer.Option(..., help="Log directory whose items.parquet/users.parquet are the catalogue."),
-    evaluator: Path = typer.Option(None, help="`relist train evaluator` output directory (list scorer)."),
+    evaluator: Path = typer.Option(None, help="`relist train evaluator` output: the list scorer."),
+    generator: Path = typer.Option(None, help="`relist train generator` output: the GRN (stage 'grn')."),
+    ranker: Path = typer.Option(None, help="Fine-ranking teacher run (ctr+next heads): stage 'beam' and "
+                                           "/v1/recommend's fine ranking."),
+    coarse: Path = typer.Option(None, help="DSSM student run: /v1/recommend's coarse ranking."),
     config: Path = typer.Option(None, help="Service YAML config whose `pipeline` section the version gets."),
     activate: bool = typer.Option(False, help="Point CURRENT at the new version (serving replicas follow)."),
 ) -> None:
@@ -47,7 +54,8 @@ def export(
     from relist.serve.registry import export_version
 
     cfg = load_serve_config(config)
-    models = {"evaluator": evaluator} if evaluator else {}
+    given = {"evaluator": evaluator, "generator": generator, "ranker": ranker, "coarse": coarse}
+    models = {role: path for role, path in given.items() if path is not None}
     path = export_version(model_dir, name, data, models, cfg.pipeline, activate)
     console.print(f"wrote {path}" + (" (now CURRENT)" if activate else ""))
 

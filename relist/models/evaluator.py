@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from relist.data.features import PRICE_BUCKETS, FeatureStore
@@ -35,8 +35,12 @@ class Vocab(BaseModel):
 
     @classmethod
     def of(cls, store: FeatureStore) -> Vocab:
-        return cls(n_items=store.n_items + 1, n_cates=store.n_cates, n_shops=store.n_shops,
-                   n_segments=store.n_segments)
+        return cls(
+            n_items=store.n_items + 1,
+            n_cates=store.n_cates,
+            n_shops=store.n_shops,
+            n_segments=store.n_segments,
+        )
 
 
 class DCWNConfig(BaseModel):
@@ -49,8 +53,16 @@ class DCWNConfig(BaseModel):
     context: bool = Field(True, description="False: point-wise click model (no position, LSTM, attention)")
     dropout: float = Field(0.1, ge=0, lt=1)
 
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> DCWNConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        return self
 
-def list_features(store: FeatureStore, user_ids: np.ndarray | Tensor, items: np.ndarray | Tensor) -> dict[str, Tensor]:
+
+def list_features(
+    store: FeatureStore, user_ids: np.ndarray | Tensor, items: np.ndarray | Tensor
+) -> dict[str, Tensor]:
     """Model inputs for lists (or candidate sets) ``items`` [B, n] of users [B]: ids only go in.
 
     Item features keep their store names (item, cate, shop, price, price_bucket), the
@@ -76,9 +88,13 @@ class ItemEmbedding(nn.Module):
         self.mix = nn.Linear(4 * dim + 1, dim)
 
     def forward(self, batch: dict[str, Tensor], prefix: str = "") -> Tensor:
-        parts = [self.item(batch[f"{prefix}item"]), self.cate(batch[f"{prefix}cate"]),
-                 self.shop(batch[f"{prefix}shop"]), self.price_bucket(batch[f"{prefix}price_bucket"]),
-                 batch[f"{prefix}price"].unsqueeze(-1)]
+        parts = [
+            self.item(batch[f"{prefix}item"]),
+            self.cate(batch[f"{prefix}cate"]),
+            self.shop(batch[f"{prefix}shop"]),
+            self.price_bucket(batch[f"{prefix}price_bucket"]),
+            batch[f"{prefix}price"].unsqueeze(-1),
+        ]
         return self.mix(torch.cat(parts, -1))
 
 
@@ -90,7 +106,9 @@ class UserInterest(nn.Module):
         self.segment = nn.Embedding(vocab.n_segments, dim)
         self.query = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, targets: Tensor, history: Tensor, hist_mask: Tensor, segment: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, targets: Tensor, history: Tensor, hist_mask: Tensor, segment: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """``targets`` [B, n, d], ``history`` [B, L, d] -> (interest [B, n, d], segment [B, d])."""
         scores = torch.einsum("bnd,bld->bnl", self.query(targets), history) / history.shape[-1] ** 0.5
         scores = scores.masked_fill(~hist_mask[:, None, :], NEG_INF)
@@ -113,7 +131,9 @@ class DCWN(nn.Module):
             self.lstm = nn.LSTM(d, h, batch_first=True, bidirectional=True)
             self.attention = nn.MultiheadAttention(d, cfg.heads, dropout=cfg.dropout, batch_first=True)
             width += d + 2 * h + d
-        self.mlp = nn.Sequential(nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(h, h), nn.ReLU())
+        self.mlp = nn.Sequential(
+            nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(h, h), nn.ReLU()
+        )
         self.click = nn.Linear(h, 1)
         self.next = nn.Linear(h, 1)
 
@@ -133,7 +153,7 @@ class DCWN(nn.Module):
 
 
 def exposure(next_logits: Tensor) -> Tensor:
-    """Chance that each position is seen: 1 at the top, then the product of the scroll probabilities before."""
+    """Chance that each position is seen: 1 at the top, then the product of earlier scroll probabilities."""
     p_next = torch.sigmoid(next_logits)
     return torch.cat([torch.ones_like(p_next[:, :1]), torch.cumprod(p_next[:, :-1], 1)], 1)
 
@@ -145,8 +165,11 @@ class EvaluatorSpec(BaseModel):
 
     vocab: Vocab
     model: DCWNConfig
-    exposure_weighted: bool = Field(False, description="weight positions by the predicted exposure (chosen on "
-                                                       "validation logs by relist.train.evaluator)")
+    exposure_weighted: bool = Field(
+        False,
+        description="weight positions by the predicted exposure (chosen on "
+        "validation logs by relist.train.evaluator)",
+    )
 
 
 SPEC_FILE = "evaluator.yaml"

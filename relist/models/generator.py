@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from relist.data.features import FeatureStore
-from relist.data.padding import NEG_INF, masked_mean
+from relist.data.padding import NEG_INF, PAD_ID, masked_mean
 from relist.models.evaluator import ItemEmbedding, UserInterest, Vocab, list_features
 from relist.train.config import load_config, save_config
 from relist.train.trainer import BEST, load_weights
@@ -36,9 +36,19 @@ class GRNConfig(BaseModel):
     heads: int = Field(2, ge=1, description="candidate self-attention heads (must divide hidden)")
     list_len: int = Field(10, ge=1, description="slots to fill when a call does not say")
 
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> GRNConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        return self
 
-def candidate_features(store: FeatureStore, user_ids: np.ndarray | Tensor, candidates: np.ndarray | Tensor,
-                       cand_scores: np.ndarray | Tensor) -> dict[str, Tensor]:
+
+def candidate_features(
+    store: FeatureStore,
+    user_ids: np.ndarray | Tensor,
+    candidates: np.ndarray | Tensor,
+    cand_scores: np.ndarray | Tensor,
+) -> dict[str, Tensor]:
     """Model inputs of requests: candidate and user features, the upstream score and the raw candidate ids."""
     batch = list_features(store, user_ids, candidates)
     device = batch["item"].device
@@ -54,7 +64,7 @@ already chosen [N, m], slot) -> candidates allowed at this slot [N, m]."""
 
 @dataclass
 class Encoded:
-    """What the decoder reads: candidate states [B, m, h], initial GRU state [B, h], real candidates [B, m]."""
+    """What the decoder reads: candidate states [B, m, h], first GRU state [B, h], real candidates [B, m]."""
 
     candidates: Tensor
     state: Tensor
@@ -62,6 +72,8 @@ class Encoded:
 
 
 class GRN(nn.Module):
+    """Generator: ``forward(batch)`` -> decoded candidate columns and their log-probabilities."""
+
     def __init__(self, vocab: Vocab, cfg: GRNConfig):
         super().__init__()
         self.vocab, self.cfg = vocab, cfg
@@ -84,7 +96,9 @@ class GRN(nn.Module):
         interest, segment = self.user(x, self.items(batch, "hist_"), batch["hist_mask"], batch["segment"])
         score = torch.logit(batch["score"].clamp(1e-4, 1 - 1e-4)).unsqueeze(-1)
         enc = self.encode_candidate(torch.cat([x, interest, segment.unsqueeze(1).expand_as(x), score], -1))
-        offer, _ = self.offer(enc, enc, enc, key_padding_mask=~mask & mask.any(1, keepdim=True), need_weights=False)
+        offer, _ = self.offer(
+            enc, enc, enc, key_padding_mask=~mask & mask.any(1, keepdim=True), need_weights=False
+        )
         enc = enc + offer
         pooled = masked_mean(enc, mask, 1)
         state = torch.tanh(self.init_state(torch.cat([pooled, enc.max(1).values], -1)))
@@ -142,7 +156,9 @@ class GRN(nn.Module):
             else:
                 pick = torch.multinomial(logp.exp().clamp_min(0), 1, generator=generator).squeeze(-1)
             live = allowed.any(-1)
-            step_logp.append(torch.where(live, logp.gather(1, pick[:, None]).squeeze(1), torch.zeros_like(logp[:, 0])))
+            step_logp.append(
+                torch.where(live, logp.gather(1, pick[:, None]).squeeze(1), torch.zeros_like(logp[:, 0]))
+            )
             choices.append(torch.where(live, pick, torch.full_like(pick, -1)))
             chosen = chosen | (nn.functional.one_hot(pick, m).bool() & live[:, None])
             state = self.gru(enc.candidates[torch.arange(len(rows), device=rows.device), pick], state)
@@ -155,7 +171,7 @@ def chosen_items(candidates: Tensor, choice: Tensor) -> Tensor:
     """Item ids of decoded columns: candidates [B, m], choice [B, K, n] -> [B, K, n] (PAD_ID where -1)."""
     b, k, n = choice.shape
     ids = candidates.gather(1, choice.clamp_min(0).reshape(b, k * n)).reshape(b, k, n)
-    return torch.where(choice >= 0, ids, torch.zeros_like(ids))
+    return torch.where(choice >= 0, ids, torch.full_like(ids, PAD_ID))
 
 
 class GeneratorSpec(BaseModel):

@@ -41,8 +41,16 @@ def rules_hook(rules: BusinessRules, batch: dict[str, Tensor]) -> AllowedFn:
     def allowed(rows: Tensor, prefix: Tensor, chosen: Tensor, slot: int) -> Tensor:
         cand_cates, cand_shops = cates[rows], shops[rows]
         column = prefix.clamp_min(0)
-        mask, _ = rules.feasible_mask(cand_cates.gather(1, column), cand_shops.gather(1, column), cand_cates,
-                                      cand_shops, chosen, slot, cand_ids=ids[rows], cand_mask=batch["mask"][rows])
+        mask, _ = rules.feasible_mask(
+            cand_cates.gather(1, column),
+            cand_shops.gather(1, column),
+            cand_cates,
+            cand_shops,
+            chosen,
+            slot,
+            cand_ids=ids[rows],
+            cand_mask=batch["mask"][rows],
+        )
         return mask
 
     return allowed
@@ -77,15 +85,24 @@ class GRNPolicy:
 
     @torch.no_grad()
     def __call__(self, requests: Requests, n: int) -> np.ndarray:
-        out = [self._decode(requests[start:start + self.batch_size], n)
-               for start in range(0, len(requests), self.batch_size)]
+        out = [
+            self._decode(requests[start : start + self.batch_size], n)
+            for start in range(0, len(requests), self.batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros((0, n), np.int64)
 
     def _decode(self, requests: Requests, n: int) -> np.ndarray:
         batch = candidate_features(self.store, requests.user_id, requests.candidates, requests.cand_scores)
         hook = rules_hook(self.rules, batch) if self.rules is not None else None
-        out = self.model(batch, n, samples=self.samples, greedy=self.mode == "greedy",
-                         temperature=self.temperature, generator=self.generator, allowed_fn=hook)
+        out = self.model(
+            batch,
+            n,
+            samples=self.samples,
+            greedy=self.mode == "greedy",
+            temperature=self.temperature,
+            generator=self.generator,
+            allowed_fn=hook,
+        )
         lists = chosen_items(batch["candidates"], out["choice"]).numpy()
         if self.samples == 1:
             return lists[:, 0]

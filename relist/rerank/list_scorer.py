@@ -27,14 +27,18 @@ Array = np.ndarray | Tensor
 class ListScorer:
     """A frozen evaluator plus the feature store that turns ids into its inputs."""
 
-    def __init__(self, model: DCWN, store: FeatureStore, exposure_weighted: bool = False, batch_size: int = 8192):
+    def __init__(
+        self, model: DCWN, store: FeatureStore, exposure_weighted: bool = False, batch_size: int = 8192
+    ):
         self.model, self.store = model.eval(), store
         self.exposure_weighted, self.batch_size = exposure_weighted, batch_size
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @classmethod
-    def load(cls, model_dir: str | Path, store: FeatureStore, exposure_weighted: bool | None = None) -> ListScorer:
+    def load(
+        cls, model_dir: str | Path, store: FeatureStore, exposure_weighted: bool | None = None
+    ) -> ListScorer:
         """From a ``relist train evaluator`` directory; ``exposure_weighted`` overrides the spec's choice."""
         model, spec = load_evaluator(model_dir)
         return cls(model, store, spec.exposure_weighted if exposure_weighted is None else exposure_weighted)
@@ -70,20 +74,29 @@ class ListScorer:
 
     @torch.no_grad()
     def _score(self, user_ids: Array, lists: Array) -> tuple[Array, Array]:
-        as_numpy = isinstance(lists, np.ndarray)
+        """(click probabilities, LR shares) [B, n], in chunks of ``batch_size`` lists."""
         lists_t, users_t = as_long(lists), as_long(user_ids)
+        empty = torch.zeros(0, lists_t.shape[1], device=lists_t.device)
+        chunks = [
+            self._score_chunk(
+                users_t[start : start + self.batch_size], lists_t[start : start + self.batch_size]
+            )
+            for start in range(0, len(lists_t), self.batch_size)
+        ]
+        out = (
+            tuple(torch.cat([empty, *parts]) for parts in zip(*chunks, strict=True))
+            if chunks
+            else (empty, empty)
+        )
+        return tuple(x.cpu().numpy() for x in out) if isinstance(lists, np.ndarray) else out
+
+    def _score_chunk(self, user_ids: Tensor, lists: Tensor) -> tuple[Tensor, Tensor]:
         device = next(self.model.parameters()).device
-        p_click, share = [], []
-        for start in range(0, len(lists_t), self.batch_size):
-            rows = slice(start, start + self.batch_size)
-            batch = list_features(self.store, users_t[rows], lists_t[rows].to(device))
-            logits = self.model(batch)
-            p = torch.sigmoid(logits["click"]) * batch["mask"]
-            weight = exposure(logits["next"]) if self.exposure_weighted else torch.ones_like(p)
-            p_click.append(p)
-            share.append(p * weight)
-        out = torch.cat(p_click).to(lists_t.device), torch.cat(share).to(lists_t.device)
-        return tuple(x.numpy() for x in out) if as_numpy else out
+        batch = list_features(self.store, user_ids, lists.to(device))
+        logits = self.model(batch)
+        p = torch.sigmoid(logits["click"]) * batch["mask"]
+        share = p * exposure(logits["next"]) if self.exposure_weighted else p
+        return p.to(lists.device), share.to(lists.device)
 
 
 def as_long(values: Array) -> Tensor:

@@ -13,7 +13,7 @@ import contextlib
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from time import perf_counter
 
@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 
 from relist.serve.config import ServeConfig, load_serve_config
 from relist.serve.metrics import CONTENT_TYPE, ServeMetrics
-from relist.serve.pipeline import UPSTREAM, Pipeline, RerankInput, RerankResult, UnknownStrategy
+from relist.serve.pipeline import Pipeline, RerankResult, UnknownStrategy
 from relist.serve.registry import Registry, VersionError
 from relist.serve.schemas import (
     RecommendRequest,
@@ -36,6 +36,7 @@ from relist.serve.schemas import (
     RerankResponse,
     Strategies,
 )
+from relist.serve.stages import UPSTREAM
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ ENV_MODEL_DIR = "RELIST_MODEL_DIR"
 ENV_CONFIG = "RELIST_SERVE_CONFIG"
 
 
-def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(), admin_token: str | None = None) -> FastAPI:
+def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
+               admin_token: str | None = None) -> FastAPI:
     """The service over ``model_dir``; loads CURRENT now (raising if it cannot be served).
 
     ``admin_token`` defaults to the environment variable ``config.admin_token_env``; without a
@@ -56,7 +58,9 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(), admin
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        watcher = asyncio.create_task(_watch_pointer(registry, metrics, config)) if config.watch_pointer else None
+        watcher = None
+        if config.watch_pointer:
+            watcher = asyncio.create_task(_watch_pointer(registry, metrics, config))
         yield
         if watcher is not None:
             watcher.cancel()
@@ -65,7 +69,6 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(), admin
 
     app = FastAPI(title="relist", version="1", lifespan=lifespan,
                   description="Whole-list re-ranking and recommendation for e-commerce feeds.")
-    app.state.registry, app.state.metrics, app.state.config = registry, metrics, config
     app.add_middleware(_LimitBody, max_bytes=config.max_body_bytes)
     app.add_middleware(_CountRequests, metrics=metrics)  # outermost: counts the 413s too
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -100,42 +103,47 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(), admin
     def rerank(body: RerankRequest) -> RerankResponse:
         """Re-rank the candidates of one request into the best list the time budget allows."""
         if len(body.candidates) > config.max_candidates:
-            raise _field_error(("body", "candidates"), f"at most {config.max_candidates} candidates per request "
-                                                       f"(got {len(body.candidates)})", "too_long")
+            raise _field_error(("body", "candidates"), f"at most {config.max_candidates} candidates per "
+                                                       f"request (got {len(body.candidates)})", "too_long")
         pipeline = registry.pipeline  # one read: the whole request runs on this version
         ids = np.array([c.id for c in body.candidates], np.int64)
-        scores = np.array([c.score for c in body.candidates], np.float32) if body.candidates[0].score is not None \
-            else None
-        inp = pipeline.request_input(body.user, ids, scores, body.n, [c.category for c in body.candidates],
-                                     [c.shop for c in body.candidates], [c.price for c in body.candidates],
-                                     body.request_id)
-        result = _run(pipeline, inp, body.strategy, body.budget_ms or config.default_budget_ms, metrics, "rerank")
+        scored = body.candidates[0].score is not None  # the schema checked: all or none
+        scores = np.array([c.score for c in body.candidates], np.float32) if scored else None
+
+        def attempt() -> RerankResult:
+            cates, shops = [c.category for c in body.candidates], [c.shop for c in body.candidates]
+            inp = pipeline.request_input(body.user, ids, scores, body.n, cates, shops, body.request_id)
+            return pipeline.rerank(inp, body.strategy, body.budget_ms or config.default_budget_ms)
+
+        result = _serve("rerank", pipeline, attempt, floor=(ids[:body.n], UPSTREAM), metrics=metrics)
         return RerankResponse(**_response_fields(pipeline, body.request_id, result))
 
     @app.post("/v1/recommend", response_model=RecommendResponse, tags=["serving"])
     def recommend(body: RecommendRequest) -> RecommendResponse:
         """The whole pipeline for a user: recall from the served catalogue, ranking, then re-ranking."""
         pipeline = registry.pipeline
-        budget_ms = body.budget_ms or config.default_budget_ms
-        start = perf_counter()
-        ids, scores = pipeline.recall(body.user, pipeline.config.recall_size)
-        ids, scores = ids[: pipeline.config.rerank_candidates], scores[: pipeline.config.rerank_candidates]
-        recall_ms = (perf_counter() - start) * 1e3
-        inp = pipeline.request_input(body.user, ids, scores, body.n, request_id=body.request_id)
-        result = _run(pipeline, inp, body.strategy, max(budget_ms - recall_ms, 1e-3), metrics, "recommend")
-        result.timings_ms = {"recall": recall_ms, **result.timings_ms}
-        result.timings_ms["total"] = (perf_counter() - start) * 1e3
-        metrics.stage_latency.labels("recall").observe(recall_ms / 1e3)
+        considered = 0
+
+        def attempt() -> RerankResult:
+            nonlocal considered
+            budget_ms = body.budget_ms or config.default_budget_ms
+            result, considered = pipeline.recommend(body.user, body.n, body.strategy, budget_ms,
+                                                    body.request_id)
+            return result
+
+        popular = np.argsort(-pipeline.popularity[1:], kind="stable")[:body.n] + 1
+        result = _serve("recommend", pipeline, attempt, floor=(popular, "popular"), metrics=metrics)
         return RecommendResponse(**_response_fields(pipeline, body.request_id, result),
-                                 candidates_considered=len(ids))
+                                 candidates_considered=considered)
 
     if admin_token:
         def check_token(authorization: str = Header("", description="Bearer <admin token>")) -> None:
             given = authorization.removeprefix("Bearer ").strip()
             if not hmac.compare_digest(given.encode(), admin_token.encode()):
-                raise HTTPException(401, "missing or wrong admin token (header Authorization: Bearer <token>)")
+                raise HTTPException(401, "missing or wrong admin token ('Authorization: Bearer <token>')")
 
-        @app.post("/admin/reload", response_model=ReloadResponse, tags=["admin"], dependencies=[Depends(check_token)])
+        @app.post("/admin/reload", response_model=ReloadResponse, tags=["admin"],
+                  dependencies=[Depends(check_token)])
         def reload(body: ReloadRequest | None = None) -> ReloadResponse:
             """Load a version (default: the one CURRENT names) and swap it in; a bad one is refused (409)."""
             try:
@@ -152,16 +160,17 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(), admin
     return app
 
 
-def _run(pipeline: Pipeline, inp: RerankInput, strategy: str | None, budget_ms: float, metrics: ServeMetrics,
-         endpoint: str) -> RerankResult:
+def _serve(endpoint: str, pipeline: Pipeline, attempt: Callable[[], RerankResult],
+           floor: tuple[np.ndarray, str], metrics: ServeMetrics) -> RerankResult:
+    """Run ``attempt``; an unknown strategy is the client's error (422), anything else serves ``floor``
+    (items, generator name) flagged as a fallback: never a 5xx for a valid request."""
     try:
-        result = pipeline.rerank(inp, strategy, budget_ms)
+        result = attempt()
     except UnknownStrategy as err:
         raise _field_error(("body", "strategy"), str(err), "unknown_strategy") from None
-    except Exception as err:  # never a 5xx for a valid request
-        log.exception("pipeline of model version %s failed", pipeline.version)
-        result = RerankResult(inp.requests.candidates[0, :inp.n], None, UPSTREAM, fallback=True,
-                              error=f"{type(err).__name__}: {err}")
+    except Exception as err:
+        log.exception("%s on model version %s failed", endpoint, pipeline.version)
+        result = RerankResult(floor[0], None, floor[1], fallback=True, error=f"{type(err).__name__}: {err}")
     metrics.observe_result(endpoint, result)
     return result
 
@@ -170,7 +179,8 @@ def _response_fields(pipeline: Pipeline, request_id: int | None, result: RerankR
     items = result.items[result.items > 0]
     return dict(request_id=request_id, items=items.tolist(), list_reward=result.list_reward,
                 scorer=pipeline.scorer.name, generator=result.generator, model_version=pipeline.version,
-                fallback=result.fallback, budget_exceeded=result.budget_exceeded, skipped_stages=result.skipped,
+                fallback=result.fallback, breaks_rules=result.breaks_rules,
+                budget_exceeded=result.budget_exceeded, skipped_stages=result.skipped,
                 timings_ms={k: round(v, 4) for k, v in result.timings_ms.items()},
                 unknown_items=int((~pipeline.store.known_items(items)).sum()))
 
@@ -189,7 +199,8 @@ def _located(error: dict) -> dict:
     if error["type"] == "json_invalid":  # loc holds the character position, not a field
         return {"loc": ["body"], "field": "body", "msg": f"{error['msg']} at character {loc[-1]}",
                 "type": error["type"]}
-    return {"loc": loc, "field": ".".join(map(str, loc[1:])) or "body", "msg": error["msg"], "type": error["type"]}
+    field = ".".join(map(str, loc[1:])) or "body"
+    return {"loc": loc, "field": field, "msg": error["msg"], "type": error["type"]}
 
 
 async def _watch_pointer(registry: Registry, metrics: ServeMetrics, config: ServeConfig) -> None:

@@ -9,6 +9,8 @@ the size of the request, so the estimate is kept per unit of ``m × n``
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from time import perf_counter
 
 
@@ -30,22 +32,30 @@ class Budget:
 
 
 class StageCosts:
-    """Running estimate of each stage's cost (an exponential moving average of ms per m·n).
+    """Running estimate of each stage's cost: an exponential moving average of ms per m·n.
 
-    A stage never measured is assumed free, so the warm-up request of a new
-    model version (which runs every stage) is what first fills the estimates.
+    A stage never measured is assumed free, so the warm-up request of a new model
+    version (which runs every stage) is what first fills the estimates. A skipped
+    stage is not measured, so one slow spell would keep it skipped for good; the
+    estimate therefore fades with the time since the stage last ran (``half_life_s``),
+    and a stage skipped for long is tried again. Fading with time, not with the number
+    of skips, means a flood of tiny-budget requests cannot talk a slow stage into running.
     """
 
-    def __init__(self, smoothing: float = 0.2):
-        self.smoothing = smoothing
-        self._unit_ms: dict[str, float] = {}
+    def __init__(self, smoothing: float = 0.2, half_life_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.smoothing, self.half_life_s, self.clock = smoothing, half_life_s, clock
+        self._unit_ms: dict[str, tuple[float, float]] = {}  # stage -> (ms per m·n, when last measured)
         self._lock = threading.Lock()
 
     def expected_ms(self, stage: str, m: int, n: int) -> float:
-        return self._unit_ms.get(stage, 0.0) * m * n
+        unit, measured = self._unit_ms.get(stage, (0.0, 0.0))
+        return unit * m * n * 0.5 ** ((self.clock() - measured) / self.half_life_s)
 
     def record(self, stage: str, m: int, n: int, ms: float) -> None:
         unit = ms / max(m * n, 1)
         with self._lock:
             old = self._unit_ms.get(stage)
-            self._unit_ms[stage] = unit if old is None else old + self.smoothing * (unit - old)
+            if old is not None:
+                unit = old[0] + self.smoothing * (unit - old[0])
+            self._unit_ms[stage] = (unit, self.clock())

@@ -1,4 +1,4 @@
-"""Settings of the HTTP service (relist/configs/serve.yaml); how lists are made lives in the model version."""
+"""Settings of serving: the HTTP service (relist/configs/serve.yaml) and the pipeline a model version runs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,30 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relist.serve.pipeline import PipelineConfig
+from relist.rerank.last import LASTConfig
 from relist.serve.schemas import MAX_BUDGET_MS, SCHEMA_MAX_CANDIDATES
+
+
+class PipelineConfig(BaseModel):
+    """How a model version re-ranks; stored in its manifest, so a reload can change it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stages: list[str] = Field(["greedy_upstream_score", "beam_upstream", "beam", "grn", "last"],
+                              description="generators after the upstream floor, in the order they run; "
+                                          "one whose models the version lacks is left out")
+    p_next: float = Field(0.85, gt=0, le=1, description="assumed chance to keep scrolling (no model)")
+    beam_width: int = Field(8, ge=1)
+    list_value: dict[str, float] = Field({"pv": 0.0, "ipv": 1.0, "gmv": 0.0},
+                                         description="beam list value weights r = pv·PV + ipv·IPV + gmv·GMV")
+    cate_window: int = Field(2, ge=0, description="business rule: no category repeat within this many slots")
+    max_per_shop: int | None = Field(None, ge=1)
+    last: LASTConfig = Field(LASTConfig(rules=None), description="stage 'last' (its rules: cate_window, "
+                                                                 "max_per_shop above)")
+    recall_size: int = Field(1000, ge=1, description="/v1/recommend: items recalled from the catalogue")
+    coarse_keep: int = Field(200, ge=1, description="/v1/recommend: items the coarse ranker passes on")
+    rerank_candidates: int = Field(50, ge=1,
+                                   description="/v1/recommend: items the fine ranker hands to re-ranking")
 
 
 class ServeConfig(BaseModel):
@@ -19,10 +41,11 @@ class ServeConfig(BaseModel):
     torch_threads: int = Field(1, ge=1, description="torch threads per worker (workers x threads <= cores)")
     default_budget_ms: float = Field(20.0, gt=0, le=MAX_BUDGET_MS, description="time budget of a request "
                                                                                "that names none")
-    max_candidates: int = Field(500, ge=1, le=SCHEMA_MAX_CANDIDATES, description="most candidates per request")
+    max_candidates: int = Field(500, ge=1, le=SCHEMA_MAX_CANDIDATES, description="candidates per request")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
-    admin_token_env: str = Field("RELIST_ADMIN_TOKEN", description="environment variable holding the admin "
-                                                                   "token; admin endpoints are off without it")
+    admin_token_env: str = Field("RELIST_ADMIN_TOKEN",
+                                 description="environment variable holding the admin token; admin endpoints "
+                                             "are off without it")
     watch_pointer: bool = Field(True, description="reload when model_dir/CURRENT names another version")
     watch_interval_s: float = Field(1.0, gt=0)
     pipeline: PipelineConfig = Field(PipelineConfig(), description="pipeline written into versions by "

@@ -9,6 +9,7 @@ scrape aggregates all workers (prometheus_client's multiprocess mode).
 from __future__ import annotations
 
 import os
+import tempfile
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -16,6 +17,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_workers(workers: int) -> None:
+    """Before uvicorn starts ``workers`` > 1 processes: a fresh directory where they pool their metrics."""
+    if workers > 1 and MULTIPROC_ENV not in os.environ:
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="relist-metrics-")
 
 
 class ServeMetrics:
@@ -28,7 +36,7 @@ class ServeMetrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.stage_latency = Histogram("relist_stage_seconds", "Pipeline stage latency", ["stage"],
                                        buckets=LATENCY_BUCKETS, registry=r)
-        self.fallbacks = Counter("relist_fallbacks", "Requests served the upstream order because a model failed",
+        self.fallbacks = Counter("relist_fallbacks", "Requests served a fallback because a model failed",
                                  ["endpoint", "stage"], registry=r)
         self.skipped = Counter("relist_budget_skips", "Stages skipped because they would overrun the budget",
                                ["stage"], registry=r)
@@ -39,8 +47,9 @@ class ServeMetrics:
                              registry=r, multiprocess_mode="livemax")
 
     def set_version(self, old: str | None, new: str) -> None:
+        """The served version reads 1 and the one it replaced 0 (removing a label would not reach workers)."""
         if old is not None and old != new:
-            self.version.remove(old)
+            self.version.labels(old).set(0)
         self.version.labels(new).set(1)
 
     def observe_result(self, endpoint: str, result) -> None:
@@ -55,7 +64,7 @@ class ServeMetrics:
         self.served_by.labels(result.generator).inc()
 
     def exposition(self) -> bytes:
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        if MULTIPROC_ENV in os.environ:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)

@@ -32,7 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relist.data.features import FeatureStore
 from relist.data.schema import read_table
-from relist.serve.pipeline import Models, Pipeline, PipelineConfig, build_pipeline
+from relist.serve.config import PipelineConfig
+from relist.serve.pipeline import Pipeline, build_pipeline
+from relist.serve.stages import Models
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +68,35 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry] = Field(description="relative path -> checksum; every file of the version")
 
 
-def _load_evaluator(path: Path, store: FeatureStore):
+def _evaluator(path: Path, store: FeatureStore):
     from relist.rerank.list_scorer import ListScorer
 
     return ListScorer.load(path, store)
 
 
-# Role -> how its directory becomes a loaded model (each loader reads weights through safetensors).
-ROLE_LOADERS: dict[str, Callable[[Path, FeatureStore], object]] = {"evaluator": _load_evaluator}
-ROLE_FIELDS = {"evaluator": "scorer"}
+def _generator(path: Path, store: FeatureStore):
+    from relist.models.generator import load_generator
+
+    return load_generator(path)[0]
+
+
+def _ranker(path: Path, store: FeatureStore):
+    from relist.train.ranking import load_ranking_model
+
+    return load_ranking_model(path)
+
+
+def _coarse(path: Path, store: FeatureStore):
+    from relist.models.ranking.scoring import CoarseScorer
+
+    return CoarseScorer(_ranker(path, store), store)
+
+
+# Role (a field of relist.serve.stages.Models) -> how its directory becomes a loaded model.
+# Every loader reads weights through safetensors and specs through yaml.safe_load.
+ROLE_LOADERS: dict[str, Callable[[Path, FeatureStore], object]] = {
+    "evaluator": _evaluator, "generator": _generator, "ranker": _ranker, "coarse": _coarse,
+}
 
 
 def sha256_of(path: Path) -> str:
@@ -129,7 +151,7 @@ def export_version(model_dir: str | Path, name: str, data_dir: str | Path,
                    for p in sorted(tmp.rglob("*")) if p.is_file()},
         )
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-        load_version(tmp)  # refuse to publish what would not serve
+        load_version(tmp, name)  # refuse to publish what would not serve
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -157,18 +179,22 @@ def current_name(model_dir: str | Path) -> str:
     try:
         return check_name(path.read_text().strip())
     except OSError as err:
-        raise VersionError(f"{path}: cannot read the pointer to the current version ({err.strerror})") from err
+        raise VersionError(f"{path}: cannot read the pointer to the served version ({err.strerror})") from err
 
 
-def verify(version_dir: Path) -> Manifest:
-    """The version's manifest, once every listed file exists with its size and sha256 and none is unlisted."""
+def verify(version_dir: Path, name: str | None = None) -> Manifest:
+    """The version's manifest, once it names version ``name`` (default: the directory's name) and every
+    listed file exists with its size and sha256 and none is unlisted."""
     path = version_dir / MANIFEST
     try:
         manifest = Manifest.model_validate_json(path.read_bytes())
     except OSError as err:
-        raise VersionError(f"{path}: missing or unreadable manifest ({err.strerror}); incomplete version?") from err
+        raise VersionError(f"{path}: missing or unreadable manifest ({err.strerror}); incomplete?") from err
     except ValidationError as err:
         raise VersionError(f"{path}: invalid manifest: {err}") from err
+    if manifest.version != (name or version_dir.name):
+        raise VersionError(f"{path}: the manifest is of version '{manifest.version}', "
+                           f"not '{name or version_dir.name}'")
     for rel, entry in manifest.files.items():
         file = (version_dir / rel).resolve()
         if not file.is_relative_to(version_dir.resolve()):
@@ -191,10 +217,10 @@ def verify(version_dir: Path) -> Manifest:
     return manifest
 
 
-def load_version(version_dir: str | Path) -> Pipeline:
+def load_version(version_dir: str | Path, name: str | None = None) -> Pipeline:
     """Verify, load and warm up a version; any failure is a :class:`VersionError` naming the version."""
     version_dir = Path(version_dir)
-    manifest = verify(version_dir)
+    manifest = verify(version_dir, name)
     try:
         store = FeatureStore.from_tables(read_table(version_dir / CATALOGUE[0], "items"),
                                          read_table(version_dir / CATALOGUE[1], "users"))
@@ -202,7 +228,7 @@ def load_version(version_dir: str | Path) -> Pipeline:
         for role, rel in manifest.models.items():
             if role not in ROLE_LOADERS:
                 raise VersionError(f"unknown model role '{role}'")
-            loaded[ROLE_FIELDS[role]] = ROLE_LOADERS[role](version_dir / rel, store)
+            loaded[role] = ROLE_LOADERS[role](version_dir / rel, store)
         return build_pipeline(manifest.version, store, manifest.pipeline, Models(**loaded))
     except VersionError as err:
         raise VersionError(f"{version_dir}: {err}") from err

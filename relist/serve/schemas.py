@@ -31,7 +31,7 @@ class User(_Body):
     """The user of a request; any part may be missing (unknown users get neutral defaults)."""
 
     id: int | None = Field(None, ge=0, le=INT64_MAX, description="user id; unknown ids get neutral features")
-    segment: int | None = Field(None, ge=0, le=INT32_MAX, description="profile segment, overrides the stored one")
+    segment: int | None = Field(None, ge=0, le=INT32_MAX, description="profile segment (overrides stored)")
     history: list[ItemId] | None = Field(
         None, max_length=MAX_HISTORY, description="recently clicked item ids, most recent first "
                                                   "(replaces the stored history)")
@@ -40,19 +40,20 @@ class User(_Body):
 class Candidate(_Body):
     id: ItemId
     category: int | None = Field(None, ge=0, le=INT32_MAX,
-                                 description="category id, overrides the catalogue's (used by business rules)")
+                                 description="category id, overrides the catalogue's (business rules)")
     shop: int | None = Field(None, ge=0, le=INT32_MAX, description="shop id, overrides the catalogue's")
-    price: FiniteFloat | None = Field(None, ge=0, description="price (informational)")
+    price: FiniteFloat | None = Field(None, ge=0, description="price (validated; no model reads it yet)")
     score: FiniteFloat | None = Field(None, description="upstream point-wise score, e.g. a CTR in [0, 1]")
 
 
 class _ServeOptions(_Body):
     n: int = Field(10, ge=1, le=1000, description="list length; a shorter list is served when fewer "
                                                    "candidates exist")
-    strategy: str | None = Field(None, max_length=64, description="force one generator (see GET /v1/strategies); "
-                                                                 "default: every generator, the best list wins")
+    strategy: str | None = Field(None, max_length=64,
+                                 description="force one generator (see GET /v1/strategies); default: every "
+                                             "generator runs and the best list wins")
     budget_ms: FiniteFloat | None = Field(None, gt=0, le=MAX_BUDGET_MS,
-                                          description="time budget of the request (default from the server config)")
+                                          description="time budget of the request (default: server config)")
 
 
 class RerankRequest(_ServeOptions):
@@ -73,7 +74,8 @@ class RerankRequest(_ServeOptions):
         scored = [c.score is not None for c in candidates]
         if any(scored) and not all(scored):
             index = scored.index(False)
-            raise ValueError(f"candidates[{index}].score is missing: give a score for every candidate or for none")
+            raise ValueError(f"candidates[{index}].score is missing: give a score for every candidate or "
+                             "for none")
         return candidates
 
 
@@ -91,6 +93,8 @@ class RerankResponse(BaseModel):
     generator: str = Field(description="the stage whose list was served")
     model_version: str
     fallback: bool = Field(description="a model failed and the upstream order was served")
+    breaks_rules: bool = Field(description="the served list breaks a business rule (no list that ran keeps "
+                                           "them all)")
     budget_exceeded: bool = Field(description="a stage was skipped or ran past the time budget")
     skipped_stages: list[str]
     timings_ms: dict[str, float] = Field(description="per stage, plus 'total'")
@@ -108,7 +112,8 @@ class Strategies(BaseModel):
 
 
 class ReloadRequest(_Body):
-    version: str | None = Field(None, max_length=200, description="activate this version (default: re-read CURRENT)")
+    version: str | None = Field(None, max_length=200,
+                                description="activate this version (default: re-read CURRENT)")
 
 
 class ReloadResponse(BaseModel):

@@ -8,7 +8,7 @@ the loss. PRM and DLCM learn with the list-wise softmax loss of PRM (the
 labelled items' clicks as the target distribution); Seq2Slate with the same
 loss at every decoding step, teacher-forced along the ideal order (clicked
 items first), over the labelled items still available. LETOR lists plug into
-the same batches with graded labels (relist.eval.rerank_letor builds them).
+the same batches with graded labels and dense features (``dense_lists``, ``dense_batch``).
 
 Checkpoints are picked on the valid split's NDCG@10 of the model's order of
 all candidates against the logged clicks (unshown candidates count as 0).
@@ -20,13 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from relist.data.features import FeatureStore
 from relist.data.logs import split_path
-from relist.data.padding import NEG_INF, length_mask
+from relist.data.padding import NEG_INF, length_mask, pad_lists
 from relist.data.stream import ParquetStream
 from relist.eval.metrics import ndcg_at_k
 from relist.models.baselines.inputs import BaselineConfig, initial_list_inputs, initial_order
@@ -179,3 +181,34 @@ def train_baseline(cfg: BaselineTrainConfig, data_dir: str | Path, out_dir: str 
     valid = logged_valid_batch(data_dir, store, cfg.valid_lists)
     return fit_baseline(cfg, Vocab.of(store), logged_batches(data_dir, store, cfg.train.batch_size), valid,
                         out_dir, resume)
+
+
+def dense_lists(items: pa.Table, lists: pa.Table) -> dict[str, np.ndarray]:
+    """Lists of dense-feature items (LETOR) as padded arrays, in the lists' own order.
+
+    Returns ``candidates`` [Q, L] item ids, ``dense`` [Q, L, F] (the items' ``f1..fF`` columns),
+    ``labels`` [Q, L] graded relevance (the lists' ``labels`` column) and ``mask``.
+    """
+    columns = sorted((name for name in items.column_names if name[0] == "f" and name[1:].isdigit()),
+                     key=lambda name: int(name[1:]))
+    features = np.zeros((int(pc.max(items["item_id"]).as_py()) + 1, len(columns)), np.float32)
+    features[items["item_id"].to_numpy()] = np.stack([items[name].to_numpy() for name in columns], 1)
+    candidates, mask = pad_lists(lists.column("candidates").to_pylist())
+    labels, _ = pad_lists(lists.column("labels").to_pylist(), candidates.shape[1], np.float32)
+    return {"candidates": candidates, "dense": features[candidates], "labels": labels, "mask": mask}
+
+
+def reorder(arrays: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
+    """Every [Q, L, ...] array with its columns taken in ``order`` [Q, L]."""
+    return {name: np.take_along_axis(value, order.reshape(*order.shape, *[1] * (value.ndim - 2)), 1)
+            for name, value in arrays.items()}
+
+
+def dense_batch(lists: dict[str, np.ndarray], scores: np.ndarray, rows: np.ndarray | slice = slice(None),
+                order: np.ndarray | None = None) -> dict[str, Tensor]:
+    """Model inputs and targets of dense lists ``rows`` with initial ``scores`` (columns in ``order``)."""
+    part = {name: value[rows] for name, value in lists.items()} | {"score": scores[rows]}
+    if order is not None:
+        part = reorder(part, order)
+    batch = initial_list_inputs(None, None, part["candidates"], part["score"], part["dense"])
+    return with_targets(batch, torch.as_tensor(part["labels"]), torch.as_tensor(part["mask"]))

@@ -71,7 +71,9 @@ def evaluator_loss(next_weight: float):
 
 def train_batches(data_dir: Path, store: FeatureStore, batch_size: int):
     def batches(epoch: int, rank: int, world_size: int):
-        stream = ParquetStream(split_path(data_dir, "train"), LABELS, batch_size, rank, world_size, seed=epoch)
+        stream = ParquetStream(
+            split_path(data_dir, "train"), LABELS, batch_size, rank, world_size, seed=epoch
+        )
         return (labelled_batch(store, raw) for raw in stream)
 
     return batches
@@ -92,7 +94,9 @@ def exposure_metrics(model: DCWN, batch: dict[str, Tensor]) -> dict[str, float]:
     lr_sum = p_click.sum(1).numpy()
     lr_exposure = (p_click * exposure(logits["next"])).sum(1).numpy()
     return {
-        "click_logloss": F.binary_cross_entropy_with_logits(logits["click"][seen], batch["click"][seen]).item(),
+        "click_logloss": F.binary_cross_entropy_with_logits(
+            logits["click"][seen], batch["click"][seen]
+        ).item(),
         "click_auc": auc(batch["click"][seen].numpy(), logits["click"][seen].numpy()),
         "next_auc": auc(batch["next"][seen].numpy(), logits["next"][seen].numpy()),
         "lr_sum_pearson": pearson(lr_sum, clicks),
@@ -100,23 +104,34 @@ def exposure_metrics(model: DCWN, batch: dict[str, Tensor]) -> dict[str, float]:
     }
 
 
-def train_evaluator(cfg: EvaluatorTrainConfig, data_dir: str | Path, out_dir: str | Path,
-                    resume: bool = False) -> tuple[FitResult, EvaluatorSpec]:
-    """Fit a DCWN on ``data_dir``'s train split; writes weights, curves and ``evaluator.yaml`` to ``out_dir``."""
+def train_evaluator(
+    cfg: EvaluatorTrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False
+) -> tuple[FitResult, EvaluatorSpec]:
+    """Fit a DCWN on ``data_dir``'s train split; weights, curves and ``evaluator.yaml`` go to ``out_dir``."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     store = FeatureStore.from_dir(data_dir)
     vocab = Vocab.of(store)
     torch.manual_seed(cfg.train.seed)
     model = DCWN(vocab, cfg.model)
     valid = valid_batch(data_dir, store, cfg.valid_lists)
-    result = fit(model, evaluator_loss(cfg.next_weight), train_batches(data_dir, store, cfg.train.batch_size),
-                 lambda m: exposure_metrics(m, valid), cfg.train, out_dir, resume)
+    result = fit(
+        model,
+        evaluator_loss(cfg.next_weight),
+        train_batches(data_dir, store, cfg.train.batch_size),
+        lambda m: exposure_metrics(m, valid),
+        cfg.train,
+        out_dir,
+        resume,
+    )
     save_config(cfg, out_dir / CONFIG_FILE)
     save_spec(EvaluatorSpec(vocab=vocab, model=cfg.model), out_dir)
     best, _ = load_evaluator(out_dir)
     with torch.no_grad():
         scores = exposure_metrics(best, valid)
-    spec = EvaluatorSpec(vocab=vocab, model=cfg.model,
-                         exposure_weighted=scores["lr_exposure_pearson"] > scores["lr_sum_pearson"])
+    spec = EvaluatorSpec(
+        vocab=vocab,
+        model=cfg.model,
+        exposure_weighted=scores["lr_exposure_pearson"] > scores["lr_sum_pearson"],
+    )
     save_spec(spec, out_dir)
     return result, spec

@@ -3,7 +3,8 @@
 Each request gets K sampled lists. Slot t of a list earns a reward from the
 evaluator (a ListScorer), never from the simulator:
 
-* ``self``: the item's own share of the list reward (its click probability there);
+* ``self``: the item's own share of the list reward (its click probability there, times
+  its predicted exposure when the evaluator's LR is exposure-weighted);
 * ``advantage``: self reward + differential reward, the change the item causes in the
   other items' shares. Together that is LR(list) - LR(list without the item), where
   "without" removes the item and lets the items after it move up one slot (what the
@@ -46,7 +47,9 @@ class GeneratorTrainConfig(BaseModel):
     samples: int = Field(8, ge=2, description="lists sampled per request (their mean is the baseline)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature during training")
     rules: RulesConfig | None = RulesConfig()
-    valid_requests: int = Field(2000, ge=1, description="valid requests whose greedy-list LR picks the checkpoint")
+    valid_requests: int = Field(
+        2000, ge=1, description="valid requests whose greedy-list LR picks the checkpoint"
+    )
 
 
 class SampledGRN(GRN):
@@ -55,7 +58,9 @@ class SampledGRN(GRN):
     A subclass rather than a wrapper, so checkpoints load straight into a plain GRN.
     """
 
-    def __init__(self, vocab: Vocab, cfg: GRNConfig, samples: int, temperature: float, rules: RulesConfig | None):
+    def __init__(
+        self, vocab: Vocab, cfg: GRNConfig, samples: int, temperature: float, rules: RulesConfig | None
+    ):
         super().__init__(vocab, cfg)
         self.samples, self.temperature = samples, temperature
         self.rules = None if rules is None else rules.build()
@@ -70,7 +75,7 @@ def without_each(lists: Tensor) -> Tensor:
     """[N, n] -> [N, n, n]: row t is the list with slot t removed, later items moved up, PAD_ID last."""
     n = lists.shape[1]
     keep = torch.arange(n).expand(n, n)
-    index = torch.stack([torch.cat([keep[t, :t], keep[t, t + 1:], torch.tensor([n])]) for t in range(n)])
+    index = torch.stack([torch.cat([keep[t, :t], keep[t, t + 1 :], torch.tensor([n])]) for t in range(n)])
     padded = torch.cat([lists, torch.zeros_like(lists[:, :1])], 1)
     return padded[:, index.to(lists.device)]
 
@@ -96,15 +101,20 @@ def policy_gradient_loss(scorer: ListScorer, reward: Reward):
         rewards = step_rewards(scorer, users, lists, reward).view(b, k, n)
         advantage = rewards - rewards.mean(1, keepdim=True)
         loss = -(advantage * outputs["step_logp"]).sum(-1).mean()
-        return {"loss": loss, "sample_lr": scorer.list_reward(users, lists).mean(), "reward": rewards.sum(-1).mean()}
+        return {
+            "loss": loss,
+            "sample_lr": scorer.list_reward(users, lists).mean(),
+            "reward": rewards.sum(-1).mean(),
+        }
 
     return loss_fn
 
 
 def request_batches(data_dir: Path, store: FeatureStore, batch_size: int):
     def batches(epoch: int, rank: int, world_size: int):
-        stream = ParquetStream(split_path(data_dir, "train"), REQUEST_COLUMNS, batch_size, rank, world_size,
-                               seed=epoch)
+        stream = ParquetStream(
+            split_path(data_dir, "train"), REQUEST_COLUMNS, batch_size, rank, world_size, seed=epoch
+        )
         for raw in stream:
             batch = candidate_features(store, raw["user_id"], raw["candidates"], raw["cand_scores"])
             yield batch | {"user_id": torch.tensor(raw["user_id"])}
@@ -125,8 +135,13 @@ def greedy_lr(scorer: ListScorer, batch: dict[str, Tensor], rules: RulesConfig |
     return validate
 
 
-def train_generator(cfg: GeneratorTrainConfig, data_dir: str | Path, evaluator_dir: str | Path,
-                    out_dir: str | Path, resume: bool = False) -> FitResult:
+def train_generator(
+    cfg: GeneratorTrainConfig,
+    data_dir: str | Path,
+    evaluator_dir: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+) -> FitResult:
     """Fit a GRN on ``data_dir``'s train requests against the evaluator in ``evaluator_dir``."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     store = FeatureStore.from_dir(data_dir)
@@ -137,8 +152,15 @@ def train_generator(cfg: GeneratorTrainConfig, data_dir: str | Path, evaluator_d
     requests, _ = logged_requests(data_dir, "valid", cfg.valid_requests)
     valid = candidate_features(store, requests.user_id, requests.candidates, requests.cand_scores)
     valid["user_id"] = torch.tensor(requests.user_id)
-    result = fit(model, policy_gradient_loss(scorer, cfg.reward), request_batches(data_dir, store,
-                 cfg.train.batch_size), greedy_lr(scorer, valid, cfg.rules), cfg.train, out_dir, resume)
+    result = fit(
+        model,
+        policy_gradient_loss(scorer, cfg.reward),
+        request_batches(data_dir, store, cfg.train.batch_size),
+        greedy_lr(scorer, valid, cfg.rules),
+        cfg.train,
+        out_dir,
+        resume,
+    )
     save_config(cfg, out_dir / CONFIG_FILE)
     save_spec(GeneratorSpec(vocab=vocab, model=cfg.model), out_dir)
     return result

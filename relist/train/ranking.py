@@ -22,7 +22,7 @@ from relist.models.ranking.config import StudentConfig, TeacherConfig, Vocab
 from relist.models.ranking.distill import SyncDistill
 from relist.models.ranking.dssm import DSSM
 from relist.models.ranking.losses import distill_loss, hard_loss, sync_distill_loss
-from relist.models.ranking.samples import RankingData, Samples, iterate_batches, load_ranking_data
+from relist.models.ranking.samples import RankingData, Samples, first_rows, iterate_batches, load_ranking_data
 from relist.models.ranking.scoring import predict_logits
 from relist.models.ranking.teacher import FineRankTeacher
 from relist.train.config import ConfigError, TrainConfig, load_config, save_config
@@ -34,11 +34,15 @@ STAGE1 = "stage1"
 
 
 class DistillConfig(BaseModel):
+    """How the student learns from the teacher (only read when ``model: student``)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Literal["none", "two_stage", "sync"] = Field(
-        "none", description="none: hard labels; two_stage: soft, then soft + hard from a trained teacher; "
-        "sync: teacher and student trained together, the student not updating the shared embeddings")
+        "none",
+        description="none: hard labels; two_stage: soft, then soft + hard from a trained teacher; "
+        "sync: teacher and student trained together, the student not updating the shared embeddings",
+    )
     teacher_run: str | None = Field(None, description="run directory of the trained teacher (two_stage)")
     stage1_epochs: int = Field(2, ge=1, description="epochs on soft labels only before the multi-task stage")
     soft_weight: float = Field(0.5, ge=0, le=1, description="weight of the soft term in the multi-task loss")
@@ -46,6 +50,8 @@ class DistillConfig(BaseModel):
 
 
 class RankingConfig(BaseModel):
+    """One ranking run: which model, its switches, how to distill, how to train; saved next to the weights."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: Literal["teacher", "student"]
@@ -53,7 +59,9 @@ class RankingConfig(BaseModel):
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
-    train: TrainConfig = TrainConfig(monitor="gauc", monitor_mode="max", batch_size=1024, epochs=5, patience=2)
+    train: TrainConfig = TrainConfig(
+        monitor="gauc", monitor_mode="max", batch_size=1024, epochs=5, patience=2
+    )
     max_train_samples: int | None = Field(None, ge=1, description="cap on training samples (quick runs)")
 
 
@@ -74,40 +82,59 @@ def load_ranking_model(run_dir: str | Path) -> nn.Module:
     return (model.student if isinstance(model, SyncDistill) else model).eval()
 
 
-def train_ranking(cfg: RankingConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-                  data: RankingData | None = None) -> FitResult:
+def train_ranking(
+    cfg: RankingConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    data: RankingData | None = None,
+) -> FitResult:
     """Train as ``cfg`` says; writes weights, checkpoints, curves and the run's config into ``out_dir``."""
     out_dir = Path(out_dir)
     if data is None:
         data = load_ranking_data(data_dir, ("train", "valid"))
-    train = _head(data.splits["train"], cfg.max_train_samples)
+    train = first_rows(data.splits["train"], cfg.max_train_samples)
     valid = data.splits["valid"]
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / RUN_CONFIG)
     save_config(data.vocab, out_dir / VOCAB)
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same run
     model = build_model(cfg, data.vocab)
+    if cfg.model == "student" and cfg.distill.mode == "two_stage":
+        return _two_stage(model, cfg, train, valid, data.vocab, out_dir, resume)
     if cfg.model == "teacher":
-        loss = hard_loss(cfg.teacher.tasks)
-        return fit(model, loss, _train_batches(train, cfg.train), _validator(valid), cfg.train, out_dir, resume)
-    if cfg.distill.mode == "none":
-        return fit(model, hard_loss(), _train_batches(train, cfg.train), _validator(valid), cfg.train, out_dir, resume)
-    if cfg.distill.mode == "sync":
+        loss, validate = hard_loss(cfg.teacher.tasks), _validator(valid)
+    elif cfg.distill.mode == "sync":
         loss = sync_distill_loss(cfg.teacher.tasks, cfg.distill.soft_weight, cfg.distill.temperature)
-        return fit(model, loss, _train_batches(train, cfg.train), _validator(valid, "student_ctr"), cfg.train,
-                   out_dir, resume)
-    return _two_stage(model, cfg, train, valid, data.vocab, out_dir, resume)
+        validate = _validator(valid, "student_ctr")
+    else:
+        loss, validate = hard_loss(), _validator(valid)
+    return fit(model, loss, _train_batches(train, cfg.train), validate, cfg.train, out_dir, resume)
 
 
-def _two_stage(model: nn.Module, cfg: RankingConfig, train: Samples, valid: Samples, vocab: Vocab,
-               out_dir: Path, resume: bool) -> FitResult:
+def _two_stage(
+    model: nn.Module,
+    cfg: RankingConfig,
+    train: Samples,
+    valid: Samples,
+    vocab: Vocab,
+    out_dir: Path,
+    resume: bool,
+) -> FitResult:
     train = train | {"teacher_ctr": _teacher_logits(cfg.distill.teacher_run, vocab, train)}
     batches, validate = _train_batches(train, cfg.train), _validator(valid)
     stage1_cfg = cfg.train.model_copy(update={"epochs": cfg.distill.stage1_epochs})
     stage1_dir = out_dir / STAGE1
     resume_stage1 = resume and (stage1_dir / "checkpoints").is_dir()
-    fit(model, distill_loss(1, temperature=cfg.distill.temperature), batches, validate, stage1_cfg, stage1_dir,
-        resume_stage1)
+    fit(
+        model,
+        distill_loss(1, temperature=cfg.distill.temperature),
+        batches,
+        validate,
+        stage1_cfg,
+        stage1_dir,
+        resume_stage1,
+    )
     resume_stage2 = resume and (out_dir / "checkpoints").is_dir()
     if not resume_stage2:
         load_weights(model, stage1_dir / BEST)
@@ -117,10 +144,14 @@ def _two_stage(model: nn.Module, cfg: RankingConfig, train: Samples, valid: Samp
 
 def _teacher_logits(teacher_run: str | None, vocab: Vocab, train: Samples) -> np.ndarray:
     if teacher_run is None:
-        raise ConfigError("distill.mode two_stage needs distill.teacher_run (the trained teacher's run directory)")
+        raise ConfigError(
+            "distill.mode two_stage needs distill.teacher_run (the trained teacher's run directory)"
+        )
     teacher_vocab = load_config(Path(teacher_run) / VOCAB, Vocab)
     if teacher_vocab != vocab:
-        raise ConfigError(f"teacher run {teacher_run} was trained on other data (vocab {teacher_vocab} != {vocab})")
+        raise ConfigError(
+            f"teacher run {teacher_run} was trained on other data (vocab {teacher_vocab} != {vocab})"
+        )
     return predict_logits(load_ranking_model(teacher_run), train)["ctr"]
 
 
@@ -140,8 +171,10 @@ def _validator(samples: Samples, output: str = "ctr"):
 
     def validate(model: nn.Module) -> dict[str, float]:
         logits = predict_logits(model, samples)
-        metrics = {"gauc": gauc(samples["user"], samples["click"], logits[output]),
-                   "auc": auc(samples["click"], logits[output])}
+        metrics = {
+            "gauc": gauc(samples["user"], samples["click"], logits[output]),
+            "auc": auc(samples["click"], logits[output]),
+        }
         if output != "ctr":
             metrics["teacher_gauc"] = gauc(samples["user"], samples["click"], logits["ctr"])
         if "next" in logits and "next" in samples:
@@ -149,7 +182,3 @@ def _validator(samples: Samples, output: str = "ctr"):
         return metrics
 
     return validate
-
-
-def _head(samples: Samples, limit: int | None) -> Samples:
-    return samples if limit is None else {name: column[:limit] for name, column in samples.items()}

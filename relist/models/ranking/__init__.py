@@ -6,5 +6,14 @@ from relist.models.ranking.dssm import DSSM
 from relist.models.ranking.scoring import CoarseScorer, point_scores, predict_logits
 from relist.models.ranking.teacher import FineRankTeacher
 
-__all__ = ["DSSM", "CoarseScorer", "FineRankTeacher", "StudentConfig", "SyncDistill", "TeacherConfig", "Vocab",
-           "point_scores", "predict_logits"]
+__all__ = [
+    "DSSM",
+    "CoarseScorer",
+    "FineRankTeacher",
+    "StudentConfig",
+    "SyncDistill",
+    "TeacherConfig",
+    "Vocab",
+    "point_scores",
+    "predict_logits",
+]

@@ -1,4 +1,4 @@
-"""Settings of the ranking models: every improvement of the coarse ranker is one switch, so it can be ablated."""
+"""Settings of the ranking models: each coarse-ranker improvement is one switch, so it can be ablated."""
 
 from __future__ import annotations
 
@@ -42,7 +42,11 @@ class StudentConfig(BaseModel):
     tower_hidden: tuple[int, ...] = (64,)
     head: Literal["dot", "mlp"] = Field("dot", description="final dot product or an MLP over both vectors")
     head_hidden: tuple[int, ...] = (64,)
-    fm_cross: bool = Field(False, description="low-cost FM crossing of the behaviour sequence with the target item")
+    fm_cross: bool = Field(
+        False, description="low-cost FM crossing of the behaviour sequence with the target item"
+    )
     user_attention: Literal["mean", "nova"] = Field("mean", description="mean pooling or NOVA self-attention")
-    item_interaction: Literal["mlp", "senet_bilinear"] = Field("mlp", description="item tower field interaction")
+    item_interaction: Literal["mlp", "senet_bilinear"] = Field(
+        "mlp", description="item tower field interaction"
+    )
     senet_reduction: int = Field(2, ge=1)

@@ -19,16 +19,22 @@ from relist.models.ranking.towers import ItemTower, UserTower
 
 
 class DSSM(nn.Module):
-    """``detach_embeddings``: the student reads shared tables but never updates them (synchronous distillation)."""
+    """``detach_embeddings``: the student reads shared tables but never updates them (sync distillation)."""
 
-    def __init__(self, vocab: Vocab, dim: int, cfg: StudentConfig, embeddings: FeatureEmbeddings | None = None,
-                 detach_embeddings: bool = False):
+    def __init__(
+        self,
+        vocab: Vocab,
+        dim: int,
+        cfg: StudentConfig,
+        embeddings: FeatureEmbeddings | None = None,
+        detach_embeddings: bool = False,
+    ):
         super().__init__()
         self.cfg, self.detach_embeddings = cfg, detach_embeddings
         self.embeddings = embeddings if embeddings is not None else FeatureEmbeddings(vocab, dim)
         self.user_tower = UserTower(dim, cfg)
         self.item_tower = ItemTower(dim, cfg)
-        self.head = DotHead(cfg.vector_dim) if cfg.head == "dot" else MLPHead(cfg.vector_dim, cfg.head_hidden)
+        self.head = DotHead() if cfg.head == "dot" else MLPHead(cfg.vector_dim, cfg.head_hidden)
 
     def _read(self, table: Tensor) -> Tensor:
         return table.detach() if self.detach_embeddings else table

@@ -11,7 +11,7 @@ from relist.models.ranking.layers import MLP
 class DotHead(nn.Module):
     """The plain DSSM: inner product (plus a bias, so the logit can match the base click rate)."""
 
-    def __init__(self, dim: int):
+    def __init__(self):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(()))
 

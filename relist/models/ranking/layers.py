@@ -70,7 +70,9 @@ class SENet(nn.Module):
     def __init__(self, n_fields: int, reduction: int):
         super().__init__()
         hidden = max(1, n_fields // reduction)
-        self.excite = nn.Sequential(nn.Linear(n_fields, hidden), nn.ReLU(), nn.Linear(hidden, n_fields), nn.ReLU())
+        self.excite = nn.Sequential(
+            nn.Linear(n_fields, hidden), nn.ReLU(), nn.Linear(hidden, n_fields), nn.ReLU()
+        )
 
     def forward(self, fields: Tensor) -> Tensor:
         """fields [B, F, d] -> re-weighted fields [B, F, d]."""

@@ -33,22 +33,34 @@ class RankingData:
     store: FeatureStore | None = None
 
 
-def load_ranking_data(data_dir: str | Path, splits: tuple[str, ...] = ("train", "valid", "test"),
-                      max_samples: int | None = None) -> RankingData:
-    """Read a relist log directory or a point-wise CTR split directory (detected by its layout)."""
+def load_ranking_data(
+    data_dir: str | Path, splits: tuple[str, ...] = ("train", "valid", "test")
+) -> RankingData:
+    """Read a relist log directory or the Amazon grocery root with its ctr_split/ (detected by layout)."""
     data_dir = Path(data_dir)
     if (data_dir / "lists").is_dir():
         store = FeatureStore.from_dir(data_dir)
-        vocab = Vocab(items=store.n_items + 1, cates=store.n_cates, shops=store.n_shops,
-                      price_buckets=PRICE_BUCKETS + 1, segments=store.n_segments)
-        return RankingData(vocab, {s: _head(samples_from_logs(data_dir, s, store), max_samples) for s in splits},
-                           store)
+        vocab = Vocab(
+            items=store.n_items + 1,
+            cates=store.n_cates,
+            shops=store.n_shops,
+            price_buckets=PRICE_BUCKETS + 1,
+            segments=store.n_segments,
+        )
+        return RankingData(vocab, {s: samples_from_logs(data_dir, s, store) for s in splits}, store)
     if (data_dir / "ctr_split").is_dir():
         amazon = load_amazon_ctr(data_dir, splits)
-        vocab = Vocab(items=int(amazon.items["item_id"].to_numpy().max()) + 1,
-                      cates=int(amazon.items["cate_id"].to_numpy().max()) + 1, shops=1, price_buckets=1, segments=1)
-        return RankingData(vocab, {s: _head(samples_from_ctr(amazon.splits[s]), max_samples) for s in splits})
-    raise SchemaError(data_dir, None, None, "neither a relist log directory (lists/) nor the Amazon data (ctr_split/)")
+        vocab = Vocab(
+            items=int(amazon.items["item_id"].to_numpy().max()) + 1,
+            cates=int(amazon.items["cate_id"].to_numpy().max()) + 1,
+            shops=1,
+            price_buckets=1,
+            segments=1,
+        )
+        return RankingData(vocab, {s: samples_from_ctr(amazon.splits[s]) for s in splits})
+    raise SchemaError(
+        data_dir, None, None, "neither a relist log directory (lists/) nor the Amazon data (ctr_split/)"
+    )
 
 
 def samples_from_logs(data_dir: str | Path, split: str, store: FeatureStore) -> Samples:
@@ -73,10 +85,15 @@ def samples_from_ctr(split: dict[str, np.ndarray]) -> Samples:
     """One split of relist.data.loaders.amazon.load_amazon_ctr in the columns of the models."""
     zeros = np.zeros(len(split["item_id"]), np.int64)
     return {
-        "user": split["user_id"], "segment": zeros,
-        "hist": split["hist_items"], "hist_cate": split["hist_cates"].astype(np.int64),
+        "user": split["user_id"],
+        "segment": zeros,
+        "hist": split["hist_items"],
+        "hist_cate": split["hist_cates"].astype(np.int64),
         "hist_mask": split["hist_mask"],
-        "item": split["item_id"], "cate": split["cate_id"].astype(np.int64), "shop": zeros, "price_bucket": zeros,
+        "item": split["item_id"],
+        "cate": split["cate_id"].astype(np.int64),
+        "shop": zeros,
+        "price_bucket": zeros,
         "click": split["label"],
     }
 
@@ -85,9 +102,10 @@ def iterate_batches(samples: Samples, batch_size: int, order: np.ndarray | None 
     """Consecutive batches of ``samples`` in ``order`` (default: stored order)."""
     order = np.arange(len(samples["item"])) if order is None else order
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         yield {name: column[rows] for name, column in samples.items()}
 
 
-def _head(samples: Samples, limit: int | None) -> Samples:
+def first_rows(samples: Samples, limit: int | None) -> Samples:
+    """The first ``limit`` samples (all with None), e.g. to cap a quick run."""
     return samples if limit is None else {name: column[:limit] for name, column in samples.items()}

@@ -32,19 +32,29 @@ def request_inputs(store: FeatureStore, user_ids: np.ndarray, item_ids: np.ndarr
 
 
 @torch.no_grad()
-def point_scores(model: nn.Module, store: FeatureStore, requests: Requests) -> dict[str, np.ndarray]:
+def point_scores(
+    model: nn.Module, store: FeatureStore, requests: Requests, max_pairs: int = 8192
+) -> dict[str, np.ndarray]:
     """Click and keep-scrolling probabilities of every candidate, [B, m] each (0 at padding).
 
-    ``model`` is a trained teacher with ``ctr`` and ``next`` heads; re-ranking's beam search consumes these.
+    ``model`` is a trained teacher with ``ctr`` and ``next`` heads; re-ranking's beam search consumes
+    these. Requests are scored in chunks of at most ``max_pairs`` (user, candidate) pairs to bound memory.
     """
     model.eval()
-    logits = model(request_inputs(store, requests.user_id, requests.candidates))
-    missing = {"ctr", "next"} - set(logits)
-    if missing:
-        raise ValueError(f"point_scores needs a model with ctr and next heads; it lacks {sorted(missing)}")
-    shape = requests.candidates.shape
-    return {name: np.where(requests.mask, torch.sigmoid(logits[name]).numpy().reshape(shape), 0.0)
-            for name in ("ctr", "next")}
+    m = requests.candidates.shape[1]
+    step = max(1, max_pairs // max(m, 1))
+    probs: dict[str, list[np.ndarray]] = {"ctr": [], "next": []}
+    for start in range(0, len(requests), step):
+        chunk = requests[start : start + step]
+        logits = model(request_inputs(store, chunk.user_id, chunk.candidates))
+        missing = {"ctr", "next"} - set(logits)
+        if missing:
+            raise ValueError(
+                f"point_scores needs a model with ctr and next heads; it lacks {sorted(missing)}"
+            )
+        for name, parts in probs.items():
+            parts.append(torch.sigmoid(logits[name]).numpy().reshape(chunk.candidates.shape))
+    return {name: np.where(requests.mask, np.concatenate(parts), 0.0) for name, parts in probs.items()}
 
 
 class CoarseScorer:

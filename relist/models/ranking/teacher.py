@@ -1,4 +1,4 @@
-"""Fine-ranking teacher: a point-wise model rich enough to be the distillation target and the p_ctr/p_next source.
+"""Fine-ranking teacher: point-wise, rich enough to be the distillation target and the p_ctr/p_next source.
 
 DIN-style target attention pools the behaviours that matter for *this*
 item; DCN cross layers and a deep MLP cross the target's fields with that
@@ -18,9 +18,10 @@ from relist.models.ranking.layers import MLP, CrossNetwork, TargetAttention
 
 
 class FineRankTeacher(nn.Module):
-    def __init__(self, vocab: Vocab, dim: int, cfg: TeacherConfig, embeddings: FeatureEmbeddings | None = None):
+    def __init__(
+        self, vocab: Vocab, dim: int, cfg: TeacherConfig, embeddings: FeatureEmbeddings | None = None
+    ):
         super().__init__()
-        self.tasks = cfg.tasks
         self.embeddings = embeddings if embeddings is not None else FeatureEmbeddings(vocab, dim)
         self.attention = TargetAttention(2 * dim, cfg.attention_hidden)
         width = 4 * dim + 3 * (2 * dim) + dim  # item fields, interest, mean history, interest*target, segment
@@ -35,7 +36,14 @@ class FineRankTeacher(nn.Module):
         history, mask = torch.cat([items, cates], -1), batch["hist_mask"]
         interest = self.attention(target, history, mask)
         x0 = torch.cat(
-            [emb.item_fields(batch).flatten(-2), interest, masked_mean(history, mask, dim=-2), interest * target,
-             emb.segment_of(batch)], -1)
+            [
+                emb.item_fields(batch).flatten(-2),
+                interest,
+                masked_mean(history, mask, dim=-2),
+                interest * target,
+                emb.segment_of(batch),
+            ],
+            -1,
+        )
         shared = torch.cat([self.cross(x0), self.deep(x0)], -1)
         return {task: head(shared).squeeze(-1) for task, head in self.heads.items()}

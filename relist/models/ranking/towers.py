@@ -26,7 +26,9 @@ class UserTower(nn.Module):
 
     def forward(self, segment: Tensor, items: Tensor, cates: Tensor, mask: Tensor) -> Tensor:
         """segment [B, d], items/cates [B, L, d], mask [B, L] -> [B, D]."""
-        pooled_items = masked_mean(items, mask, dim=-2) if self.nova is None else self.nova(items, cates, mask)
+        pooled_items = (
+            masked_mean(items, mask, dim=-2) if self.nova is None else self.nova(items, cates, mask)
+        )
         return self.mlp(torch.cat([segment, pooled_items, masked_mean(cates, mask, dim=-2)], -1))
 
 

@@ -1,0 +1,460 @@
+"""LAST, learning at serving time: a per-request shift Δθ of the deployed GRN, used once and thrown away.
+
+The deployed generator θ never changes. For each request LAST looks for a shift Δθ
+that raises the evaluator's list reward LR for *this* request, serves the best list
+it has seen, and forgets Δθ. No user feedback is involved, so nothing streams back.
+
+* **parallel** (the one to serve): sample a few lists at θ, score them with the
+  evaluator, and turn one backward pass over their log-probabilities into D
+  directions (the REINFORCE direction — advantage = LR minus a baseline — and, for
+  D > 1, "towards the j-th best sample"); D directions × the step sizes give K shifted
+  generators, decoded greedily as one batched computation and scored in one batch.
+* **serial**: T rounds of sample → score → step Δθ along the REINFORCE direction →
+  decode greedily at θ+Δθ → score.
+
+What Δθ touches is configuration: the two activations the decoder reads (candidate
+states and initial decoder state, as the authors' public code does; per request, so a
+batch of requests shares every computation), the pointer network's layers, or all
+weights (through ``torch.func.functional_call``; K shifted weight sets decode under
+``vmap``). Steps are relative: a step of 0.1 moves the touched tensors by 10% of their
+norm. The GRN greedy list is the floor; a deadline checked between phases stops
+the search and returns the best list scored so far, flagged.
+
+Safety under concurrency: the deployed module is only read (its parameters are taken
+detached once, shifts are fresh tensors of each call, gradients come from
+``torch.autograd.grad`` which never writes ``.grad``), so requests cannot see each
+other's Δθ and the weights stay bit-identical. ``functional_call`` swaps a module's
+parameters in place while it runs, so weight shifts run on a private copy of the GRN
+per thread (tests/test_last.py caught the race).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import zlib
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+from torch.func import functional_call, vmap
+
+from relist.data.features import FeatureStore
+from relist.data.requests import Requests
+from relist.models.generator import GRN, AllowedFn, Encoded, candidate_features, chosen_items
+from relist.rerank.grn_policy import RulesConfig, rules_hook
+from relist.rerank.list_scorer import ListScorer
+from relist.rerank.rules import BusinessRules
+
+Shifted = dict[str, Tensor]  # name -> tensor with a leading request dimension
+POINTER = (
+    "glimpse.weight",
+    "pointer_keys.weight",
+    "pointer_query.weight",
+    "pointer_query.bias",
+    "pointer_out.weight",
+)
+
+
+class LASTConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["parallel", "serial"] = Field(
+        "parallel", description="parallel: K shifts at once; serial: T steps"
+    )
+    shift: Literal["activations", "pointer", "all"] = Field(
+        "activations", description="what Δθ moves: decoder-input activations, pointer layers, or every weight"
+    )
+    samples: int = Field(4, ge=1, description="lists sampled at θ to explore the gradient")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the exploration")
+    baseline: Literal["mean", "greedy"] = Field(
+        "mean", description="advantage = LR - mean LR of samples, or - greedy LR"
+    )
+    directions: int = Field(2, ge=1, description="D: REINFORCE, then towards the 1st, 2nd, ... best sample")
+    step_sizes: tuple[float, ...] = Field(
+        (0.05, 0.1, 0.2, 0.4),
+        min_length=1,
+        description="relative step sizes; K = directions × len(step_sizes)",
+    )
+    serial_steps: int = Field(3, ge=1, description="T: rounds of the serial version")
+    serial_step: float = Field(0.1, ge=0, description="relative step of each serial round")
+    serve_samples: bool = Field(
+        True, description="the exploration samples (already scored) may be served too"
+    )
+    budget_ms: float | None = Field(10.0, gt=0, description="per call; None: no deadline")
+    rules: RulesConfig | None = RulesConfig()
+    batch_size: int = Field(256, ge=1, description="requests per call offline (weight shifts run one by one)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _directions_have_samples(self) -> LASTConfig:
+        if self.directions > self.samples + 1:
+            raise ValueError(
+                f"directions={self.directions} needs samples >= {self.directions - 1} to imitate"
+            )
+        return self
+
+    @property
+    def k(self) -> int:
+        return self.directions * len(self.step_sizes)
+
+
+@dataclass
+class LASTResult:
+    lists: np.ndarray  # [B, n] item ids served
+    reward: np.ndarray  # [B] evaluator LR of the served lists (NaN if the budget left the floor unscored)
+    source: np.ndarray  # [B] where each served list came from: greedy | sample | shift | serial
+    budget_exceeded: bool
+    timings_ms: dict[str, float]
+
+
+class _Budget:
+    """A perf_counter deadline; ``allows(phase)`` also refuses a phase that would not finish in time."""
+
+    def __init__(self, budget_ms: float | None, costs: dict[str, float]):
+        self.deadline = None if budget_ms is None else perf_counter() + budget_ms / 1e3
+        self.costs, self.exceeded, self.timings = costs, False, {}
+        self._mark = perf_counter()
+
+    def allows(self, phase: str) -> bool:
+        if self.deadline is not None and perf_counter() + self.costs.get(phase, 0.0) > self.deadline:
+            self.exceeded = True
+        return not self.exceeded
+
+    def done(self, phase: str) -> None:
+        now = perf_counter()
+        spent = now - self._mark
+        self.timings[phase] = self.timings.get(phase, 0.0) + 1e3 * spent
+        self.costs[phase] = spent if phase not in self.costs else 0.8 * self.costs[phase] + 0.2 * spent
+        self._mark = now
+
+
+def branch_free_rules_hook(rules: BusinessRules, batch: dict[str, Tensor]) -> AllowedFn:
+    """``rules_hook`` without data-dependent branches, so it runs under ``vmap``.
+
+    Same relaxation order as ``BusinessRules.feasible_mask`` (narrower scatter window,
+    then no shop cap, then pinned items freed), every level computed and picked per row.
+    """
+    cates, shops, ids, real = batch["cate"], batch["shop"], batch["candidates"], batch["mask"]
+    levels = [{"window": w} for w in range(rules.cate_window - 1, -1, -1)]
+    levels += [{"window": 0, "shop_cap": False}, {"window": 0, "shop_cap": False, "reserve_pinned": False}]
+
+    def allowed(rows: Tensor, prefix: Tensor, chosen: Tensor, slot: int) -> Tensor:
+        column = prefix.clamp_min(0)
+        args = (
+            cates[rows].gather(1, column),
+            shops[rows].gather(1, column),
+            cates[rows],
+            shops[rows],
+            chosen,
+            slot,
+        )
+        kwargs = {"cand_ids": ids[rows], "cand_mask": real[rows]}
+        mask = rules.allowed_mask(*args, **kwargs)
+        for level in levels:
+            mask = torch.where(mask.any(1, keepdim=True), mask, rules.allowed_mask(*args, **kwargs, **level))
+        return mask
+
+    return allowed
+
+
+class _ActivationShift:
+    """Δ on the encoder's candidate states [B, m, h] and the decoder's initial state [B, h], per request."""
+
+    def __init__(
+        self,
+        model: GRN,
+        batch: dict[str, Tensor],
+        encoded: Encoded,
+        n: int,
+        rules: BusinessRules | None,
+        temperature: float,
+    ):
+        self.model, self.batch, self.enc, self.n, self.rules = model, batch, encoded, n, rules
+        self.temperature = temperature
+        self.hook = rules_hook(rules, batch) if rules is not None else None
+
+    def reference(self) -> Shifted:
+        return {"candidates": self.enc.candidates, "state": self.enc.state}
+
+    def decode(self, delta: Shifted | None, **kwargs) -> dict[str, Tensor]:
+        enc = (
+            self.enc
+            if delta is None
+            else Encoded(
+                self.enc.candidates + delta["candidates"], self.enc.state + delta["state"], self.enc.mask
+            )
+        )
+        return self.model(
+            self.batch, self.n, temperature=self.temperature, allowed_fn=self.hook, encoded=enc, **kwargs
+        )
+
+    def decode_shifted(self, shifts: Shifted) -> Tensor:
+        """Greedy lists of K shifts [B, K, ...] as one batch of B·K rows -> choice [B, K, n]."""
+        b, k = shifts["state"].shape[:2]
+        rows = torch.arange(b).repeat_interleave(k)
+        batch = {name: value[rows] for name, value in self.batch.items()}
+        enc = Encoded(
+            (self.enc.candidates[:, None] + shifts["candidates"]).flatten(0, 1),
+            (self.enc.state[:, None] + shifts["state"]).flatten(0, 1),
+            self.enc.mask[rows],
+        )
+        hook = rules_hook(self.rules, batch) if self.rules is not None else None
+        return self.model(batch, self.n, greedy=True, allowed_fn=hook, encoded=enc)["choice"].view(
+            b, k, self.n
+        )
+
+
+class _WeightShift:
+    """Δ on named weights of one request (leading dimension 1), applied with ``functional_call``."""
+
+    def __init__(
+        self,
+        model: GRN,
+        params: dict[str, Tensor],
+        names: tuple[str, ...],
+        batch: dict[str, Tensor],
+        encoded: Encoded,
+        n: int,
+        rules: BusinessRules | None,
+        temperature: float,
+    ):
+        if batch["mask"].shape[0] != 1:
+            raise ValueError("weight shifts are per request: pass one request at a time")
+        self.model, self.params, self.names, self.batch, self.n = model, params, names, batch, n
+        self.temperature = temperature
+        self.enc = encoded if set(names).isdisjoint(_encoder_params(model)) else None  # reuse θ's encoding
+        self.hook = rules_hook(rules, batch) if rules is not None else None
+        self.vmap_hook = branch_free_rules_hook(rules, batch) if rules is not None else None
+
+    def reference(self) -> Shifted:
+        return {name: self.params[name][None] for name in self.names}
+
+    def _at(self, delta: Shifted, row: int = 0) -> dict[str, Tensor]:
+        return self.params | {name: self.params[name] + delta[name][row] for name in self.names}
+
+    def decode(self, delta: Shifted | None, **kwargs) -> dict[str, Tensor]:
+        params = self.params if delta is None else self._at(delta)
+        kwargs = {"temperature": self.temperature, "allowed_fn": self.hook, "encoded": self.enc} | kwargs
+        return functional_call(self.model, params, (self.batch, self.n), kwargs)
+
+    def decode_shifted(self, shifts: Shifted) -> Tensor:
+        """Greedy lists of K weight shifts [1, K, ...], the K generators vmapped -> choice [1, K, n]."""
+        kwargs = {"greedy": True, "allowed_fn": self.vmap_hook, "encoded": self.enc}
+
+        def greedy(shifted: dict[str, Tensor]) -> Tensor:
+            return functional_call(self.model, self.params | shifted, (self.batch, self.n), kwargs)["choice"]
+
+        stacked = {name: self.params[name] + shifts[name][0] for name in self.names}
+        return vmap(greedy)(stacked).view(1, -1, self.n)
+
+
+def _encoder_params(model: GRN) -> set[str]:
+    """Parameters that ``encode`` reads (a shift of any of them changes the encoding)."""
+    decoder = {"start", *POINTER} | {name for name, _ in model.named_parameters() if name.startswith("gru.")}
+    return {name for name, _ in model.named_parameters()} - decoder
+
+
+def _sample_with_grad(space, delta: Shifted | None, samples: int, generator: torch.Generator):
+    """S lists sampled at θ+delta: choice [B, S, n], logp [B, S] differentiable in the zero ``probe``."""
+    probe = {name: torch.zeros_like(value, requires_grad=True) for name, value in space.reference().items()}
+    with torch.enable_grad():
+        at = probe if delta is None else {name: delta[name] + probe[name] for name in probe}
+        out = space.decode(at, samples=samples, generator=generator)
+    return out["choice"], out["logp"], probe
+
+
+def _directions(space, logp: Tensor, probe: Shifted, weights: Tensor) -> Shifted:
+    """D weighted gradients of the samples' logp (weights [B, D, S]) -> relative shifts [B, D, ...]."""
+    d = weights.shape[1]
+    with torch.enable_grad():
+        objectives = [(weights[:, j] * logp).sum() for j in range(d)]
+    grads = [
+        torch.autograd.grad(objectives[j], list(probe.values()), retain_graph=j < d - 1) for j in range(d)
+    ]
+    directions = {name: torch.stack([g[i] for g in grads], 1) for i, name in enumerate(probe)}
+    return _relative(directions, space.reference())
+
+
+def _relative(directions: Shifted, reference: Shifted) -> Shifted:
+    """Each direction [B, D, ...] rescaled to the norm of its request's reference tensors [B, ...]."""
+    d_norm = sum(d.pow(2).flatten(2).sum(-1) for d in directions.values()).sqrt()  # [B, D]
+    r_norm = sum(r.pow(2).flatten(1).sum(-1) for r in reference.values()).sqrt()  # [B]
+    factor = r_norm[:, None] / d_norm.clamp_min(1e-12)
+    return {name: d * factor.view(*factor.shape, *[1] * (d.dim() - 2)) for name, d in directions.items()}
+
+
+def _advantage_weights(lr_samples: Tensor, lr_greedy: Tensor, baseline: str, directions: int) -> Tensor:
+    """[B, S] sample LR -> [B, D, S]: REINFORCE advantages, then one-hot rows on the best samples."""
+    base = lr_samples.mean(1, keepdim=True) if baseline == "mean" else lr_greedy[:, None]  # lr_greedy [B]
+    rows = [lr_samples - base]
+    order = lr_samples.argsort(1, descending=True)
+    for j in range(directions - 1):
+        rows.append(torch.nn.functional.one_hot(order[:, j], lr_samples.shape[1]).to(lr_samples.dtype))
+    return torch.stack(rows, 1)
+
+
+class _Best:
+    """The best scored list of each request so far."""
+
+    def __init__(self, lists: Tensor):
+        self.lists = lists.clone()  # [B, n]
+        self.reward = torch.full((lists.shape[0],), float("nan"))
+        self.source = np.full(lists.shape[0], "greedy", dtype=object)
+
+    def offer(self, lists: Tensor, reward: Tensor, source: str) -> None:
+        """lists [B, L, n] with LR [B, L]; a tie keeps what is already there (the greedy floor first)."""
+        top, pick = reward.max(1)
+        better = ~(top <= self.reward)  # NaN (unscored floor) loses to any score
+        better &= ~torch.isnan(top)
+        if better.any():
+            rows = torch.arange(len(pick))
+            self.lists[better] = lists[rows, pick][better]
+            self.reward[better] = top[better]
+            self.source[better.numpy()] = source
+
+
+class LAST:
+    """Learning at serving time over a deployed GRN and evaluator (see the module docstring)."""
+
+    def __init__(self, model: GRN, scorer: ListScorer, store: FeatureStore, cfg: LASTConfig = LASTConfig()):
+        self.model, self.scorer, self.store, self.cfg = model.eval(), scorer, store, cfg
+        self.params = {name: value.detach() for name, value in model.named_parameters()}
+        names = {"activations": (), "pointer": POINTER, "all": tuple(self.params)}[cfg.shift]
+        self.names = tuple(name for name in names if name in self.params)
+        self.rules = cfg.rules.build() if cfg.rules is not None else None
+        self._costs: dict[str, float] = {}  # phase cost estimates (EMA), for the deadline
+        self._thread = threading.local()
+
+    def _private_model(self) -> GRN:
+        """This thread's copy of the GRN, for ``functional_call`` (which swaps parameters while it runs)."""
+        if getattr(self._thread, "model", None) is None:
+            self._thread.model = copy.deepcopy(self.model)
+        return self._thread.model
+
+    @torch.no_grad()
+    def rerank(self, requests: Requests, n: int) -> LASTResult:
+        """The best list LAST finds for each request (one request at a time for weight shifts)."""
+        budget = _Budget(self.cfg.budget_ms, self._costs)
+        batch = candidate_features(self.store, requests.user_id, requests.candidates, requests.cand_scores)
+        users = torch.tensor(requests.user_id)
+        generator = torch.Generator().manual_seed(self._seed(requests))
+        encoded = self.model.encode(batch)
+        space = (
+            _ActivationShift(self.model, batch, encoded, n, self.rules, self.cfg.temperature)
+            if self.cfg.shift == "activations"
+            else _WeightShift(
+                self._private_model(),
+                self.params,
+                self.names,
+                batch,
+                encoded,
+                n,
+                self.rules,
+                self.cfg.temperature,
+            )
+        )
+        greedy = space.decode(None, greedy=True)["choice"]  # [B, 1, n]
+        floor = chosen_items(batch["candidates"], greedy)
+        best = _Best(floor[:, 0])
+        budget.done("greedy")
+        search = self._parallel if self.cfg.mode == "parallel" else self._serial
+        search(space, batch, users, floor, generator, best, budget)
+        return LASTResult(
+            best.lists.numpy(), best.reward.numpy(), best.source, budget.exceeded, budget.timings
+        )
+
+    def _explore(self, space, batch, users, generator, best, budget, delta, floor: Tensor | None):
+        """Sample S lists at θ+delta and score them (with the unscored ``floor`` [B, 1, n] lists, if any).
+
+        Returns (LR of the samples [B, S], their logp and probe for the gradient, LR of the floor or None).
+        """
+        choice, logp, probe = _sample_with_grad(space, delta, self.cfg.samples, generator)
+        lists = chosen_items(batch["candidates"], choice)
+        proposals = lists if floor is None else torch.cat([floor, lists], 1)
+        lr = self._score(users, proposals)
+        lr_floor = None
+        if floor is not None:
+            lr_floor, lr = lr[:, 0], lr[:, 1:]
+            best.offer(floor, lr_floor[:, None], "greedy")
+        if self.cfg.serve_samples:
+            best.offer(lists, lr, "sample")
+        budget.done("explore")
+        return lr, logp, probe, lr_floor
+
+    def _parallel(self, space, batch, users, floor, generator, best, budget) -> None:
+        if not budget.allows("explore"):
+            return
+        lr, logp, probe, lr_greedy = self._explore(space, batch, users, generator, best, budget, None, floor)
+        if not budget.allows("gradient"):
+            return
+        weights = _advantage_weights(lr, lr_greedy, self.cfg.baseline, self.cfg.directions)
+        directions = _directions(space, logp, probe, weights)
+        steps = torch.tensor(self.cfg.step_sizes)
+        shifts = {
+            name: (d[:, :, None] * steps.view(1, 1, -1, *[1] * (d.dim() - 2))).flatten(1, 2)
+            for name, d in directions.items()
+        }  # [B, D·len(steps), ...]
+        budget.done("gradient")
+        if not budget.allows("decode"):
+            return
+        shifted = space.decode_shifted(shifts)
+        budget.done("decode")
+        if not budget.allows("score"):
+            return
+        lists = chosen_items(batch["candidates"], shifted)
+        best.offer(lists, self._score(users, lists), "shift")
+        budget.done("score")
+
+    def _serial(self, space, batch, users, floor, generator, best, budget) -> None:
+        delta, lr_greedy = None, None
+        for _ in range(self.cfg.serial_steps):
+            if not budget.allows("explore"):
+                return
+            lr, logp, probe, lr_floor = self._explore(
+                space, batch, users, generator, best, budget, delta, floor
+            )
+            lr_greedy, floor = (lr_greedy if lr_floor is None else lr_floor), None
+            if not budget.allows("gradient"):
+                return
+            weights = _advantage_weights(lr, lr_greedy, self.cfg.baseline, 1)
+            step = _directions(space, logp, probe, weights)
+            delta = {
+                name: self.cfg.serial_step * d[:, 0] + (0 if delta is None else delta[name])
+                for name, d in step.items()
+            }
+            budget.done("gradient")
+            if not budget.allows("decode"):
+                return
+            lists = chosen_items(batch["candidates"], space.decode(delta, greedy=True)["choice"])
+            lr_greedy = self._score(users, lists)[:, 0]
+            best.offer(lists, lr_greedy[:, None], "serial")
+            budget.done("decode")
+
+    def _score(self, users: Tensor, lists: Tensor) -> Tensor:
+        """Evaluator LR of lists [B, L, n] -> [B, L], all in one batch."""
+        b, k, n = lists.shape
+        return self.scorer.list_reward(users.repeat_interleave(k), lists.reshape(b * k, n)).view(b, k)
+
+    def _seed(self, requests: Requests) -> int:
+        """A per-call sampling seed from the config seed and the request ids: reproducible and thread-safe."""
+        return zlib.crc32(np.asarray(requests.request_id, dtype=np.int64).tobytes(), self.cfg.seed)
+
+
+class LASTPolicy:
+    """LAST as a re-ranking Policy: ``policy(requests, n) -> [B, n]`` item ids."""
+
+    def __init__(self, last: LAST):
+        self.last = last
+
+    def __call__(self, requests: Requests, n: int) -> np.ndarray:
+        size = 1 if self.last.cfg.shift != "activations" else self.last.cfg.batch_size
+        out = [
+            self.last.rerank(requests[start : start + size], n).lists
+            for start in range(0, len(requests), size)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, n), np.int64)

@@ -1,0 +1,107 @@
+"""The serving pipeline without HTTP: budgets, the upstream floor, user overrides, recall."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from test_serve_api import tiny_logs
+
+from relist.data.features import FeatureStore
+from relist.eval.metrics import list_reward
+from relist.serve.budget import Budget, StageCosts
+from relist.serve.config import PipelineConfig
+from relist.serve.pipeline import UnknownStrategy, build_pipeline
+from relist.serve.stages import Models
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("pipeline") / "logs"
+    tiny_logs(logs)
+    return build_pipeline("p", FeatureStore.from_dir(logs), PipelineConfig(), Models())
+
+
+def user(id=None, segment=None, history=None):
+    return SimpleNamespace(id=id, segment=segment, history=history)
+
+
+def test_stage_costs_scale_with_request_size_and_fade_with_time():
+    now = [0.0]
+    costs = StageCosts(smoothing=0.5, half_life_s=10.0, clock=lambda: now[0])
+    assert costs.expected_ms("beam", 50, 10) == 0.0  # never measured: assumed free
+    costs.record("beam", 50, 10, 5.0)
+    assert costs.expected_ms("beam", 100, 10) == pytest.approx(10.0)
+    costs.record("beam", 50, 10, 1.0)
+    assert costs.expected_ms("beam", 50, 10) == pytest.approx(3.0)
+    now[0] = 10.0  # one half-life without running: the estimate halves, the stage gets tried again
+    assert costs.expected_ms("beam", 50, 10) == pytest.approx(1.5)
+    assert Budget(50.0).affords(10.0) and not Budget(1.0).affords(10.0)
+
+
+def test_upstream_scorer_is_the_exposure_weighted_list_reward(pipeline):
+    inp = pipeline.request_input(None, np.array([7, 8, 9]), np.array([0.5, 0.2, 2.0]), 3)
+    lists = np.array([[7, 8, 9], [9, 7, 0]])
+    p = pipeline.config.p_next
+    expected = list_reward(np.array([[0.5, 0.2, 1.0], [1.0, 0.5, 0.0]]), lists != 0, p ** np.arange(3))
+    np.testing.assert_allclose(pipeline.scorer(inp, lists), expected)
+
+
+def test_best_list_wins_and_upstream_wins_ties(pipeline):
+    ids, distinct = np.arange(1, 21), list(range(20))  # one category each: no rule in play
+    inp = pipeline.request_input(None, ids, np.linspace(0.9, 0.1, 20), 5, cates=distinct)
+    result = pipeline.rerank(inp)
+    assert result.generator == "upstream" and not result.breaks_rules  # greedy and beam only tie with it
+    inp = pipeline.request_input(None, ids, np.linspace(0.1, 0.9, 20), 5, cates=distinct)
+    result = pipeline.rerank(inp)
+    upstream_lr = pipeline.scorer(inp, inp.requests.candidates[:, :5])[0]
+    assert result.generator != "upstream" and result.list_reward > upstream_lr
+    forced = pipeline.rerank(inp, strategy="upstream")
+    assert forced.generator == "upstream" and list(forced.items) == [1, 2, 3, 4, 5]
+    with pytest.raises(UnknownStrategy, match="available: upstream"):
+        pipeline.rerank(inp, strategy="nope")
+
+
+def test_a_list_keeping_the_rules_beats_a_better_scored_one_that_breaks_them(pipeline):
+    # the five best-scored candidates share a category: the upstream/greedy list breaks the scatter rule
+    cates = [1, 1, 1, 1, 1] + list(range(2, 17))
+    inp = pipeline.request_input(None, np.arange(1, 21), np.linspace(0.9, 0.1, 20), 5, cates=cates)
+    result = pipeline.rerank(inp)
+    assert result.generator == "beam_upstream" and not result.breaks_rules
+    assert result.list_reward < pipeline.scorer(inp, inp.requests.candidates[:, :5])[0]
+    only_one_category = pipeline.request_input(None, np.arange(1, 21), None, 5, cates=[1] * 20)
+    assert pipeline.rerank(only_one_category).breaks_rules  # nothing can keep them: served, flagged
+
+
+def test_zero_budget_serves_the_upstream_order(pipeline):
+    inp = pipeline.request_input(None, np.arange(1, 21), np.linspace(0.1, 0.9, 20), 5)
+    result = pipeline.rerank(inp, budget_ms=1e-6)
+    assert result.budget_exceeded and list(result.items) == [1, 2, 3, 4, 5] and result.list_reward is None
+    assert result.skipped == pipeline.strategies
+
+
+def test_user_overrides_reach_the_models_through_a_store_view(pipeline):
+    store = pipeline.store
+    inp = pipeline.request_input(user(id=3, segment=4, history=[11, 12, 10**12]), np.arange(1, 11), None, 5)
+    view = inp.store.user_features(inp.requests.user_id)
+    assert inp.store is not store and inp.store.item_cate is store.item_cate  # items shared, not copied
+    assert view["segment"].tolist() == [5]  # raw segment 4 -> store convention 5
+    assert view["hist"][0][view["hist_mask"][0]].tolist() == [11, 12]  # unknown history item dropped
+    plain = pipeline.request_input(user(id=3), np.arange(1, 11), None, 5)
+    assert plain.store is store and plain.requests.user_id.tolist() == [3]
+
+
+def test_request_categories_override_the_catalogue(pipeline):
+    inp = pipeline.request_input(None, np.array([1, 2, 10**12]), None, 3, cates=[None, 7, 3])
+    assert inp.cates[0].tolist() == [pipeline.store.item_cate[1], 8, 4]
+
+
+def test_recall_prefers_history_categories_and_skips_history_items(pipeline):
+    store = pipeline.store
+    uid = int(np.flatnonzero(store.user_hist_mask.any(1))[0])
+    hist = store.user_hist[uid][store.user_hist_mask[uid]]
+    ids, scores = pipeline.recall(store, uid, 30)
+    assert not np.isin(ids, hist).any() and len(set(ids.tolist())) == 30
+    assert np.isin(store.item_cate[ids[:5]], store.item_cate[hist]).all()
+    assert ((scores >= 0) & (scores <= 1)).all()
