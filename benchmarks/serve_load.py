@@ -34,6 +34,7 @@ from rich.table import Table
 
 from relist.data.logs import logged_requests
 from relist.models.evaluator import DCWNConfig
+from relist.rerank.last import LASTConfig
 from relist.serve.app import ENV_CONFIG, ENV_MODEL_DIR
 from relist.serve.config import PipelineConfig, ServeConfig
 from relist.serve.metrics import MULTIPROC_ENV
@@ -69,7 +70,9 @@ def ensure_models(work: Path, n_requests: int, steps: int) -> tuple[Path, dict[s
 def ensure_versions(model_dir: Path, data: Path, models: dict[str, Path]) -> None:
     for name, stages in VERSIONS_SERVED.items():
         if not (model_dir / VERSIONS / name).exists():
-            export_version(model_dir, name, data, models, PipelineConfig(stages=stages))
+            # LAST searches within the request's budget, not its own 10 ms default cap: its full cost
+            export_version(model_dir, name, data, models,
+                           PipelineConfig(stages=stages, last=LASTConfig(rules=None, budget_ms=None)))
 
 
 def request_bodies(data: Path, count: int, n: int, budget_ms: float) -> tuple[list[bytes], float]:

@@ -24,8 +24,9 @@ class PipelineConfig(BaseModel):
                                          description="beam list value weights r = pv·PV + ipv·IPV + gmv·GMV")
     cate_window: int = Field(2, ge=0, description="business rule: no category repeat within this many slots")
     max_per_shop: int | None = Field(None, ge=1)
-    last: LASTConfig = Field(LASTConfig(rules=None), description="stage 'last' (its rules: cate_window, "
-                                                                 "max_per_shop above)")
+    last: LASTConfig = Field(LASTConfig(rules=None),
+                             description="stage 'last'; its budget_ms caps what is left of the request's "
+                                         "budget (None: no cap); its rules: cate_window, max_per_shop above")
     recall_size: int = Field(1000, ge=1, description="/v1/recommend: items recalled from the catalogue")
     coarse_keep: int = Field(200, ge=1, description="/v1/recommend: items the coarse ranker passes on")
     rerank_candidates: int = Field(50, ge=1,

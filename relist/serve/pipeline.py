@@ -93,12 +93,13 @@ class Pipeline:
     def strategies(self) -> list[str]:
         return list(self.stages)
 
-    def rerank(self, inp: RerankInput, strategy: str | None = None, budget_ms: float = float("inf"),
-               record_costs: bool = True) -> RerankResult:
+    def rerank(self, inp: RerankInput, strategy: str | None = None,
+               budget_ms: float = float("inf")) -> RerankResult:
         """The best list the budget allows; the upstream order when a stage fails."""
         if strategy is not None and strategy not in self.stages:
             raise UnknownStrategy(strategy, self.strategies)
         budget = Budget(budget_ms)
+        inp = dataclasses.replace(inp, budget=budget)
         names = self.strategies if strategy is None else list(dict.fromkeys([UPSTREAM, strategy]))
         upstream = inp.requests.candidates[0, :inp.n]
         upstream_breaks = not inp.keeps_rules(upstream[None, :], self.rules)[0]
@@ -114,13 +115,11 @@ class Pipeline:
             except Exception as err:  # any model error: serve the floor, never fail the request
                 log.exception("stage %s of model version %s failed", name, self.version)
                 return RerankResult(upstream, None, UPSTREAM, fallback=True, breaks_rules=upstream_breaks,
-                                    skipped=result.skipped,
-                                    timings_ms=result.timings_ms, error=f"{type(err).__name__}: {err}",
-                                    failed_stage=name)
+                                    skipped=result.skipped, timings_ms=result.timings_ms,
+                                    error=f"{type(err).__name__}: {err}", failed_stage=name)
             ms = (perf_counter() - start) * 1e3
             result.timings_ms[name] = ms
-            if record_costs:
-                self.costs.record(name, inp.m, inp.n, ms)
+            self.costs.record(name, inp.m, inp.n, ms)
             keeps = inp.keeps_rules(lists, self.rules)
             best = int(np.argmax(np.where(keeps, rewards, rewards - RULE_PENALTY)))
             if name == strategy or _better((keeps[best], rewards[best]), (not result.breaks_rules,

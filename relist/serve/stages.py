@@ -10,8 +10,9 @@ more entry of ``STAGE_BUILDERS``.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from relist.rerank.grn_policy import GRNPolicy, RulesConfig
 from relist.rerank.last import LAST
 from relist.rerank.policy import greedy_by_score, upstream_order
 from relist.rerank.rules import BusinessRules
+from relist.serve.budget import Budget
 from relist.serve.config import PipelineConfig
 
 UPSTREAM = "upstream"
@@ -40,6 +42,7 @@ class RerankInput:
     cates: np.ndarray  # [1, m] store convention (0 = unknown), request overrides applied
     shops: np.ndarray  # [1, m]
     store: FeatureStore  # the version's store, or a view of it carrying this request's user overrides
+    budget: Budget = field(default_factory=lambda: Budget(math.inf))  # the request's (set by the pipeline)
 
     @property
     def m(self) -> int:
@@ -157,15 +160,17 @@ def _grn(config: PipelineConfig, generator) -> Stage:
 
 
 def _last(config: PipelineConfig, generator, evaluator) -> Stage:
-    """LAST over the GRN and the evaluator: it searches a per-request shift and returns its best list."""
+    """LAST over the GRN and the evaluator: a per-request shift, searched within what is left of the
+    request's budget (capped by ``config.last.budget_ms``); it returns the best list it found."""
     rules = RulesConfig(cate_window=config.cate_window, max_per_shop=config.max_per_shop)
     last = LAST(generator, evaluator, evaluator.store, config.last.model_copy(update={"rules": rules}))
+    cap = math.inf if config.last.budget_ms is None else config.last.budget_ms
 
     def stage(inp: RerankInput) -> np.ndarray:
-        view = last
-        if inp.store is not last.store:
-            view = copy.copy(last)
-            view.store, view.scorer = inp.store, _on_store(evaluator, inp.store)
+        view = copy.copy(last)  # shares the model, weights and phase-cost estimates
+        budget_ms = min(cap, inp.budget.remaining_ms())
+        view.cfg = last.cfg.model_copy(update={"budget_ms": budget_ms if math.isfinite(budget_ms) else None})
+        view.store, view.scorer = inp.store, _on_store(evaluator, inp.store)
         return view.rerank(inp.requests, inp.n).lists
 
     return stage
