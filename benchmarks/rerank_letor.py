@@ -23,6 +23,7 @@ README's recommended convention, under which LambdaMART scores .702 and random .
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ REFERENCE = {"LambdaMART (README)": 0.702, "random (README)": 0.464}
 
 
 def train_config(seed: int) -> TrainConfig:
-    return TrainConfig(epochs=30, batch_size=32, lr=3e-3, grad_clip=5.0, seed=seed, patience=5,
+    return TrainConfig(epochs=20, batch_size=32, lr=3e-3, grad_clip=5.0, seed=seed, patience=3,
                        monitor="ndcg10", monitor_mode="max", num_threads=1)
 
 
@@ -158,7 +159,12 @@ def main() -> None:
     folds = {fold.name: fold for fold in load_letor_folds(args.data)}
     results = {}
     for seed, name in enumerate(args.folds):
-        results[name] = run_fold(folds[name], seed, args.work / name)
+        cached = args.work / name / "result.json"  # a fold already run is not trained again
+        if cached.is_file():
+            results[name] = json.loads(cached.read_text())
+        else:
+            results[name] = run_fold(folds[name], seed, args.work / name)
+            cached.write_text(json.dumps(results[name]))
         ndcg10 = {policy: round(row["ndcg10"], 4) for policy, row in results[name]["table"].items()}
         print(name, ndcg10, flush=True)
     policies = list(next(iter(results.values()))["table"])

@@ -92,6 +92,14 @@ def train_models(data: Path, models: Path, seed: int) -> dict[str, float]:
     return seconds
 
 
+def cached_oracle(world, logged: LoggedTest, cfg: RerankEvalConfig, work: Path) -> np.ndarray:
+    """The oracle lists of the evaluated requests, computed once per world and kept under ``work``."""
+    path = work / f"oracle_{cfg.objective}_n{cfg.n}_{cfg.requests}.npy"
+    if not path.is_file():
+        np.save(path, oracle_lists(world, logged.requests, cfg.n, cfg.objective))
+    return np.load(path)
+
+
 def stack_logged(logged: LoggedTest, times: int) -> LoggedTest:
     r = logged.requests
     requests = Requests(*(np.concatenate([getattr(r, f.name)] * times) for f in fields(Requests)))
@@ -123,6 +131,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="test requests evaluated per seed")
     parser.add_argument("--config", type=Path, default=CONFIGS / "rerank_eval.yaml")
     parser.add_argument("--train-only", action="store_true", help="train the models, evaluate nothing")
+    parser.add_argument("--oracle-only", action="store_true", help="only compute and cache the oracles")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(args.config, RerankEvalConfig).model_copy(update={"requests": args.requests})
@@ -131,16 +140,16 @@ def main() -> None:
         data = args.work / world_name / "sim"
         if not (data / "lists").is_dir():
             simulate_logs(build_world(load_sim_config(WORLDS[world_name])), data, args.lists)
-        for seed in args.seeds:
+        for seed in [] if args.oracle_only else args.seeds:
             models = args.work / world_name / f"seed{seed}"
             training_seconds[f"{world_name}/seed{seed}"] = train_models(data, models, seed)
         if args.train_only:
             continue
         world = world_of_logs(data)
         logged = LoggedTest.read(data, cfg.requests)
-        start = time.perf_counter()
-        oracle = oracle_lists(world, logged.requests, cfg.n, cfg.objective)
-        oracle_s = time.perf_counter() - start
+        oracle = cached_oracle(world, logged, cfg, args.work / world_name)
+        if args.oracle_only:
+            continue
         runs, per_seed = [], {}
         for seed in args.seeds:
             policies, scorer, skipped = build_policies(cfg, data, args.work / world_name / f"seed{seed}")
@@ -151,9 +160,9 @@ def main() -> None:
         pooled = rerank_report(world, stacked, stack_served(runs), cfg.n, cfg.objective,
                                np.concatenate([oracle] * len(runs)))
         print_rerank_report(pooled | {"skipped": per_seed[args.seeds[0]]["skipped"]})
-        results[world_name] = {"pooled_over_seeds": pooled, "per_seed": per_seed, "oracle_seconds": oracle_s,
+        results[world_name] = {"pooled_over_seeds": pooled, "per_seed": per_seed,
                                "sim_config": world.config.model_dump(mode="json"), "data": str(data)}
-    if args.train_only:
+    if args.train_only or args.oracle_only:
         return
     path = write_result("rerank_policies", {
         "seeds": args.seeds, "requests_per_seed": cfg.requests, "simulated_lists": args.lists,

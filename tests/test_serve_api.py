@@ -108,7 +108,7 @@ def test_valid_request_serves_best_list_by_evaluator(client, logged):
     assert len(out["items"]) == 10 and len(set(out["items"])) == 10 and set(out["items"]) <= set(cands)
     assert out["scorer"] == "evaluator" and out["model_version"] == "v1"
     assert not out["fallback"] and out["skipped_stages"] == []
-    assert set(out["timings_ms"]) == {"upstream", *STAGES, "total"}
+    assert set(out["timings_ms"]) == {"queue", "upstream", *STAGES, "total"}
     # the served list has the highest list reward of the generators: forcing each one never beats it
     for strategy in ("upstream", *STAGES):
         forced = client.post("/v1/rerank", json={**body, "strategy": strategy}).json()

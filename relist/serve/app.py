@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from time import perf_counter
 
+import anyio
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -99,8 +100,11 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
         return Strategies(model_version=pipeline.version, strategies=pipeline.strategies,
                           scorer=pipeline.scorer.name)
 
+    # CPU-bound pipelines run in at most this many threads; more would only contend for the same cores.
+    limiter = anyio.CapacityLimiter(config.pipeline_threads)
+
     @app.post("/v1/rerank", response_model=RerankResponse, tags=["serving"])
-    def rerank(body: RerankRequest) -> RerankResponse:
+    async def rerank(body: RerankRequest) -> RerankResponse:
         """Re-rank the candidates of one request into the best list the time budget allows."""
         if len(body.candidates) > config.max_candidates:
             raise _field_error(("body", "candidates"), f"at most {config.max_candidates} candidates per "
@@ -110,29 +114,30 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
         scored = body.candidates[0].score is not None  # the schema checked: all or none
         scores = np.array([c.score for c in body.candidates], np.float32) if scored else None
 
-        def attempt() -> RerankResult:
+        def attempt(budget_ms: float) -> RerankResult:
             cates, shops = [c.category for c in body.candidates], [c.shop for c in body.candidates]
             inp = pipeline.request_input(body.user, ids, scores, body.n, cates, shops, body.request_id)
-            return pipeline.rerank(inp, body.strategy, body.budget_ms or config.default_budget_ms)
+            return pipeline.rerank(inp, body.strategy, budget_ms)
 
-        result = _serve("rerank", pipeline, attempt, floor=(ids[:body.n], UPSTREAM), metrics=metrics)
+        result = await _serve("rerank", pipeline, attempt, body.budget_ms or config.default_budget_ms,
+                              floor=(ids[:body.n], UPSTREAM), metrics=metrics, limiter=limiter)
         return RerankResponse(**_response_fields(pipeline, body.request_id, result))
 
     @app.post("/v1/recommend", response_model=RecommendResponse, tags=["serving"])
-    def recommend(body: RecommendRequest) -> RecommendResponse:
+    async def recommend(body: RecommendRequest) -> RecommendResponse:
         """The whole pipeline for a user: recall from the served catalogue, ranking, then re-ranking."""
         pipeline = registry.pipeline
         considered = 0
 
-        def attempt() -> RerankResult:
+        def attempt(budget_ms: float) -> RerankResult:
             nonlocal considered
-            budget_ms = body.budget_ms or config.default_budget_ms
             result, considered = pipeline.recommend(body.user, body.n, body.strategy, budget_ms,
                                                     body.request_id)
             return result
 
         popular = np.argsort(-pipeline.popularity[1:], kind="stable")[:body.n] + 1
-        result = _serve("recommend", pipeline, attempt, floor=(popular, "popular"), metrics=metrics)
+        result = await _serve("recommend", pipeline, attempt, body.budget_ms or config.default_budget_ms,
+                              floor=(popular, "popular"), metrics=metrics, limiter=limiter)
         return RecommendResponse(**_response_fields(pipeline, body.request_id, result),
                                  candidates_considered=considered)
 
@@ -160,12 +165,24 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
     return app
 
 
-def _serve(endpoint: str, pipeline: Pipeline, attempt: Callable[[], RerankResult],
-           floor: tuple[np.ndarray, str], metrics: ServeMetrics) -> RerankResult:
-    """Run ``attempt``; an unknown strategy is the client's error (422), anything else serves ``floor``
-    (items, generator name) flagged as a fallback: never a 5xx for a valid request."""
+async def _serve(endpoint: str, pipeline: Pipeline, attempt: Callable[[float], RerankResult],
+                 budget_ms: float, floor: tuple[np.ndarray, str], metrics: ServeMetrics,
+                 limiter: anyio.CapacityLimiter) -> RerankResult:
+    """Run ``attempt(budget left)`` in a pipeline thread; the wait for one counts against the budget (an
+    overloaded server degrades to cheaper lists instead of falling behind). An unknown strategy is the
+    client's error (422); any other error serves ``floor`` (items, generator name) flagged as a fallback:
+    never a 5xx for a valid request."""
+    arrived = perf_counter()
+
+    def run() -> RerankResult:
+        waited_ms = (perf_counter() - arrived) * 1e3
+        result = attempt(max(budget_ms - waited_ms, 0.0))
+        total_ms = (perf_counter() - arrived) * 1e3
+        result.timings_ms = {"queue": waited_ms, **result.timings_ms, "total": total_ms}
+        return result
+
     try:
-        result = attempt()
+        result = await anyio.to_thread.run_sync(run, limiter=limiter)
     except UnknownStrategy as err:
         raise _field_error(("body", "strategy"), str(err), "unknown_strategy") from None
     except Exception as err:

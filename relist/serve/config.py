@@ -40,6 +40,8 @@ class ServeConfig(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
     torch_threads: int = Field(1, ge=1, description="torch threads per worker (workers x threads <= cores)")
+    pipeline_threads: int = Field(1, ge=1, description="requests a worker re-ranks at once; the others wait, "
+                                                       "and the wait counts against their budget")
     default_budget_ms: float = Field(20.0, gt=0, le=MAX_BUDGET_MS, description="time budget of a request "
                                                                                "that names none")
     max_candidates: int = Field(500, ge=1, le=SCHEMA_MAX_CANDIDATES, description="candidates per request")

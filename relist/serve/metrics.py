@@ -55,7 +55,7 @@ class ServeMetrics:
     def observe_result(self, endpoint: str, result) -> None:
         """Record one pipeline result (relist.serve.pipeline.RerankResult)."""
         for stage, ms in result.timings_ms.items():
-            if stage != "total":
+            if stage != "total":  # "queue": the wait for a pipeline thread
                 self.stage_latency.labels(stage).observe(ms / 1e3)
         for stage in result.skipped:
             self.skipped.labels(stage).inc()
