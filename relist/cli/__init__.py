@@ -16,9 +16,18 @@ app.add_typer(eval_app, name="eval")
 
 
 def _register_all() -> None:
-    from relist.cli import commands_data, commands_demo, commands_sim
+    from relist.cli import (
+        commands_data,
+        commands_demo,
+        commands_ranking,
+        commands_rerank_eval,
+        commands_rerank_train,
+        commands_serve,
+        commands_sim,
+    )
 
-    for module in (commands_sim, commands_data, commands_demo):
+    for module in (commands_sim, commands_data, commands_ranking, commands_rerank_train, commands_rerank_eval,
+                   commands_serve, commands_demo):
         module.register(app, train_app, eval_app)
 
 
