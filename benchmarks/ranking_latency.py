@@ -11,6 +11,7 @@ training throughput (samples/s) of each model on the same simulated logs.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def main() -> None:
             "threads": 1,
             "rows": rows,
             "item_matrix_ms": matrix_ms,
+            "load_average_1_5_15min": os.getloadavg(),  # the machine is shared: say how busy it was
         },
     )
     print(f"wrote {path}")

@@ -8,7 +8,7 @@ import typer
 
 
 def demo(
-    out: Path = typer.Option(Path("demo_out"), help="Output directory (steps whose inputs did not change are skipped)."),
+    out: Path = typer.Option(Path("demo_out"), help="Output directory; steps whose inputs did not change are skipped."),
     config: Path = typer.Option(None, help="Simulator YAML config (default: the embedded default world)."),
     quick: bool = typer.Option(False, help="Small sizes for a first look in about two minutes."),
     force: bool = typer.Option(False, help="Rerun every step even if its inputs did not change."),

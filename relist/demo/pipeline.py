@@ -1,86 +1,169 @@
-"""The main job: simulate → train → evaluate → benchmark → report, each step rerunnable.
+"""The main job: simulate → train → evaluate → benchmark → report → export, each step rerunnable.
 
-`relist demo` is a thin CLI over :func:`run_demo`. The quick mode shrinks every
-size so a first look takes about two minutes; the default fits in about fifteen
-on a 2-core machine.
+`relist demo` is a thin CLI over :func:`run_demo`. Models train from the
+simulated logs only; the simulator's truth is used by the evaluation steps
+alone. The quick mode shrinks every size for a first look in about two
+minutes; the default fits in about fifteen on a quiet 2-core machine.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import yaml
+from pydantic import BaseModel
+
 from relist.demo.steps import Step, console, run_steps
+from relist.sim.config import DEFAULT_CONFIG
+
+CONFIGS = DEFAULT_CONFIG.parent
+BASELINES = ("prm", "dlcm", "seq2slate")
 
 
 @dataclass(frozen=True)
 class DemoSizes:
     requests: int = 60_000  # logged lists (train + valid + test)
     eval_requests: int = 1000  # test requests in the simulated A/B table
-    epochs: int = 4
+    epochs: int = 4  # for every supervised model
+    generator_steps: int = 120  # policy-gradient steps per generator epoch
+    latency_requests: int = 100  # single requests timed per policy
 
 
-QUICK = DemoSizes(requests=8_000, eval_requests=200, epochs=1)
+QUICK = DemoSizes(requests=8_000, eval_requests=150, epochs=1, generator_steps=25, latency_requests=20)
 
 
-def _simulate(config: Path | None, sizes: DemoSizes):
+def _config(cls: type[BaseModel], file: str, sizes: DemoSizes, **updates) -> BaseModel:
+    """A shipped config with the demo's sizes: fewer epochs, fewer steps; nothing else changes."""
+    from relist.train.config import load_config
+
+    cfg = load_config(CONFIGS / file, cls)
+    train = {"epochs": sizes.epochs}
+    if cfg.train.max_steps_per_epoch is not None:
+        train["max_steps_per_epoch"] = sizes.generator_steps
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=train), **updates})
+
+
+def _step_simulate(config: Path | None, sizes: DemoSizes) -> Callable[[Path], dict]:
     def run(out: Path) -> dict:
         from relist.sim.config import load_sim_config
         from relist.sim.logs import simulate_logs
         from relist.sim.world import build_world
 
-        summary = simulate_logs(build_world(load_sim_config(config)), out, sizes.requests)
-        return {"data": str(out), "summary": summary}
+        return {"summary": simulate_logs(build_world(load_sim_config(config)), out, sizes.requests)}
 
     return run
 
 
-def _eval_simple(data: Path, sizes: DemoSizes):
+def _step_ranking(data: Path, file: str, sizes: DemoSizes, teacher: Path | None = None):
     def run(out: Path) -> dict:
-        from relist.data.logs import logged_requests
-        from relist.eval.simulated import policy_table, print_policy_table, reference_true_ctr
-        from relist.rerank.policy import SIMPLE_POLICIES
-        from relist.sim.world import world_of_logs
+        from relist.eval.ranking import evaluate_ranking
+        from relist.train.ranking import RankingConfig, train_ranking
 
-        world = world_of_logs(data)
-        requests, shown = logged_requests(data, "test", sizes.eval_requests)
-        policies = {**SIMPLE_POLICIES, "reference_true_ctr_greedy": reference_true_ctr(world)}
-        report = policy_table(world, requests, shown, policies, shown.shape[1])
-        print_policy_table(report, console=console)
-        (out / "policies.json").write_text(json.dumps(report, indent=2))
-        return {"table": str(out / "policies.json")}
+        updates = {}
+        if teacher is not None:
+            distill = _config(RankingConfig, file, sizes).distill
+            updates["distill"] = distill.model_copy(update={
+                "teacher_run": str(teacher), "stage1_epochs": min(distill.stage1_epochs, max(1, sizes.epochs // 2))})
+        result = train_ranking(_config(RankingConfig, file, sizes, **updates), data, out)
+        return {"best_epoch": result.best_epoch, "test": evaluate_ranking(out, data, "test")}
 
     return run
 
 
-def _report(out_root: Path):
+def _step_evaluator(data: Path, sizes: DemoSizes):
     def run(out: Path) -> dict:
-        from relist.eval.report import figure_html, policy_table_html, reward_bars, write_report
+        from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
 
-        table = json.loads((out_root / "evaluate" / "policies.json").read_text())
-        sections = [
-            ("Re-ranking policies: true expected reward (simulator)", policy_table_html(table)),
-            ("True IPV and GMV per policy (95% CI, oracle dashed)", figure_html(reward_bars(table))),
-        ]
-        path = write_report(out / "report.html", "relist demo report", sections)
-        return {"report": str(path)}
+        result, _ = train_evaluator(_config(EvaluatorTrainConfig, "evaluator.yaml", sizes), data, out)
+        return {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
+
+    return run
+
+
+def _step_generator(data: Path, evaluator: Path, sizes: DemoSizes):
+    def run(out: Path) -> dict:
+        from relist.train.generator import GeneratorTrainConfig, train_generator
+
+        result = train_generator(_config(GeneratorTrainConfig, "generator.yaml", sizes), data, evaluator, out)
+        return {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
+
+    return run
+
+
+def _step_baseline(data: Path, kind: str, sizes: DemoSizes):
+    def run(out: Path) -> dict:
+        from relist.train.baselines import BaselineTrainConfig, train_baseline
+
+        cfg = _config(BaselineTrainConfig, "baselines.yaml", sizes)
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": kind})})
+        _, result = train_baseline(cfg, data, out)
+        return {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
+
+    return run
+
+
+def _step_rerank(data: Path, models: Path, sizes: DemoSizes):
+    def run(out: Path) -> dict:
+        from relist.eval.rerank import RerankEvalConfig, evaluate_rerank, print_rerank_report
+        from relist.train.config import load_config
+
+        cfg = load_config(CONFIGS / "rerank_eval.yaml", RerankEvalConfig)
+        report = evaluate_rerank(cfg.model_copy(update={"requests": sizes.eval_requests}), data, models)
+        print_rerank_report(report, console=console)
+        (out / "rerank.json").write_text(json.dumps(report, indent=2, default=float))
+        return {"table": str(out / "rerank.json"), "skipped": report.get("skipped", [])}
+
+    return run
+
+
+def _step_export(data: Path, models: Path, model_dir: Path, name: str):
+    def run(out: Path) -> dict:
+        from relist.serve.registry import export_version, set_current
+
+        if (model_dir / "versions" / name).is_dir():  # same models as an earlier run: serve that version
+            set_current(model_dir, name)
+            return {"version": str(model_dir / "versions" / name)}
+        roles = {"evaluator": models / "evaluator", "generator": models / "generator",
+                 "ranker": models / "teacher", "coarse": models / "dssm"}
+        version = export_version(model_dir, name, data, {r: p for r, p in roles.items() if p.is_dir()},
+                                 activate=True)
+        return {"version": str(version)}
 
     return run
 
 
 def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: bool = False) -> dict[str, dict]:
+    """Run (or resume) the whole job under ``out``; returns every step's record."""
+    from relist.demo.report import build_report
+
     sizes = QUICK if quick else DemoSizes()
     out = out.resolve()
-    data = out / "simulate"
-    settings = {"config": str(config) if config else "default", **asdict(sizes)}
-    if config is not None:
-        settings["config_text"] = Path(config).read_text()
+    data, models = out / "simulate", out / "models"
+    sim_settings = {"config": yaml.safe_load(Path(config).read_text()) if config else "default", **asdict(sizes)}
     steps = [
-        Step("simulate", _simulate(config, sizes), settings),
-        Step("evaluate", _eval_simple(data, sizes), settings, after=("simulate",)),
-        Step("report", _report(out), {}, after=("evaluate",)),
+        Step("simulate", _step_simulate(config, sizes), sim_settings),
+        Step("models/teacher", _step_ranking(data, "ranking_teacher.yaml", sizes), {}, ("simulate",)),
+        Step("models/dssm_plain", _step_ranking(data, "ranking_dssm.yaml", sizes), {}, ("simulate",)),
+        Step("models/dssm", _step_ranking(data, "ranking_dssm_full.yaml", sizes, models / "teacher"), {},
+             ("models/teacher",)),
+        Step("models/evaluator", _step_evaluator(data, sizes), {}, ("simulate",)),
+        Step("models/generator", _step_generator(data, models / "evaluator", sizes), {}, ("models/evaluator",)),
+        *[Step(f"models/{kind}", _step_baseline(data, kind, sizes), {}, ("simulate",)) for kind in BASELINES],
+        Step("rerank", _step_rerank(data, models, sizes), {},
+             ("models/teacher", "models/evaluator", "models/generator", *[f"models/{k}" for k in BASELINES])),
     ]
     records = run_steps(steps, out, force)
+    version = f"demo-{records['rerank']['digest']}"
+    tail = [
+        Step("report", build_report(out, records, sizes.latency_requests), {}, ("rerank", "models/dssm",
+                                                                                 "models/dssm_plain")),
+        Step("export", _step_export(data, models, out / "model_dir", version), {}, ("rerank",)),
+    ]
+    records |= run_steps(tail, out, force, done=records)
     console.print(f"\n[bold green]report:[/bold green] {records['report']['report']}")
+    console.print(f"[bold green]serve the trained models:[/bold green] relist serve --model-dir {out / 'model_dir'}"
+                  " --port 8000   (then open http://127.0.0.1:8000/docs)")
     return records

@@ -34,9 +34,13 @@ def _digest(settings: dict, upstream: list[dict]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_steps(steps: list[Step], out: Path, force: bool = False) -> dict[str, dict]:
-    """Run the steps in order, skipping those already done with the same inputs; returns their records."""
-    records: dict[str, dict] = {}
+def run_steps(steps: list[Step], out: Path, force: bool = False, done: dict[str, dict] | None = None
+              ) -> dict[str, dict]:
+    """Run the steps in order, skipping those already done with the same inputs; returns their records.
+
+    ``done`` holds records of steps run earlier that these steps may come after.
+    """
+    records: dict[str, dict] = dict(done or {})
     for step in steps:
         step_dir = out / step.name
         digest = _digest(step.settings, [records[name] for name in step.after])
@@ -56,4 +60,4 @@ def run_steps(steps: list[Step], out: Path, force: bool = False) -> dict[str, di
         record = {"digest": digest, "seconds": time.perf_counter() - start, **record}
         marker.write_text(json.dumps(record, indent=2, default=str))
         records[step.name] = record
-    return records
+    return {step.name: records[step.name] for step in steps}

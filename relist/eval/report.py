@@ -36,7 +36,8 @@ def figure_html(fig) -> str:
 
 
 def image_html(path: Path) -> str:
-    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{encoded}">'
 
 
 def policy_table_html(report: dict) -> str:
@@ -44,7 +45,8 @@ def policy_table_html(report: dict) -> str:
     rows = []
     for name, row in report["policies"].items():
         cells = "".join(
-            f"<td>{r['mean']:.3f} ±{r['ci95']:.3f}</td><td>{100 * r['vs_logging']:+.1f}%</td><td>{r['pct_oracle']:.1f}</td>"
+            f"<td>{r['mean']:.3f} ±{r['ci95']:.3f}</td><td>{100 * r['vs_logging']:+.1f}%</td>"
+            f"<td>{r['pct_oracle']:.1f}</td>"
             for r in (row[m] for m in OBJECTIVES))
         extra = "".join(f"<td>{row[k]:.3f}</td>" if isinstance(row.get(k), float) else "<td></td>"
                         for k in report.get("extra_columns", []))

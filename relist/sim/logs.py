@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from relist.data.requests import Requests
 from relist.data.schema import LISTS
-from relist.sim.user_model import sigmoid, outcomes, standalone_logit
+from relist.sim.user_model import outcomes, sigmoid, standalone_logit
 from relist.sim.world import World
 
 SPLITS = ("train", "valid", "test")
@@ -32,7 +32,8 @@ def draw_requests(world: World, users: np.ndarray, rng: np.random.Generator, fir
     items = np.arange(1, world.n_items + 1)
     cate_count = np.bincount(world.cate[1:], minlength=world.interest.shape[1])
     share = req.interest_share
-    weight = share * world.interest[users][:, world.cate[items]] / cate_count[world.cate[items]] + (1 - share) / len(items)
+    item_cate = world.cate[items]
+    weight = share * world.interest[users][:, item_cate] / cate_count[item_cate] + (1 - share) / len(items)
     keys = np.log(weight) + rng.gumbel(size=weight.shape)
     top = np.argpartition(-keys, m - 1, axis=1)[:, :m]
     order = np.argsort(-np.take_along_axis(keys, top, 1), axis=1)

@@ -103,7 +103,8 @@ def build_world(config: SimConfig) -> World:
                          for s in segment])
     user_latent = _unit(interest @ cate_dir + 0.5 * rng.normal(size=(us.n_users + 1, d)) / np.sqrt(d))
     patience = rng.normal(us.patience_mean, us.patience_std, size=us.n_users + 1)
-    price_sensitivity = np.clip(rng.normal(us.price_sensitivity_mean, us.price_sensitivity_std, us.n_users + 1), 0, None)
+    price_sensitivity = np.clip(rng.normal(us.price_sensitivity_mean, us.price_sensitivity_std, us.n_users + 1), 0,
+                                None)
 
     complement = (rng.random((n_cates, n_cates)) < config.effects.complement_density).astype(np.float64)
     np.fill_diagonal(complement, 0.0)

@@ -1,0 +1,140 @@
+"""The demo's report step: latency per policy, evaluator validity, then one HTML file.
+
+Numbers come from the JSON the earlier steps wrote (the same JSON `relist eval
+rerank` prints), plus two measurements made here on the trained models: single-
+request latency and evaluator validity against the simulator's truth.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from relist.eval.report import (
+    example_lists_html,
+    figure_html,
+    image_html,
+    policy_table_html,
+    reward_bars,
+    reward_vs_latency,
+    write_report,
+)
+
+LATENCY_POLICIES = ("greedy_upstream_score", "greedy_ctr", "beam", "grn", "prm", "dlcm", "seq2slate",
+                    "list_retrieval", "last", "list_retrieval_last")
+
+
+def _gauc_table(records: dict) -> tuple[str, dict]:
+    names = {"models/dssm_plain": "DSSM (plain)", "models/dssm": "DSSM, all switches + 2-stage distillation",
+             "models/teacher": "fine-ranking teacher (ceiling)"}
+    rows, gauc = [], {}
+    for step, label in names.items():
+        ctr = records[step]["test"]["ctr"]
+        gauc[label] = ctr["gauc"]
+        rows.append(f"<tr><td>{label}</td><td>{ctr['auc']:.4f}</td><td>{ctr['gauc']:.4f}</td></tr>")
+    plain = gauc["DSSM (plain)"]
+    rows = [r.replace("</tr>", f"<td>{1000 * (g - plain):+.1f}‰</td></tr>") for r, g in zip(rows, gauc.values(),
+                                                                                            strict=True)]
+    return ("<table><tr><th>model</th><th>test AUC</th><th>test GAUC</th><th>vs plain DSSM</th></tr>"
+            + "".join(rows) + "</table>"), gauc
+
+
+def _calibration_plots(validity: dict):
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    bins = validity["calibration"]["bins"]
+    a.plot([r["predicted"] for r in bins], [r["true"] for r in bins], "o-", label="evaluator")
+    top = max(max(r["predicted"] for r in bins), max(r["true"] for r in bins))
+    a.plot([0, top], [0, top], "k--", lw=1, label="perfect")
+    a.set_xlabel("predicted click probability (decile mean)")
+    a.set_ylabel("true click probability")
+    a.legend()
+    b.scatter(validity["scatter"]["lr"], validity["scatter"]["true_ipv"], s=4, alpha=0.4)
+    b.set_xlabel("evaluator list reward LR")
+    b.set_ylabel("true expected IPV")
+    b.set_title(f"Pearson {validity['pearson_lr_true_ipv']:.3f}")
+    return fig
+
+
+def build_report(out: Path, records: dict, latency_requests: int) -> Callable[[Path], dict]:
+    def run(step_out: Path) -> dict:
+        from relist.data.features import FeatureStore
+        from relist.data.logs import logged_requests
+        from relist.eval.evaluator_validity import evaluator_validity
+        from relist.eval.latency import request_timings_ms, summary_ms
+        from relist.eval.rerank import RerankEvalConfig, build_policies
+        from relist.models.ranking.scoring import point_scores
+        from relist.rerank.policy import greedy_by_score, random_order
+        from relist.sim.world import world_of_logs
+        from relist.train.config import load_config
+        from relist.train.ranking import load_ranking_model
+
+        torch.set_num_threads(2)
+        data, models = out / "simulate", out / "models"
+        table = json.loads(Path(records["rerank"]["table"]).read_text())
+        cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "rerank_eval.yaml", RerankEvalConfig)
+        store = FeatureStore.from_dir(data)
+        policies, scorer, _ = build_policies(cfg, data, models, store)
+        requests, shown = logged_requests(data, "test", max(latency_requests, 300))
+        n = shown.shape[1]
+
+        latency = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p(r, n),
+                                                       requests[:latency_requests]))
+                   for name in LATENCY_POLICIES if name in policies}
+
+        world = world_of_logs(data)
+        sample = requests[:300]
+        sources = {"logged": shown[:300], "greedy": greedy_by_score(sample, n), "random": random_order(1)(sample, n),
+                   "list_retrieval": policies["list_retrieval"](sample, n)}
+        ctr = point_scores(load_ranking_model(models / "teacher"), store, sample)["ctr"]
+        point_ctr = {name: _ctr_of(sample.candidates, ctr, lists) for name, lists in sources.items()}
+        validity = evaluator_validity(world, scorer, sample.user_id, sources, point_ctr)
+
+        served = {"candidates (upstream order)": requests.candidates[0], "logged list": shown[0],
+                  "upstream order": requests.candidates[0, :n],
+                  "served (list retrieval)": policies["list_retrieval"](requests[:1], n)[0]}
+        cate_of = {int(i): int(store.item_cate[i]) - 1 for lst in served.values() for i in lst}
+        example = {"user_id": int(requests.user_id[0]), "lists": served,
+                   "note": "first test request; colours are categories"}
+        gauc_html, gauc = _gauc_table(records)
+        curves = [image_html(p) for p in sorted(models.glob("*/training_curves.png"))]
+        sections = [
+            ("Re-ranking policies: true expected reward on held-out requests (simulator)",
+             policy_table_html(table) + f"<p class=muted>{table['requests']} test requests; "
+             f"skipped: {', '.join(table.get('skipped', [])) or 'none'}</p>"),
+            ("True IPV and GMV per policy (95% CI; oracle dashed)", figure_html(reward_bars(table))),
+            ("Reward vs p99 latency per request", figure_html(reward_vs_latency(
+                table, {k: v["p99_ms"] for k, v in latency.items()}))
+             + _latency_table(latency)),
+            ("Evaluator validity: calibration and LR vs truth",
+             figure_html(_calibration_plots(validity))
+             + f"<p>Pearson(LR, true IPV) = {validity['pearson_lr_true_ipv']:.3f}; Pearson(sum of teacher CTR, "
+               f"true IPV) = {validity['pearson_sum_ctr_true_ipv']:.3f} over {validity['lists']} lists.</p>"),
+            ("Coarse ranking: GAUC of the DSSM variants and the teacher", gauc_html),
+            ("Example request: what re-ranking changed", example_lists_html(example, cate_of)),
+            ("Training curves", "".join(curves)),
+        ]
+        path = write_report(step_out / "report.html", "relist demo report", sections)
+        (step_out / "measurements.json").write_text(json.dumps(
+            {"latency": latency, "evaluator_validity": {k: v for k, v in validity.items() if k != "scatter"},
+             "gauc": gauc}, indent=2))
+        return {"report": str(path), "latency": latency, "gauc": gauc,
+                "pearson_lr_true_ipv": validity["pearson_lr_true_ipv"]}
+
+    return run
+
+
+def _ctr_of(candidates: np.ndarray, ctr: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """Point-wise CTR of each listed item, looked up in its request's candidate scores."""
+    match = lists[:, :, None] == candidates[:, None, :]
+    return (match * ctr[:, None, :]).sum(-1)
+
+
+def _latency_table(latency: dict) -> str:
+    rows = "".join(f"<tr><td>{name}</td><td>{v['median_ms']:.2f}</td><td>{v['p99_ms']:.2f}</td></tr>"
+                   for name, v in latency.items())
+    return f"<table><tr><th>policy</th><th>median ms</th><th>p99 ms</th></tr>{rows}</table>"
