@@ -85,16 +85,25 @@ def stream_worker(args: argparse.Namespace) -> dict:
 
 
 def data_size(data: Path) -> dict:
-    """Size of the train split: lists, shards, MB on disk and MB as Arrow (the evaluator's columns)."""
-    from relist.train.evaluator import LABELS
+    """Size of the train split: on disk, as Arrow, and as the tensors the evaluator trains on.
+
+    The in-memory sizes are those of the first row group scaled to every list: what loading the
+    split whole (all columns, or the evaluator's columns, or its model inputs) would hold.
+    """
+    from relist.data.features import FeatureStore
+    from relist.data.stream import ParquetStream
+    from relist.train.evaluator import LABELS, labelled_batch
 
     files = sorted((data / "lists" / "train").glob("*.parquet"))
     lists = sum(pq.read_metadata(f).num_rows for f in files)
-    first = pq.ParquetFile(files[0])
-    group = first.read_row_group(0, columns=list(LABELS))
+    group = pq.ParquetFile(files[0]).read_row_group(0)
+    first_lists = next(iter(ParquetStream(files[0], LABELS, group.num_rows)))
+    tensors = labelled_batch(FeatureStore.from_dir(data), first_lists)
+    per_list = {"arrow_mb_all_columns": group.nbytes, "arrow_mb_evaluator_columns": group.select(list(LABELS)).nbytes,
+                "evaluator_tensors_mb": sum(t.element_size() * t.nelement() for t in tensors.values())}
     return {"train_lists": lists, "shards": len(files), "rows_per_row_group": group.num_rows,
             "parquet_mb": sum(f.stat().st_size for f in files) / 2**20,
-            "arrow_mb_estimate": group.nbytes / group.num_rows * lists / 2**20}
+            **{name: size / group.num_rows * lists / 2**20 for name, size in per_list.items()}}
 
 
 def launch(procs: int, mode: str, args: argparse.Namespace, report: Path) -> tuple[list[dict], float]:
@@ -170,8 +179,8 @@ def main() -> None:
 
 def show(runs: list[dict], stream: dict | None, size: dict) -> None:
     table = Table(title=f"Evaluator training streamed from {size['train_lists']:,} lists "
-                        f"({size['parquet_mb']:,.0f} MB Parquet, "
-                        f"~{size['arrow_mb_estimate']:,.0f} MB as Arrow)")
+                        f"({size['parquet_mb']:,.0f} MB Parquet, ~{size['arrow_mb_all_columns']:,.0f} MB "
+                        f"as Arrow, ~{size['evaluator_tensors_mb']:,.0f} MB as model inputs)")
     for col in ("procs", "steps", "batch", "lists seen", "train s", "samples/s", "speedup", "peak RSS MB"):
         table.add_column(col, justify="right")
     for run in runs:

@@ -41,18 +41,18 @@ def image_html(path: Path) -> str:
 
 
 def policy_table_html(report: dict) -> str:
-    head = "".join(f"<th>{m.upper()} (±95%)</th><th>vs logging</th><th>% oracle</th>" for m in OBJECTIVES)
+    """Cells as in the printed table: mean ±95% CI, then change vs logging and % of oracle."""
+    extra = report.get("extra_columns", [])
+    head = "".join(f"<th>{m.upper()}</th>" for m in OBJECTIVES) + "".join(f"<th>{html.escape(k)}</th>" for k in extra)
     rows = []
     for name, row in report["policies"].items():
         cells = "".join(
-            f"<td>{r['mean']:.3f} ±{r['ci95']:.3f}</td><td>{100 * r['vs_logging']:+.1f}%</td>"
-            f"<td>{r['pct_oracle']:.1f}</td>"
-            for r in (row[m] for m in OBJECTIVES))
-        extra = "".join(f"<td>{row[k]:.3f}</td>" if isinstance(row.get(k), float) else "<td></td>"
-                        for k in report.get("extra_columns", []))
-        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}{extra}</tr>")
-    extra_head = "".join(f"<th>{html.escape(k)}</th>" for k in report.get("extra_columns", []))
-    return f"<table><tr><th>policy</th>{head}{extra_head}</tr>{''.join(rows)}</table>"
+            f"<td>{r['mean']:.3f} ±{r['ci95']:.3f}<br><span class=muted>{100 * r['vs_logging']:+.1f}%, "
+            f"{r['pct_oracle']:.0f}% of oracle</span></td>" for r in (row[m] for m in OBJECTIVES))
+        cells += "".join(f"<td>{row[k]:.3f}</td>" if isinstance(row.get(k), float) else "<td>-</td>" for k in extra)
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+    return (f"<table><tr><th>policy</th>{head}</tr>{''.join(rows)}</table>"
+            "<p class=muted>cell: mean ±95% CI over requests / change vs the logging policy, % of the oracle</p>")
 
 
 def reward_bars(report: dict, metrics: tuple[str, ...] = ("ipv", "gmv")):

@@ -76,7 +76,7 @@ class LASTConfig(BaseModel):
     )
     directions: int = Field(2, ge=1, description="D: REINFORCE, then towards the 1st, 2nd, ... best sample")
     step_sizes: tuple[float, ...] = Field(
-        (0.05, 0.1, 0.2, 0.4),
+        (0.025, 0.05, 0.1, 0.2),
         min_length=1,
         description="relative step sizes; K = directions × len(step_sizes)",
     )
