@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,9 +47,7 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def variant_config(
-    base: RankingConfig, change: dict, seed: int, epochs: int, teacher_run: Path
-) -> RankingConfig:
+def variant_config(base: RankingConfig, change: dict, seed: int, epochs: int, teacher_run: Path) -> RankingConfig:
     data = base.model_dump(mode="json")
     for section, values in change.items():
         data[section] |= values
@@ -98,11 +97,7 @@ def print_table(dataset: str, rows: dict) -> None:
     print(f"\n{dataset}: test GAUC, mean ± std over seeds; difference from plain DSSM in ‰ (paired by seed)")
     print(f"{'variant':44s} {'GAUC':>17s} {'Δ vs DSSM (‰)':>16s} {'AUC':>7s} {'samples/s':>10s}")
     for name, row in rows.items():
-        diff = (
-            f"{row['diff_permille_mean']:+.1f} ± {row['diff_permille_std']:.1f}"
-            if name != "teacher"
-            else "ceiling"
-        )
+        diff = f"{row['diff_permille_mean']:+.1f} ± {row['diff_permille_std']:.1f}" if name != "teacher" else "ceiling"
         speed = np.median([r["train_samples_per_s"] for r in row["per_seed"]])
         print(
             f"{name:44s} {row['gauc_mean']:.4f} ± {row['gauc_std']:.4f} {diff:>16s} {row['auc_mean']:.4f} "
@@ -113,7 +108,7 @@ def print_table(dataset: str, rows: dict) -> None:
 def merge_into_results(dataset: str, entry: dict) -> Path:
     """Datasets run in separate processes: update this one's entry under a lock, keep the others."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / ".ranking_ablation.lock", "w") as lock:
+    with open(Path(tempfile.gettempdir()) / "relist_ranking_ablation.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         path = RESULTS / "ranking_ablation.json"
         datasets = json.loads(path.read_text()).get("datasets", {}) if path.is_file() else {}
