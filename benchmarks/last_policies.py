@@ -24,8 +24,8 @@ from rich.console import Console
 from relist.data.features import FeatureStore
 from relist.data.logs import logged_requests
 from relist.data.requests import Requests
-from relist.eval.metrics import mean_ci
-from relist.eval.simulated import oracle_lists, policy_table, print_policy_table
+from relist.eval.metrics import mean_ci, paired_relative
+from relist.eval.simulated import oracle_lists, policy_table, print_policy_table, true_rewards
 from relist.models.generator import load_generator
 from relist.rerank.beam import BeamPolicy, ListValue
 from relist.rerank.grn_policy import GRNPolicy
@@ -39,6 +39,7 @@ from relist.sim.world import World, world_of_logs
 from relist.train.config import load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "relist" / "configs"
+BASELINE = "grn"  # what LAST is compared with, request by request
 UPSTREAM_P_NEXT = 0.85  # assumed scroll probability of the upstream-score beam (no point-wise NEXT model)
 
 
@@ -66,9 +67,9 @@ def served_lists(grn, scorer, store, cfg: LASTConfig, requests: Requests, n: int
     lists["grn_best_of_k"] = GRNPolicy(
         grn, store, "sample", cfg.samples + cfg.k, cfg.temperature, scorer, rules, seed=cfg.seed
     )(requests, n)
-    lists["last_serial"] = LASTPolicy(
-        LAST(grn, scorer, store, offline.model_copy(update={"mode": "serial"}))
-    )(requests, n)
+    lists["last_serial"] = LASTPolicy(LAST(grn, scorer, store, offline.model_copy(update={"mode": "serial"})))(
+        requests, n
+    )
     lists["last_parallel"] = LASTPolicy(LAST(grn, scorer, store, offline))(requests, n)
     generators = {
         "greedy_upstream_score": greedy_by_score,
@@ -86,9 +87,7 @@ def judging_world(data: Path, shift_config: Path | None, shift_seed: int) -> Wor
     if shift_config is None:
         return world
     after = load_sim_config(shift_config)
-    if after.model_copy(update={"shift": ShiftConfig()}) != world.config.model_copy(
-        update={"shift": ShiftConfig()}
-    ):
+    if after.model_copy(update={"shift": ShiftConfig()}) != world.config.model_copy(update={"shift": ShiftConfig()}):
         raise ValueError(f"{shift_config} describes another world than the one that wrote {data}")
     return world.shifted(after.shift, shift_seed)
 
@@ -119,6 +118,32 @@ def aggregate(per_seed: list[dict], evaluator: list[dict]) -> dict:
     return out
 
 
+def paired_against(per_request: list[dict], baseline: str) -> dict:
+    """Relative change of every policy vs ``baseline`` per metric, paired per (seed, request), 95% CI."""
+    out = {}
+    for name in per_request[0]:
+        out[name] = {}
+        for metric in [*OBJECTIVES, "evaluator_lr"]:
+            values = np.concatenate([seed[name][metric] for seed in per_request])
+            base = np.concatenate([seed[baseline][metric] for seed in per_request])
+            change, ci = paired_relative(values, base)
+            out[name][metric] = {"change": change, "ci95": ci}
+    return out
+
+
+def print_paired(paired: dict, title: str, console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, caption="relative change of the mean ±95% CI")
+    table.add_column("policy")
+    metrics = ["evaluator_lr", *OBJECTIVES]
+    for metric in metrics:
+        table.add_column(metric.upper() if metric in OBJECTIVES else "evaluator LR", justify="right")
+    for name, row in paired.items():
+        table.add_row(name, *[f"{100 * row[m]['change']:+.2f}% ±{100 * row[m]['ci95']:.2f}" for m in metrics])
+    console.print(table)
+
+
 def print_summary(summary: dict, title: str, console: Console) -> None:
     from rich.table import Table
 
@@ -130,8 +155,7 @@ def print_summary(summary: dict, title: str, console: Console) -> None:
         lr = row.get("evaluator_lr")
         cells = [f"{lr['mean']:.3f} ±{lr['ci95_over_seeds']:.3f}" if lr else "-"]
         cells += [
-            f"{row[m]['mean']:.3f} ±{row[m]['ci95_over_seeds']:.3f} ({row[m]['pct_oracle']:.0f}%)"
-            for m in OBJECTIVES
+            f"{row[m]['mean']:.3f} ±{row[m]['ci95_over_seeds']:.3f} ({row[m]['pct_oracle']:.0f}%)" for m in OBJECTIVES
         ]
         table.add_row(name, *cells)
     console.print(table)
@@ -139,25 +163,15 @@ def print_summary(summary: dict, title: str, console: Console) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data", type=Path, required=True, help="simulated log directory the models trained on"
-    )
-    parser.add_argument(
-        "--models", type=Path, required=True, help="directory with s<seed>/ev and s<seed>/gen"
-    )
+    parser.add_argument("--data", type=Path, required=True, help="simulated log directory the models trained on")
+    parser.add_argument("--models", type=Path, required=True, help="directory with s<seed>/ev and s<seed>/gen")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--requests", type=int, default=500, help="first test requests to serve")
     parser.add_argument("--config", type=Path, default=CONFIGS / "last.yaml")
-    parser.add_argument(
-        "--shift", type=Path, default=None, help="judge in the shifted world of this sim config"
-    )
+    parser.add_argument("--shift", type=Path, default=None, help="judge in the shifted world of this sim config")
     parser.add_argument("--shift-seed", type=int, default=1)
-    parser.add_argument(
-        "--oracle-cache", type=Path, default=None, help=".npy of this scenario's oracle lists"
-    )
-    parser.add_argument(
-        "--name", default="default", help="scenario name: results go to last_policies_<name>.json"
-    )
+    parser.add_argument("--oracle-cache", type=Path, default=None, help=".npy of this scenario's oracle lists")
+    parser.add_argument("--name", default="default", help="scenario name: results go to last_policies_<name>.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     console = Console()
@@ -174,7 +188,7 @@ def main() -> None:
         oracle = oracle_lists(world, requests, n)
         if args.oracle_cache is not None:
             np.save(args.oracle_cache, oracle)
-    per_seed, evaluator, seconds = [], [], {}
+    per_seed, evaluator, seconds, per_request = [], [], {}, []
     for seed in args.seeds:
         grn, scorer = load_models(args.models / f"s{seed}", store)
         tic = time.perf_counter()
@@ -184,14 +198,16 @@ def main() -> None:
         table["seed"] = seed
         print_policy_table(table, f"{args.name}: seed {seed} (true expected reward)", console)
         per_seed.append(table)
-        evaluator.append(
+        scores = {name: scorer.list_reward(requests.user_id, served) for name, served in lists.items()}
+        evaluator.append({name: dict(zip(("mean", "ci95"), mean_ci(lr), strict=True)) for name, lr in scores.items()})
+        per_request.append(
             {
-                name: dict(
-                    zip(("mean", "ci95"), mean_ci(scorer.list_reward(requests.user_id, served)), strict=True)
-                )
+                name: {**true_rewards(world, requests.user_id, served), "evaluator_lr": scores[name]}
                 for name, served in lists.items()
             }
         )
+    paired = paired_against(per_request, BASELINE)
+    print_paired(paired, f"{args.name}: change vs {BASELINE}, paired per (seed, request)", console)
     summary = aggregate(per_seed, evaluator)
     print_summary(summary, f"{args.name}: {len(args.seeds)} seeds, {len(requests)} requests", console)
     path = write_result(
@@ -217,6 +233,7 @@ def main() -> None:
             "summary": summary,
             "per_seed": per_seed,
             "evaluator_lr_per_seed": evaluator,
+            "vs_grn_paired": paired,
             "serving_seconds_per_seed": seconds,
             "total_seconds": time.perf_counter() - started,
         },

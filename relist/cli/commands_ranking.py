@@ -13,7 +13,7 @@ console = Console()
 
 def train_ranking(
     config: Path = typer.Option(..., help="Ranking YAML config (relist/configs/ranking_*.yaml)."),
-    data: Path = typer.Option(..., help="relist log directory, or a point-wise CTR split directory."),
+    data: Path = typer.Option(..., help="relist log directory, or the Amazon grocery root (with ctr_split/)."),
     out: Path = typer.Option(..., help="Run directory: weights, checkpoints, curves, config."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
     teacher: Path = typer.Option(None, help="Trained teacher run (overrides distill.teacher_run)."),

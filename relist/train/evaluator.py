@@ -32,7 +32,8 @@ from relist.models.evaluator import (
     save_spec,
 )
 from relist.train.config import TrainConfig, save_config
-from relist.train.trainer import FitResult, fit
+from relist.train.distributed import init_from_env
+from relist.train.trainer import FitResult, fit, to_device
 
 CONFIG_FILE = "evaluator_train.yaml"
 LABELS = ("user_id", "shown", "click", "next", "exposed_len")
@@ -87,7 +88,9 @@ def valid_batch(data_dir: Path, store: FeatureStore, limit: int | None) -> dict[
 
 def exposure_metrics(model: DCWN, batch: dict[str, Tensor]) -> dict[str, float]:
     """Click/scroll quality on exposed positions, and how well each LR predicts a logged list's clicks."""
-    logits = model(batch)
+    batch = to_device(batch, next(model.parameters()).device)
+    logits = {name: value.cpu() for name, value in model(batch).items()}
+    batch = {name: value.cpu() for name, value in batch.items()}
     seen = batch["exposed"]
     p_click = torch.sigmoid(logits["click"]) * batch["mask"]
     clicks = (batch["click"] * seen).sum(1).numpy()
@@ -123,15 +126,18 @@ def train_evaluator(
         out_dir,
         resume,
     )
-    save_config(cfg, out_dir / CONFIG_FILE)
-    save_spec(EvaluatorSpec(vocab=vocab, model=cfg.model), out_dir)
-    best, _ = load_evaluator(out_dir)
-    with torch.no_grad():
-        scores = exposure_metrics(best, valid)
-    spec = EvaluatorSpec(
-        vocab=vocab,
-        model=cfg.model,
-        exposure_weighted=scores["lr_exposure_pearson"] > scores["lr_sum_pearson"],
-    )
-    save_spec(spec, out_dir)
-    return result, spec
+    env = init_from_env(cfg.train.device)
+    spec = None
+    if env.rank == 0:  # one writer; the others wait for its choice of LR weighting
+        save_config(cfg, out_dir / CONFIG_FILE)
+        save_spec(EvaluatorSpec(vocab=vocab, model=cfg.model), out_dir)
+        best, _ = load_evaluator(out_dir)
+        with torch.no_grad():
+            scores = exposure_metrics(best, valid)
+        spec = EvaluatorSpec(
+            vocab=vocab,
+            model=cfg.model,
+            exposure_weighted=scores["lr_exposure_pearson"] > scores["lr_sum_pearson"],
+        )
+        save_spec(spec, out_dir)
+    return result, env.broadcast(spec)

@@ -31,7 +31,8 @@ from relist.models.generator import GRN, GeneratorSpec, GRNConfig, candidate_fea
 from relist.rerank.grn_policy import RulesConfig, rules_hook
 from relist.rerank.list_scorer import ListScorer
 from relist.train.config import TrainConfig, save_config
-from relist.train.trainer import FitResult, fit
+from relist.train.distributed import is_main
+from relist.train.trainer import FitResult, fit, to_device
 
 CONFIG_FILE = "generator_train.yaml"
 Reward = Literal["advantage", "self"]
@@ -127,9 +128,10 @@ def greedy_lr(scorer: ListScorer, batch: dict[str, Tensor], rules: RulesConfig |
     built = None if rules is None else rules.build()
 
     def validate(model: GRN) -> dict[str, float]:
-        hook = rules_hook(built, batch) if built is not None else None
-        out = model(batch, samples=1, greedy=True, allowed_fn=hook)
-        lists = chosen_items(batch["candidates"], out["choice"])[:, 0]
+        on_device = to_device(batch, next(model.parameters()).device)
+        hook = rules_hook(built, on_device) if built is not None else None
+        out = model(on_device, samples=1, greedy=True, allowed_fn=hook)
+        lists = chosen_items(batch["candidates"], out["choice"].cpu())[:, 0]
         return {"lr": scorer.list_reward(batch["user_id"], lists).mean().item()}
 
     return validate
@@ -161,6 +163,7 @@ def train_generator(
         out_dir,
         resume,
     )
-    save_config(cfg, out_dir / CONFIG_FILE)
-    save_spec(GeneratorSpec(vocab=vocab, model=cfg.model), out_dir)
+    if is_main():
+        save_config(cfg, out_dir / CONFIG_FILE)
+        save_spec(GeneratorSpec(vocab=vocab, model=cfg.model), out_dir)
     return result

@@ -26,6 +26,7 @@ from relist.models.ranking.samples import RankingData, Samples, first_rows, iter
 from relist.models.ranking.scoring import predict_logits
 from relist.models.ranking.teacher import FineRankTeacher
 from relist.train.config import ConfigError, TrainConfig, load_config, save_config
+from relist.train.distributed import init_from_env
 from relist.train.trainer import BEST, FitResult, fit, load_weights
 
 RUN_CONFIG = "ranking_config.yaml"
@@ -95,9 +96,10 @@ def train_ranking(
         data = load_ranking_data(data_dir, ("train", "valid"))
     train = first_rows(data.splits["train"], cfg.max_train_samples)
     valid = data.splits["valid"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / RUN_CONFIG)
-    save_config(data.vocab, out_dir / VOCAB)
+    if init_from_env(cfg.train.device).rank == 0:  # one writer under torchrun
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / RUN_CONFIG)
+        save_config(data.vocab, out_dir / VOCAB)
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same run
     model = build_model(cfg, data.vocab)
     if cfg.model == "student" and cfg.distill.mode == "two_stage":

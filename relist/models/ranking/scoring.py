@@ -17,10 +17,11 @@ from relist.models.ranking.samples import FEATURES, Samples, iterate_batches
 def predict_logits(model: nn.Module, samples: Samples, batch_size: int = 8192) -> dict[str, np.ndarray]:
     """Every output logit of ``model`` for every sample, by output name."""
     model.eval()
+    device = next(model.parameters()).device
     parts: dict[str, list[np.ndarray]] = {}
     for batch in iterate_batches({k: samples[k] for k in FEATURES}, batch_size):
-        for name, logits in model({k: torch.from_numpy(v) for k, v in batch.items()}).items():
-            parts.setdefault(name, []).append(logits.numpy())
+        for name, logits in model({k: torch.from_numpy(v).to(device) for k, v in batch.items()}).items():
+            parts.setdefault(name, []).append(logits.cpu().numpy())
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
