@@ -152,7 +152,7 @@ def test_scorer_is_type_preserving_and_batch_invariant(trained, store, logs):
     np.testing.assert_allclose(whole, chunked.numpy(), rtol=1e-5)
 
 
-def test_best_of_and_ranking_policy_pick_the_highest_lr(trained, store, logs):
+def test_best_of_picks_the_highest_lr(trained, store, logs):
     scorer = ListScorer.load(trained, store)
     requests, shown = logged_requests(logs, "test", 16)
     rng = np.random.default_rng(0)
@@ -162,6 +162,4 @@ def test_best_of_and_ranking_policy_pick_the_highest_lr(trained, store, logs):
     best, reward = scorer.best_of(requests.user_id, proposals)
     assert reward.shape == (16, 3)
     np.testing.assert_allclose(scorer.list_reward(requests.user_id, best), reward.max(1), rtol=1e-5)
-    policy = scorer.ranking_policy({"logged": lambda r, n: shown, "reversed": lambda r, n: shown[:, ::-1]})
-    served = policy(requests, 10)
-    assert ((served == shown) | (served == shown[:, ::-1])).all(1).all()
+    assert np.all([(b == p).all(1).any() for b, p in zip(best, proposals, strict=True)])

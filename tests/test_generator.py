@@ -13,9 +13,9 @@ from relist.data.features import FeatureStore
 from relist.data.logs import logged_requests
 from relist.models.evaluator import DCWNConfig, Vocab
 from relist.models.generator import GRN, GRNConfig, candidate_features, chosen_items, load_generator
-from relist.rerank.grn_policy import GRNPolicy, RulesConfig, rules_hook
+from relist.rerank.grn_policy import GRNPolicy, rules_hook
 from relist.rerank.list_scorer import ListScorer
-from relist.rerank.rules import BusinessRules, item_attributes
+from relist.rerank.rules import BusinessRules, RulesConfig, item_attributes
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import build_world

@@ -82,6 +82,7 @@ def worker(data: Path, out: Path) -> None:
     interrupted = CFG.model_copy(update={"train": CFG.train.model_copy(update={"epochs": 1})})
     train_evaluator(interrupted, data, out / "ddp")
     train_evaluator(CFG, data, out / "ddp", resume=True)
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 
 

@@ -33,10 +33,10 @@ from relist.data.requests import Requests
 from relist.eval.metrics import mean_ci, ndcg_per_query
 from relist.eval.simulated import LOGGING, oracle_lists, policy_table, print_policy_table
 from relist.rerank.beam import BeamPolicy, ListValue
-from relist.rerank.grn_policy import RulesConfig
 from relist.rerank.list_ranking import ListRanking, Proposer
 from relist.rerank.list_scorer import ListScorer
 from relist.rerank.policy import Policy, greedy_by_score, upstream_order
+from relist.rerank.rules import RulesConfig
 
 MODEL_DIRS = ("teacher", "evaluator", "generator", "prm", "dlcm", "seq2slate")
 LIST_RETRIEVAL = "list_retrieval"

@@ -12,7 +12,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from relist.data.features import FeatureStore
@@ -20,18 +19,6 @@ from relist.data.requests import Requests
 from relist.models.generator import GRN, AllowedFn, candidate_features, chosen_items, load_generator
 from relist.rerank.list_scorer import ListScorer
 from relist.rerank.rules import BusinessRules
-
-
-class RulesConfig(BaseModel):
-    """Settings of the BusinessRules a generator decodes under (pinned slots are set per deployment)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    cate_window: int = Field(2, ge=0, description="no category repeated within this many previous slots")
-    max_per_shop: int | None = Field(None, ge=1, description="at most this many items of one shop per list")
-
-    def build(self) -> BusinessRules:
-        return BusinessRules(cate_window=self.cate_window, max_per_shop=self.max_per_shop)
 
 
 def rules_hook(rules: BusinessRules, batch: dict[str, Tensor]) -> AllowedFn:

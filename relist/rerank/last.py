@@ -46,9 +46,9 @@ from torch.func import functional_call, vmap
 from relist.data.features import FeatureStore
 from relist.data.requests import Requests
 from relist.models.generator import GRN, AllowedFn, Encoded, candidate_features, chosen_items
-from relist.rerank.grn_policy import RulesConfig, rules_hook
+from relist.rerank.grn_policy import rules_hook
 from relist.rerank.list_scorer import ListScorer
-from relist.rerank.rules import BusinessRules
+from relist.rerank.rules import BusinessRules, RulesConfig
 
 Shifted = dict[str, Tensor]  # name -> tensor with a leading request dimension
 POINTER = (

@@ -9,7 +9,6 @@ Inputs may be numpy or torch; outputs follow the type of ``lists``. No gradients
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,7 @@ import torch
 from torch import Tensor
 
 from relist.data.features import FeatureStore
-from relist.data.requests import Requests
 from relist.models.evaluator import DCWN, exposure, list_features, load_evaluator
-from relist.rerank.policy import Policy
 
 Array = np.ndarray | Tensor
 
@@ -62,15 +59,6 @@ class ListScorer:
         reward = self.list_reward(users, lists.reshape(b * k, n)).reshape(b, k)
         pick = reward.argmax(1)
         return lists[np.arange(b) if isinstance(lists, np.ndarray) else torch.arange(b), pick], reward
-
-    def ranking_policy(self, generators: Mapping[str, Policy]) -> Policy:
-        """A policy that serves, per request, the highest-LR list among those the generators propose."""
-
-        def policy(requests: Requests, n: int) -> np.ndarray:
-            proposals = np.stack([generate(requests, n) for generate in generators.values()], 1)
-            return self.best_of(requests.user_id, proposals)[0]
-
-        return policy
 
     @torch.no_grad()
     def _score(self, user_ids: Array, lists: Array) -> tuple[Array, Array]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from relist.data.features import FeatureStore
 
@@ -143,3 +144,15 @@ def item_attributes(store: FeatureStore, ids: np.ndarray | torch.Tensor) -> tupl
     """Category and shop of items of any shape, as the rules read them (0 = unknown)."""
     features = store.item_features(ids)
     return features["cate"], features["shop"]
+
+
+class RulesConfig(BaseModel):
+    """Settings of the BusinessRules a generator decodes under (pinned slots are set per deployment)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cate_window: int = Field(2, ge=0, description="no category repeated within this many previous slots")
+    max_per_shop: int | None = Field(None, ge=1, description="at most this many items of one shop per list")
+
+    def build(self) -> BusinessRules:
+        return BusinessRules(cate_window=self.cate_window, max_per_shop=self.max_per_shop)

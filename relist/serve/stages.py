@@ -23,10 +23,10 @@ from relist.data.requests import Requests
 from relist.eval.metrics import list_reward
 from relist.models.ranking.scoring import point_scores
 from relist.rerank.beam import ListValue, beam_search
-from relist.rerank.grn_policy import GRNPolicy, RulesConfig
+from relist.rerank.grn_policy import GRNPolicy
 from relist.rerank.last import LAST
 from relist.rerank.policy import greedy_by_score, upstream_order
-from relist.rerank.rules import BusinessRules
+from relist.rerank.rules import BusinessRules, RulesConfig
 from relist.serve.budget import Budget
 from relist.serve.config import PipelineConfig
 

@@ -36,7 +36,8 @@ from relist.models.baselines.seq2slate import Seq2Slate
 from relist.models.baselines.spec import BaselineSpec, build_baseline, load_baseline, save_spec
 from relist.models.evaluator import Vocab
 from relist.train.config import TrainConfig, save_config
-from relist.train.trainer import FitResult, fit
+from relist.train.distributed import init_from_env
+from relist.train.trainer import FitResult, fit, to_device
 
 CONFIG_FILE = "baseline_train.yaml"
 COLUMNS = ("user_id", "candidates", "cand_scores", "shown", "click", "exposed_len")
@@ -123,9 +124,9 @@ def ranking_scores(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         mask = batch["mask"]
         columns = model.decode(batch, mask.shape[1])
         placed = columns >= 0
-        rows = torch.arange(len(mask))[:, None].expand_as(columns)
-        rank_score = torch.arange(mask.shape[1], 0, -1, dtype=torch.float32).expand_as(columns)
-        scores = torch.full(mask.shape, NEG_INF)
+        rows = torch.arange(len(mask), device=mask.device)[:, None].expand_as(columns)
+        rank_score = torch.arange(mask.shape[1], 0, -1, dtype=torch.float32, device=mask.device).expand_as(columns)
+        scores = torch.full(mask.shape, NEG_INF, device=mask.device)
         scores[rows[placed], columns[placed]] = rank_score[placed]
         return scores
     return model(batch)["score"].masked_fill(~batch["mask"], NEG_INF)
@@ -133,8 +134,9 @@ def ranking_scores(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 def ranking_metrics(model: nn.Module, batch: dict[str, Tensor], k: int = 10) -> dict[str, float]:
     """Validation: NDCG@k of the model's order against the labels (unlabelled = 0), and the loss."""
-    scores = ranking_scores(model, batch)
-    ndcg = ndcg_at_k(batch["labels"].numpy(), scores.numpy(), batch["mask"].numpy(), k=k)
+    batch = to_device(batch, next(model.parameters()).device)
+    scores = ranking_scores(model, batch).cpu()
+    ndcg = ndcg_at_k(batch["labels"].cpu().numpy(), scores.numpy(), batch["mask"].cpu().numpy(), k=k)
     kind = "seq2slate" if isinstance(model, Seq2Slate) else "prm"
     return {f"ndcg{k}": ndcg, "loss": float(LOSSES[kind](model(batch), batch)["loss"])}
 
@@ -168,8 +170,11 @@ def fit_baseline(
     model = build_baseline(spec)
     result = fit(model, LOSSES[cfg.model.kind], train_batches, lambda m: ranking_metrics(m, valid), cfg.train,
                  out_dir, resume)
-    save_config(cfg, out_dir / CONFIG_FILE)
-    save_spec(spec, out_dir)
+    env = init_from_env(cfg.train.device)
+    if env.rank == 0:
+        save_config(cfg, out_dir / CONFIG_FILE)
+        save_spec(spec, out_dir)
+    env.barrier()  # every rank reloads the best weights only once rank 0 has written the spec
     return load_baseline(out_dir)[0], result
 
 

@@ -28,8 +28,9 @@ from relist.data.logs import logged_requests, split_path
 from relist.data.stream import ParquetStream
 from relist.models.evaluator import Vocab
 from relist.models.generator import GRN, GeneratorSpec, GRNConfig, candidate_features, chosen_items, save_spec
-from relist.rerank.grn_policy import RulesConfig, rules_hook
+from relist.rerank.grn_policy import rules_hook
 from relist.rerank.list_scorer import ListScorer
+from relist.rerank.rules import RulesConfig
 from relist.train.config import TrainConfig, save_config
 from relist.train.distributed import is_main
 from relist.train.trainer import FitResult, fit, to_device
