@@ -28,7 +28,7 @@ from relist.train.config import load_config
 from relist.train.ranking import RankingConfig, train_ranking
 
 CONFIGS = Path(__file__).resolve().parents[1] / "relist" / "configs"
-AMAZON = Path("/work/shared/data/amazon_grocery_5core")
+AMAZON = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon_grocery_5core"
 ALL_SWITCHES = {
     "head": "mlp",
     "fm_cross": True,

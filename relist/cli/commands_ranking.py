@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from relist.eval.provenance import stamp
+
 console = Console()
 
 
@@ -49,7 +51,7 @@ def eval_ranking(
     print_ranking_report(report, console)
     out = out if out is not None else model / f"eval_{split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out.write_text(json.dumps(stamp(report), indent=2))
     console.print(f"wrote {out}")
 
 

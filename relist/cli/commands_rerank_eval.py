@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from relist.eval.provenance import stamp
+
 console = Console()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -54,7 +56,7 @@ def eval_rerank(
     print_rerank_report(report, console)
     out = out if out is not None else models / "rerank_eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out.write_text(json.dumps(stamp(report), indent=2))
     console.print(f"wrote {out}")
 
 

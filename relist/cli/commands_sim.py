@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from relist.eval.provenance import stamp
+
 console = Console()
 
 
@@ -50,7 +52,7 @@ def eval_policies(
     print_policy_table(report, console=console)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
+        out.write_text(json.dumps(stamp(report), indent=2))
         console.print(f"wrote {out}")
 
 

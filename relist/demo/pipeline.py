@@ -46,6 +46,11 @@ def _config(cls: type[BaseModel], file: str, sizes: DemoSizes, **updates) -> Bas
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=train), **updates})
 
 
+def _inputs(*files: str) -> dict:
+    """A step's settings: the shipped config files it reads (editing one reruns the step and what follows)."""
+    return {name: (CONFIGS / name).read_text() for name in files}
+
+
 def _step_simulate(config: Path | None, sizes: DemoSizes) -> Callable[[Path], dict]:
     def run(out: Path) -> dict:
         from relist.sim.config import load_sim_config
@@ -145,14 +150,19 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: 
     sim_settings = {"config": yaml.safe_load(Path(config).read_text()) if config else "default", **asdict(sizes)}
     steps = [
         Step("simulate", _step_simulate(config, sizes), sim_settings),
-        Step("models/teacher", _step_ranking(data, "ranking_teacher.yaml", sizes), {}, ("simulate",)),
-        Step("models/dssm_plain", _step_ranking(data, "ranking_dssm.yaml", sizes), {}, ("simulate",)),
-        Step("models/dssm", _step_ranking(data, "ranking_dssm_full.yaml", sizes, models / "teacher"), {},
-             ("models/teacher",)),
-        Step("models/evaluator", _step_evaluator(data, sizes), {}, ("simulate",)),
-        Step("models/generator", _step_generator(data, models / "evaluator", sizes), {}, ("models/evaluator",)),
-        *[Step(f"models/{kind}", _step_baseline(data, kind, sizes), {}, ("simulate",)) for kind in BASELINES],
-        Step("rerank", _step_rerank(data, models, sizes), {},
+        Step("models/teacher", _step_ranking(data, "ranking_teacher.yaml", sizes), _inputs("ranking_teacher.yaml"),
+             ("simulate",)),
+        Step("models/dssm_plain", _step_ranking(data, "ranking_dssm.yaml", sizes), _inputs("ranking_dssm.yaml"),
+             ("simulate",)),
+        Step("models/dssm", _step_ranking(data, "ranking_dssm_full.yaml", sizes, models / "teacher"),
+             _inputs("ranking_dssm_full.yaml"), ("models/teacher",)),
+        Step("models/evaluator", _step_evaluator(data, sizes), _inputs("evaluator.yaml"), ("simulate",)),
+        Step("models/generator", _step_generator(data, models / "evaluator", sizes), _inputs("generator.yaml"),
+             ("models/evaluator",)),
+        *[Step(f"models/{kind}", _step_baseline(data, kind, sizes), _inputs("baselines.yaml"), ("simulate",))
+          for kind in BASELINES],
+        Step("rerank", _step_rerank(data, models, sizes), {**_inputs("rerank_eval.yaml", "last.yaml"),
+                                                            "policies": "with LAST"},
              ("models/teacher", "models/evaluator", "models/generator", *[f"models/{k}" for k in BASELINES])),
     ]
     records = run_steps(steps, out, force)

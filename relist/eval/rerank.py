@@ -33,6 +33,7 @@ from relist.data.requests import Requests
 from relist.eval.metrics import mean_ci, ndcg_per_query
 from relist.eval.simulated import LOGGING, oracle_lists, policy_table, print_policy_table
 from relist.rerank.beam import BeamPolicy, ListValue
+from relist.rerank.last import LAST, LASTConfig, LASTPolicy
 from relist.rerank.list_ranking import ListRanking, Proposer
 from relist.rerank.list_scorer import ListScorer
 from relist.rerank.policy import Policy, greedy_by_score, upstream_order
@@ -63,6 +64,8 @@ class RerankEvalConfig(BaseModel):
     rules: RulesConfig = RulesConfig()
     beam: BeamConfig = BeamConfig()
     grn_samples: int = Field(8, ge=1, description="GRN lists sampled per request for list ranking")
+    last: LASTConfig = Field(LASTConfig(budget_ms=None), description="LAST offline: no deadline (latency is "
+                             "measured separately), the same rules as every generator")
     grn_temperature: float = Field(1.0, gt=0)
     seed: int = Field(0, ge=0, description="seed of GRN sampling")
     ndcg_k: int = Field(10, ge=1)
@@ -98,6 +101,7 @@ def build_policies(
     cfg: RerankEvalConfig, data_dir: str | Path, models_dir: str | Path, store: FeatureStore | None = None
 ) -> tuple[dict[str, Policy], ListScorer | None, list[str]]:
     """Every policy the models in ``models_dir`` allow, the evaluator's scorer, and what was skipped."""
+    from relist.models.generator import load_generator
     from relist.models.ranking.scoring import point_scores
     from relist.rerank.baselines import BaselinePolicy, greedy_by_ctr
     from relist.rerank.grn_policy import GRNPolicy
@@ -130,6 +134,12 @@ def build_policies(
             proposers["grn_samples"] = grn_samples(sampler)
     if scorer is not None and len(proposers) > 1:
         policies[LIST_RETRIEVAL] = ListRanking(proposers, scorer, store, rules)
+    if scorer is not None and have["generator"]:
+        last = LAST(load_generator(models_dir / "generator")[0], scorer, store, cfg.last.model_copy(
+            update={"rules": cfg.rules}))
+        policies["last"] = LASTPolicy(last)
+        policies[f"{LIST_RETRIEVAL}_last"] = ListRanking({**proposers, "last": policies["last"]}, scorer, store,
+                                                         rules)
     elif scorer is None:
         skipped.append(f"{LIST_RETRIEVAL}: needs the evaluator")
     return policies, scorer, skipped
