@@ -113,10 +113,12 @@ def _step_baseline(data: Path, kind: str, sizes: DemoSizes):
 def _step_rerank(data: Path, models: Path, sizes: DemoSizes):
     def run(out: Path) -> dict:
         from relist.eval.rerank import RerankEvalConfig, evaluate_rerank, print_rerank_report
+        from relist.rerank.last import LASTConfig
         from relist.train.config import load_config
 
         cfg = load_config(CONFIGS / "rerank_eval.yaml", RerankEvalConfig)
-        report = evaluate_rerank(cfg.model_copy(update={"requests": sizes.eval_requests}), data, models)
+        last = load_config(CONFIGS / "last.yaml", LASTConfig).model_copy(update={"budget_ms": None})  # offline
+        report = evaluate_rerank(cfg.model_copy(update={"requests": sizes.eval_requests, "last": last}), data, models)
         print_rerank_report(report, console=console)
         (out / "rerank.json").write_text(json.dumps(report, indent=2, default=float))
         return {"table": str(out / "rerank.json"), "skipped": report.get("skipped", [])}
@@ -161,8 +163,7 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: 
              ("models/evaluator",)),
         *[Step(f"models/{kind}", _step_baseline(data, kind, sizes), _inputs("baselines.yaml"), ("simulate",))
           for kind in BASELINES],
-        Step("rerank", _step_rerank(data, models, sizes), {**_inputs("rerank_eval.yaml", "last.yaml"),
-                                                            "policies": "with LAST"},
+        Step("rerank", _step_rerank(data, models, sizes), _inputs("rerank_eval.yaml", "last.yaml"),
              ("models/teacher", "models/evaluator", "models/generator", *[f"models/{k}" for k in BASELINES])),
     ]
     records = run_steps(steps, out, force)
