@@ -10,31 +10,15 @@ import yaml
 from typer.testing import CliRunner
 
 from relist.cli import commands_rerank_eval
-from relist.data.features import FeatureStore
 from relist.data.logs import logged_requests, split_path
 from relist.data.stream import ParquetStream
 from relist.models.baselines.dlcm import _reversal
 from relist.rerank.baselines import BaselinePolicy, greedy_under_rules
 from relist.rerank.rules import BusinessRules, item_attributes
-from relist.sim.config import load_sim_config
-from relist.sim.logs import simulate_logs
-from relist.sim.world import build_world
 from relist.train.baselines import COLUMNS, listwise_loss, logged_initial_lists, pointer_loss, with_targets
 
 KINDS = ("prm", "dlcm", "seq2slate")
 RULES = BusinessRules(cate_window=2, max_per_shop=2)
-
-
-@pytest.fixture(scope="module")
-def logs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sim")
-    simulate_logs(build_world(load_sim_config()), out, 1200, 0.1, 0.1, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def store(logs):
-    return FeatureStore.from_dir(logs)
 
 
 def cli() -> typer.Typer:

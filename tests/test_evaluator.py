@@ -10,29 +10,13 @@ import yaml
 from typer.testing import CliRunner
 
 from relist.cli import commands_rerank_train
-from relist.data.features import FeatureStore
 from relist.data.logs import logged_requests, read_lists
 from relist.eval.metrics import list_reward as metrics_list_reward
 from relist.models.evaluator import DCWN, DCWNConfig, Vocab, exposure, list_features, load_evaluator
 from relist.rerank.list_scorer import ListScorer
-from relist.sim.config import load_sim_config
-from relist.sim.logs import simulate_logs
-from relist.sim.world import build_world
 from relist.train.evaluator import evaluator_loss, labelled_batch
 
 TINY = DCWNConfig(dim=8, hidden=8, heads=2, dropout=0.0)
-
-
-@pytest.fixture(scope="module")
-def logs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sim")
-    simulate_logs(build_world(load_sim_config()), out, 2000, 0.1, 0.1, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def store(logs):
-    return FeatureStore.from_dir(logs)
 
 
 @pytest.fixture(scope="module")

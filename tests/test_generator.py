@@ -9,33 +9,17 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from relist.data.features import FeatureStore
 from relist.data.logs import logged_requests
 from relist.models.evaluator import DCWNConfig, Vocab
 from relist.models.generator import GRN, GRNConfig, candidate_features, chosen_items, load_generator
 from relist.rerank.grn_policy import GRNPolicy, rules_hook
 from relist.rerank.list_scorer import ListScorer
 from relist.rerank.rules import BusinessRules, RulesConfig, item_attributes
-from relist.sim.config import load_sim_config
-from relist.sim.logs import simulate_logs
-from relist.sim.world import build_world
 from relist.train.config import TrainConfig
 from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
 from relist.train.generator import GeneratorTrainConfig, step_rewards, train_generator, without_each
 
 TINY = GRNConfig(dim=8, hidden=16, heads=2, list_len=10)
-
-
-@pytest.fixture(scope="module")
-def logs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sim")
-    simulate_logs(build_world(load_sim_config()), out, 2000, 0.1, 0.1, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def store(logs):
-    return FeatureStore.from_dir(logs)
 
 
 @pytest.fixture(scope="module")

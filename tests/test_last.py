@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from relist.data.features import FeatureStore
 from relist.data.logs import logged_requests
 from relist.models.evaluator import DCWNConfig, Vocab
 from relist.models.generator import GRN, GRNConfig, candidate_features
@@ -27,26 +26,11 @@ from relist.rerank.last import (
 from relist.rerank.list_ranking import ListRanking
 from relist.rerank.list_scorer import ListScorer
 from relist.rerank.rules import BusinessRules
-from relist.sim.config import load_sim_config
-from relist.sim.logs import simulate_logs
-from relist.sim.world import build_world
 from relist.train.config import TrainConfig, load_config
 from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
 
 TINY = GRNConfig(dim=8, hidden=16, heads=2, list_len=10)
 CONFIGS = Path(__file__).resolve().parent.parent / "relist" / "configs"
-
-
-@pytest.fixture(scope="module")
-def logs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sim")
-    simulate_logs(build_world(load_sim_config()), out, 2000, 0.1, 0.1, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def store(logs):
-    return FeatureStore.from_dir(logs)
 
 
 @pytest.fixture(scope="module")

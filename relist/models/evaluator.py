@@ -19,8 +19,7 @@ from torch import Tensor, nn
 
 from relist.data.features import PRICE_BUCKETS, FeatureStore
 from relist.data.padding import NEG_INF, PAD_ID
-from relist.train.config import load_config, save_config
-from relist.train.trainer import BEST, load_weights
+from relist.models import saved
 
 
 class Vocab(BaseModel):
@@ -176,12 +175,9 @@ SPEC_FILE = "evaluator.yaml"
 
 
 def save_spec(spec: EvaluatorSpec, model_dir: str | Path) -> None:
-    save_config(spec, Path(model_dir) / SPEC_FILE)
+    saved.save_spec(spec, model_dir, SPEC_FILE)
 
 
 def load_evaluator(model_dir: str | Path) -> tuple[DCWN, EvaluatorSpec]:
     """A trained DCWN (eval mode) and its spec from a directory written by ``relist train evaluator``."""
-    spec = load_config(Path(model_dir) / SPEC_FILE, EvaluatorSpec)
-    model = DCWN(spec.vocab, spec.model)
-    load_weights(model, Path(model_dir) / BEST)
-    return model.eval(), spec
+    return saved.load_saved(model_dir, SPEC_FILE, EvaluatorSpec, lambda spec: DCWN(spec.vocab, spec.model))

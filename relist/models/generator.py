@@ -23,9 +23,8 @@ from torch import Tensor, nn
 
 from relist.data.features import FeatureStore
 from relist.data.padding import NEG_INF, PAD_ID, masked_mean
+from relist.models import saved
 from relist.models.evaluator import ItemEmbedding, UserInterest, Vocab, list_features
-from relist.train.config import load_config, save_config
-from relist.train.trainer import BEST, load_weights
 
 
 class GRNConfig(BaseModel):
@@ -187,12 +186,9 @@ SPEC_FILE = "generator.yaml"
 
 
 def save_spec(spec: GeneratorSpec, model_dir: str | Path) -> None:
-    save_config(spec, Path(model_dir) / SPEC_FILE)
+    saved.save_spec(spec, model_dir, SPEC_FILE)
 
 
 def load_generator(model_dir: str | Path) -> tuple[GRN, GeneratorSpec]:
     """A trained GRN (eval mode) and its spec from a directory written by ``relist train generator``."""
-    spec = load_config(Path(model_dir) / SPEC_FILE, GeneratorSpec)
-    model = GRN(spec.vocab, spec.model)
-    load_weights(model, Path(model_dir) / BEST)
-    return model.eval(), spec
+    return saved.load_saved(model_dir, SPEC_FILE, GeneratorSpec, lambda spec: GRN(spec.vocab, spec.model))

@@ -7,13 +7,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from relist.models import saved
 from relist.models.baselines.dlcm import DLCM
 from relist.models.baselines.inputs import BaselineConfig
 from relist.models.baselines.prm import PRM
 from relist.models.baselines.seq2slate import Seq2Slate
 from relist.models.evaluator import Vocab
-from relist.train.config import load_config, save_config
-from relist.train.trainer import BEST, load_weights
 
 MODELS = {"prm": PRM, "dlcm": DLCM, "seq2slate": Seq2Slate}
 SPEC_FILE = "baseline.yaml"
@@ -31,12 +30,9 @@ def build_baseline(spec: BaselineSpec) -> nn.Module:
 
 
 def save_spec(spec: BaselineSpec, model_dir: str | Path) -> None:
-    save_config(spec, Path(model_dir) / SPEC_FILE)
+    saved.save_spec(spec, model_dir, SPEC_FILE)
 
 
 def load_baseline(model_dir: str | Path) -> tuple[nn.Module, BaselineSpec]:
     """A trained baseline (eval mode) from a directory written by relist.train.baselines."""
-    spec = load_config(Path(model_dir) / SPEC_FILE, BaselineSpec)
-    model = build_baseline(spec)
-    load_weights(model, Path(model_dir) / BEST)
-    return model.eval(), spec
+    return saved.load_saved(model_dir, SPEC_FILE, BaselineSpec, build_baseline)
