@@ -25,11 +25,11 @@ demo-quick: $(STAMP)
 	$(VENV)/bin/relist demo --quick --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check relist tests benchmarks
+	$(VENV)/bin/ruff check relist tests benchmarks scripts
 	$(PY) -m pytest -n 2 --timeout 600 -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check relist tests benchmarks
+	$(VENV)/bin/ruff check relist tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
