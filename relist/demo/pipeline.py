@@ -145,6 +145,7 @@ def _step_export(data: Path, models: Path, model_dir: Path, name: str):
 def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: bool = False) -> dict[str, dict]:
     """Run (or resume) the whole job under ``out``; returns every step's record."""
     from relist.demo.report import build_report
+    from relist.eval.provenance import stamp
 
     sizes = QUICK if quick else DemoSizes()
     out = out.resolve()
@@ -174,6 +175,9 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: 
         Step("export", _step_export(data, models, out / "model_dir", version), {}, ("rerank",)),
     ]
     records |= run_steps(tail, out, force, done=records)
+    timings = {name: {"seconds": r["seconds"], "skipped": r.get("skipped", False)} for name, r in records.items()}
+    (out / "timings.json").write_text(json.dumps(stamp({"quick": quick, "sizes": asdict(sizes), "steps": timings}),
+                                                 indent=2))
     console.print(f"\n[bold green]report:[/bold green] {records['report']['report']}")
     console.print(f"[bold green]serve the trained models:[/bold green] relist serve --model-dir {out / 'model_dir'}"
                   " --port 8000   (then open http://127.0.0.1:8000/docs)")

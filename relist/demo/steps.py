@@ -49,7 +49,7 @@ def run_steps(steps: list[Step], out: Path, force: bool = False, done: dict[str,
             done = json.loads(marker.read_text())
             if done.get("digest") == digest:
                 console.print(f"[dim]skip {step.name} (inputs unchanged)[/dim]")
-                records[step.name] = done
+                records[step.name] = {**done, "skipped": True}
                 continue
         if step_dir.exists():
             shutil.rmtree(step_dir)
