@@ -3,12 +3,15 @@
 import json
 
 import numpy as np
+import pyarrow.dataset as ds
 import pytest
 import torch
 import typer
 from typer.testing import CliRunner
 
+import relist.models.ranking.samples as ranking_samples
 from relist.cli import commands_ranking
+from relist.data.stream import ParquetStream
 from relist.models.ranking import DSSM, FineRankTeacher
 from relist.models.ranking.samples import load_ranking_data
 from relist.sim.config import load_sim_config
@@ -107,6 +110,25 @@ def test_resumed_run_continues_from_its_checkpoint(sim_dir, data, tmp_path):
     assert all(
         torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
+
+
+def test_training_streams_the_train_split_and_stops_at_max_train_samples(sim_dir, data, tmp_path, monkeypatch):
+    reads = []
+
+    class CountingStream(ParquetStream):
+        def __iter__(self):
+            for lists in super().__iter__():
+                reads.append((self.path.name, self.batch_size, len(lists["user_id"])))
+                yield lists
+
+    monkeypatch.setattr(ranking_samples, "ParquetStream", CountingStream)
+    cfg = _cfg(model="student", max_train_samples=300, train=TRAIN | {"epochs": 1})
+    capped = train_ranking(cfg, sim_dir, tmp_path / "capped", data=data)
+    assert reads and {(split, size) for split, size, _ in reads} == {("train", TRAIN["batch_size"])}
+    assert sum(n for *_, n in reads) < ds.dataset(sim_dir / "lists" / "train").count_rows() / 2
+    assert capped.history[0]["step"] == 2  # 300 samples: a batch of 256 and one of 44
+    whole = train_ranking(cfg.model_copy(update={"max_train_samples": None}), sim_dir, tmp_path / "whole", data=data)
+    assert whole.history[0]["step"] == -(-len(data.splits["train"]["item"]) // TRAIN["batch_size"])
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(sim_dir, data, tmp_path):

@@ -4,7 +4,11 @@ One YAML file (:class:`RankingConfig`) says which model, which switches and
 how to distill; the loop itself is relist.train.trainer.fit. Two-stage
 distillation is two fits: ``out/stage1`` on soft labels only, then ``out``
 warm-started from it on soft + hard labels. The teacher's soft labels are
-its logits on the training samples, computed once before the student trains.
+its logits on each training mini-batch, computed as the batch is made.
+
+Training on relist logs streams: each rank reads its own shards of the train
+split and expands each read into samples, so memory does not grow with the
+data. The Amazon CTR split (not a log directory) is trained in memory.
 """
 
 from __future__ import annotations
@@ -17,17 +21,29 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from relist.data.features import FeatureStore
 from relist.eval.metrics import auc, gauc
 from relist.models.ranking.config import StudentConfig, TeacherConfig, Vocab
 from relist.models.ranking.distill import SyncDistill
 from relist.models.ranking.dssm import DSSM
 from relist.models.ranking.losses import distill_loss, hard_loss, sync_distill_loss
-from relist.models.ranking.samples import RankingData, Samples, first_rows, iterate_batches, load_ranking_data
+from relist.models.ranking.samples import (
+    RankingData,
+    Samples,
+    first_rows,
+    first_samples,
+    is_log_dir,
+    iterate_batches,
+    load_ranking_data,
+    rebatch,
+    samples_from_lists,
+    stream_lists,
+)
 from relist.models.ranking.scoring import predict_logits
 from relist.models.ranking.teacher import FineRankTeacher
 from relist.train.config import ConfigError, TrainConfig, load_config, save_config
 from relist.train.distributed import init_from_env
-from relist.train.trainer import BEST, FitResult, fit, load_weights
+from relist.train.trainer import BEST, BatchFn, FitResult, fit, load_weights
 
 RUN_CONFIG = "ranking_config.yaml"
 VOCAB = "vocab.yaml"
@@ -63,7 +79,9 @@ class RankingConfig(BaseModel):
     train: TrainConfig = TrainConfig(
         monitor="gauc", monitor_mode="max", batch_size=1024, epochs=5, patience=2
     )
-    max_train_samples: int | None = Field(None, ge=1, description="cap on training samples (quick runs)")
+    max_train_samples: int | None = Field(
+        None, ge=1, description="cap on training samples per epoch, shared between the ranks (quick runs)"
+    )
 
 
 def build_model(cfg: RankingConfig, vocab: Vocab) -> nn.Module:
@@ -90,20 +108,29 @@ def train_ranking(
     resume: bool = False,
     data: RankingData | None = None,
 ) -> FitResult:
-    """Train as ``cfg`` says; writes weights, checkpoints, curves and the run's config into ``out_dir``."""
-    out_dir = Path(out_dir)
+    """Train as ``cfg`` says; writes weights, checkpoints, curves and the run's config into ``out_dir``.
+
+    ``data`` (from load_ranking_data) saves re-reading the vocab and the validation split; the train
+    split of a log directory is streamed from ``data_dir`` whatever ``data`` holds.
+    """
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
     if data is None:
-        data = load_ranking_data(data_dir, ("train", "valid"))
-    train = first_rows(data.splits["train"], cfg.max_train_samples)
+        data = load_ranking_data(data_dir, ("valid",) if is_log_dir(data_dir) else ("train", "valid"))
     valid = data.splits["valid"]
-    if init_from_env(cfg.train.device).rank == 0:  # one writer under torchrun
+    env = init_from_env(cfg.train.device)
+    if env.rank == 0:  # one writer under torchrun
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / RUN_CONFIG)
         save_config(data.vocab, out_dir / VOCAB)
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same run
     model = build_model(cfg, data.vocab)
+    if data.store is None:
+        batches = _memory_batches(first_rows(data.splits["train"], cfg.max_train_samples), cfg.train)
+    else:
+        batches = _streamed_batches(data_dir, data.store, cfg.train, cfg.max_train_samples)
     if cfg.model == "student" and cfg.distill.mode == "two_stage":
-        return _two_stage(model, cfg, train, valid, data.vocab, out_dir, resume)
+        teacher = _teacher(cfg.distill.teacher_run, data.vocab).to(env.device)
+        return _two_stage(model, cfg, _with_soft_labels(batches, teacher), valid, out_dir, resume)
     if cfg.model == "teacher":
         loss, validate = hard_loss(cfg.teacher.tasks), _validator(valid)
     elif cfg.distill.mode == "sync":
@@ -111,20 +138,18 @@ def train_ranking(
         validate = _validator(valid, "student_ctr")
     else:
         loss, validate = hard_loss(), _validator(valid)
-    return fit(model, loss, _train_batches(train, cfg.train), validate, cfg.train, out_dir, resume)
+    return fit(model, loss, batches, validate, cfg.train, out_dir, resume)
 
 
 def _two_stage(
     model: nn.Module,
     cfg: RankingConfig,
-    train: Samples,
+    batches: BatchFn,
     valid: Samples,
-    vocab: Vocab,
     out_dir: Path,
     resume: bool,
 ) -> FitResult:
-    train = train | {"teacher_ctr": _teacher_logits(cfg.distill.teacher_run, vocab, train)}
-    batches, validate = _train_batches(train, cfg.train), _validator(valid)
+    validate = _validator(valid)
     stage1_cfg = cfg.train.model_copy(update={"epochs": cfg.distill.stage1_epochs})
     stage1_dir = out_dir / STAGE1
     resume_stage1 = resume and (stage1_dir / "checkpoints").is_dir()
@@ -144,7 +169,7 @@ def _two_stage(
     return fit(model, stage2, batches, validate, cfg.train, out_dir, resume_stage2)
 
 
-def _teacher_logits(teacher_run: str | None, vocab: Vocab, train: Samples) -> np.ndarray:
+def _teacher(teacher_run: str | None, vocab: Vocab) -> nn.Module:
     if teacher_run is None:
         raise ConfigError(
             "distill.mode two_stage needs distill.teacher_run (the trained teacher's run directory)"
@@ -154,11 +179,45 @@ def _teacher_logits(teacher_run: str | None, vocab: Vocab, train: Samples) -> np
         raise ConfigError(
             f"teacher run {teacher_run} was trained on other data (vocab {teacher_vocab} != {vocab})"
         )
-    return predict_logits(load_ranking_model(teacher_run), train)["ctr"]
+    return load_ranking_model(teacher_run)
 
 
-def _train_batches(samples: Samples, cfg: TrainConfig):
-    """Shuffled batches that depend only on (seed, epoch, rank), as exact resume requires."""
+def _with_soft_labels(batches: BatchFn, teacher: nn.Module) -> BatchFn:
+    """The frozen teacher's click logits added to each mini-batch, so no split-sized array is held."""
+
+    def with_soft_labels(epoch: int, rank: int, world_size: int):
+        for batch in batches(epoch, rank, world_size):
+            yield batch | {"teacher_ctr": predict_logits(teacher, batch)["ctr"]}
+
+    return with_soft_labels
+
+
+def _streamed_batches(data_dir: Path, store: FeatureStore, cfg: TrainConfig, limit: int | None) -> BatchFn:
+    """This rank's batches of the train split, a function of (seed, epoch, rank) only, as exact resume requires.
+
+    Reads ``batch_size`` lists at a time (shuffled in blocks across the rank's shards), expands each
+    read into samples, shuffles and regroups them, so memory is bounded by a read; ``limit`` is split
+    evenly between the ranks.
+    """
+
+    def batches(epoch: int, rank: int, world_size: int):
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        lists = stream_lists(data_dir, "train", cfg.batch_size, rank, world_size, cfg.seed + epoch)
+        parts = (_shuffled(samples_from_lists(batch, store), rng) for batch in lists)
+        per_rank = None if limit is None else -(-limit // world_size)
+        return rebatch(first_samples(parts, per_rank), cfg.batch_size)
+
+    return batches
+
+
+def _shuffled(samples: Samples, rng: np.random.Generator) -> Samples:
+    """Spread a read's samples over batches instead of keeping each list's positions together."""
+    order = rng.permutation(len(samples["item"]))
+    return {name: column[order] for name, column in samples.items()}
+
+
+def _memory_batches(samples: Samples, cfg: TrainConfig) -> BatchFn:
+    """Rows ``rank::W`` of a permutation seeded by (seed, epoch), for data held in memory (Amazon)."""
     n = len(samples["item"])
 
     def batches(epoch: int, rank: int, world_size: int):

@@ -3,25 +3,32 @@
 Two sources give the same columns: relist logs (every shown position below
 ``exposed_len`` is a sample with click/next/buy labels, features from the
 FeatureStore) and the Amazon grocery CTR split (relist.data.loaders.amazon:
-sampled negatives, click labels only, no shop/price/segment).
+sampled negatives, click labels only, no shop/price/segment). Logs are read as
+streamed batches of lists (:func:`stream_lists`), each expanded by
+:func:`samples_from_lists`, so training can stream what evaluation reads whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.dataset as ds
 
 from relist.data.features import PRICE_BUCKETS, FeatureStore
 from relist.data.loaders.amazon import load_amazon_ctr
-from relist.data.logs import read_lists
+from relist.data.logs import split_path
 from relist.data.schema import SchemaError
+from relist.data.stream import ParquetStream
 from relist.models.ranking.config import Vocab
 
 Samples = dict[str, np.ndarray]
 FEATURES = ("segment", "hist", "hist_cate", "hist_mask", "item", "cate", "shop", "price_bucket")
+LABELS = ("click", "next", "buy")
+LIST_COLUMNS = ("user_id", "shown", "exposed_len", "click", "next")  # and "buy" where logged
+LISTS_PER_READ = 4096
 
 
 @dataclass
@@ -36,9 +43,12 @@ class RankingData:
 def load_ranking_data(
     data_dir: str | Path, splits: tuple[str, ...] = ("train", "valid", "test")
 ) -> RankingData:
-    """Read a relist log directory or the Amazon grocery root with its ctr_split/ (detected by layout)."""
+    """Read a relist log directory or the Amazon grocery root with its ctr_split/ (detected by layout).
+
+    Every split is held in memory; training streams a log directory's train split instead.
+    """
     data_dir = Path(data_dir)
-    if (data_dir / "lists").is_dir():
+    if is_log_dir(data_dir):
         store = FeatureStore.from_dir(data_dir)
         vocab = Vocab(
             items=store.n_items + 1,
@@ -63,22 +73,45 @@ def load_ranking_data(
     )
 
 
-def samples_from_logs(data_dir: str | Path, split: str, store: FeatureStore) -> Samples:
-    table = read_lists(data_dir, split)
-    shown = table.column("shown").combine_chunks()
-    lengths = np.diff(shown.offsets.to_numpy())
-    row = np.repeat(np.arange(len(lengths)), lengths)
-    position = np.arange(len(row)) - np.repeat(shown.offsets.to_numpy()[:-1], lengths)
-    exposed = position < table.column("exposed_len").to_numpy().astype(np.int64)[row]
-    users = table.column("user_id").to_numpy()[row][exposed]
-    items = shown.flatten().to_numpy()[exposed]
-    samples: Samples = {"user": users, "position": position[exposed]}
+def is_log_dir(data_dir: str | Path) -> bool:
+    """Whether ``data_dir`` is a relist log directory (else the Amazon layout)."""
+    return (Path(data_dir) / "lists").is_dir()
+
+
+def stream_lists(
+    data_dir: str | Path,
+    split: str,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int | None = None,
+) -> ParquetStream:
+    """This rank's lists of a split in the columns samples need, ``batch_size`` lists at a time."""
+    path = split_path(data_dir, split)
+    logged = ds.dataset(path, format="parquet").schema.names
+    columns = [*LIST_COLUMNS, *(["buy"] if "buy" in logged else [])]  # buy is optional in the schema
+    return ParquetStream(path, columns, batch_size, rank, world_size, seed)
+
+
+def samples_from_lists(lists: dict[str, np.ndarray], store: FeatureStore) -> Samples:
+    """One sample per exposed position of a batch of lists (as :func:`stream_lists` yields them)."""
+    width = lists["shown"].shape[1]
+    exposed = lists["shown_mask"] & (np.arange(width) < lists["exposed_len"][:, None])
+    rows, position = np.nonzero(exposed)  # row-major: lists in order, positions within each
+    users, items = lists["user_id"][rows], lists["shown"][rows, position]
+    samples: Samples = {"user": users, "position": position}
     for name, value in (store.user_features(users) | store.item_features(items)).items():
         samples[name] = value.numpy()
-    for label in ("click", "next", "buy"):
-        if label in table.column_names:
-            samples[label] = table.column(label).combine_chunks().flatten().to_numpy()[exposed]
+    for label in LABELS:
+        if label in lists:
+            samples[label] = lists[label][rows, position]
     return samples
+
+
+def samples_from_logs(data_dir: str | Path, split: str, store: FeatureStore) -> Samples:
+    """A whole split in memory (evaluation, validation), expanded read by read as training streams it."""
+    stream = stream_lists(data_dir, split, LISTS_PER_READ)
+    return concat_samples([samples_from_lists(lists, store) for lists in stream])
 
 
 def samples_from_ctr(split: dict[str, np.ndarray]) -> Samples:
@@ -109,3 +142,34 @@ def iterate_batches(samples: Samples, batch_size: int, order: np.ndarray | None 
 def first_rows(samples: Samples, limit: int | None) -> Samples:
     """The first ``limit`` samples (all with None), e.g. to cap a quick run."""
     return samples if limit is None else {name: column[:limit] for name, column in samples.items()}
+
+
+def concat_samples(parts: Sequence[Samples]) -> Samples:
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def first_samples(parts: Iterable[Samples], limit: int | None) -> Iterator[Samples]:
+    """The first ``limit`` samples of a stream of parts (all with None), reading no part past them."""
+    for part in parts:
+        part = first_rows(part, limit)
+        yield part
+        if limit is not None:
+            limit -= len(part["item"])
+            if limit == 0:
+                return
+
+
+def rebatch(parts: Iterable[Samples], batch_size: int) -> Iterator[Samples]:
+    """Regroup parts of any sizes into batches of exactly ``batch_size`` samples (the last may be short)."""
+    pending: list[Samples] = []
+    count = 0
+    for part in parts:
+        pending.append(part)
+        count += len(part["item"])
+        if count >= batch_size:
+            samples = concat_samples(pending)
+            full = count - count % batch_size
+            yield from iterate_batches(first_rows(samples, full), batch_size)
+            pending, count = [{name: column[full:] for name, column in samples.items()}], count - full
+    if count:
+        yield concat_samples(pending)
