@@ -142,27 +142,52 @@ def _step_export(data: Path, models: Path, model_dir: Path, name: str):
     return run
 
 
-def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: bool = False) -> dict[str, dict]:
-    """Run (or resume) the whole job under ``out``; returns every step's record."""
+def _step_logs(data: Path) -> Callable[[Path], dict]:
+    """Given logs instead of a simulation: their validated files' fingerprint is the step's record."""
+
+    def run(out: Path) -> dict:
+        from relist.data.logs import read_items, read_lists, read_users
+
+        read_items(data), read_users(data), read_lists(data, "test", 1)  # fail early, naming the file
+        files = sorted(p for p in data.rglob("*.parquet"))
+        return {"data": str(data), "files": {str(p.relative_to(data)): [p.stat().st_size, p.stat().st_mtime]
+                                             for p in files}}
+
+    return run
+
+
+def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: bool = False,
+             data: Path | None = None, sizes: DemoSizes | None = None) -> dict[str, dict]:
+    """Run (or resume) the whole job under ``out``; returns every step's record.
+
+    With ``data`` (a log directory in the DESIGN §4 schema) the job trains on those logs instead of
+    simulating; without a simulator behind them, policies are compared by offline scores only.
+    """
     from relist.demo.report import build_report
     from relist.eval.provenance import stamp
 
-    sizes = QUICK if quick else DemoSizes()
+    sizes = sizes or (QUICK if quick else DemoSizes())
     out = out.resolve()
-    data, models = out / "simulate", out / "models"
-    sim_settings = {"config": yaml.safe_load(Path(config).read_text()) if config else "default", **asdict(sizes)}
+    models = out / "models"
+    if data is None:
+        data, source = out / "simulate", "simulate"
+        settings = {"config": yaml.safe_load(Path(config).read_text()) if config else "default", **asdict(sizes)}
+        first = Step(source, _step_simulate(config, sizes), settings)
+    else:
+        data, source = Path(data).resolve(), "logs"
+        first = Step(source, _step_logs(data), {"data": str(data), **asdict(sizes)})
     steps = [
-        Step("simulate", _step_simulate(config, sizes), sim_settings),
+        first,
         Step("models/teacher", _step_ranking(data, "ranking_teacher.yaml", sizes), _inputs("ranking_teacher.yaml"),
-             ("simulate",)),
+             (source,)),
         Step("models/dssm_plain", _step_ranking(data, "ranking_dssm.yaml", sizes), _inputs("ranking_dssm.yaml"),
-             ("simulate",)),
+             (source,)),
         Step("models/dssm", _step_ranking(data, "ranking_dssm_full.yaml", sizes, models / "teacher"),
              _inputs("ranking_dssm_full.yaml"), ("models/teacher",)),
-        Step("models/evaluator", _step_evaluator(data, sizes), _inputs("evaluator.yaml"), ("simulate",)),
+        Step("models/evaluator", _step_evaluator(data, sizes), _inputs("evaluator.yaml"), (source,)),
         Step("models/generator", _step_generator(data, models / "evaluator", sizes), _inputs("generator.yaml"),
              ("models/evaluator",)),
-        *[Step(f"models/{kind}", _step_baseline(data, kind, sizes), _inputs("baselines.yaml"), ("simulate",))
+        *[Step(f"models/{kind}", _step_baseline(data, kind, sizes), _inputs("baselines.yaml"), (source,))
           for kind in BASELINES],
         Step("rerank", _step_rerank(data, models, sizes), _inputs("rerank_eval.yaml", "last.yaml"),
              ("models/teacher", "models/evaluator", "models/generator", *[f"models/{k}" for k in BASELINES])),
@@ -170,8 +195,8 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: 
     records = run_steps(steps, out, force)
     version = f"demo-{records['rerank']['digest']}"
     tail = [
-        Step("report", build_report(out, records, sizes.latency_requests), {}, ("rerank", "models/dssm",
-                                                                                 "models/dssm_plain")),
+        Step("report", build_report(out, data, records, sizes.latency_requests), {},
+             ("rerank", "models/dssm", "models/dssm_plain")),
         Step("export", _step_export(data, models, out / "model_dir", version), {}, ("rerank",)),
     ]
     records |= run_steps(tail, out, force, done=records)

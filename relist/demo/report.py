@@ -60,40 +60,26 @@ def _calibration_plots(validity: dict):
     return fig
 
 
-def build_report(out: Path, records: dict, latency_requests: int) -> Callable[[Path], dict]:
+def build_report(out: Path, data: Path, records: dict, latency_requests: int) -> Callable[[Path], dict]:
     def run(step_out: Path) -> dict:
         from relist.data.features import FeatureStore
         from relist.data.logs import logged_requests
-        from relist.eval.evaluator_validity import evaluator_validity
         from relist.eval.latency import request_timings_ms, summary_ms
         from relist.eval.rerank import RerankEvalConfig, build_policies
-        from relist.models.ranking.scoring import point_scores
-        from relist.rerank.policy import greedy_by_score, random_order
-        from relist.sim.world import world_of_logs
+        from relist.sim.world import is_simulated
         from relist.train.config import load_config
-        from relist.train.ranking import load_ranking_model
 
         torch.set_num_threads(2)
-        data, models = out / "simulate", out / "models"
+        models = out / "models"
         table = json.loads(Path(records["rerank"]["table"]).read_text())
         cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "rerank_eval.yaml", RerankEvalConfig)
         store = FeatureStore.from_dir(data)
         policies, scorer, _ = build_policies(cfg, data, models, store)
         requests, shown = logged_requests(data, "test", max(latency_requests, 300))
         n = shown.shape[1]
-
         latency = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p(r, n),
                                                        requests[:latency_requests]))
                    for name in LATENCY_POLICIES if name in policies}
-
-        world = world_of_logs(data)
-        sample = requests[:300]
-        sources = {"logged": shown[:300], "greedy": greedy_by_score(sample, n), "random": random_order(1)(sample, n),
-                   "list_retrieval": policies["list_retrieval"](sample, n)}
-        ctr = point_scores(load_ranking_model(models / "teacher"), store, sample)["ctr"]
-        point_ctr = {name: _ctr_of(sample.candidates, ctr, lists) for name, lists in sources.items()}
-        validity = evaluator_validity(world, scorer, sample.user_id, sources, point_ctr)
-
         served = {"candidates (upstream order)": requests.candidates[0], "logged list": shown[0],
                   "upstream order": requests.candidates[0, :n],
                   "served (list retrieval)": policies["list_retrieval"](requests[:1], n)[0]}
@@ -101,31 +87,62 @@ def build_report(out: Path, records: dict, latency_requests: int) -> Callable[[P
         example = {"user_id": int(requests.user_id[0]), "lists": served,
                    "note": "first test request; colours are categories"}
         gauc_html, gauc = _gauc_table(records)
-        curves = [image_html(p) for p in sorted(models.glob("*/training_curves.png"))]
-        sections = [
-            ("Re-ranking policies: true expected reward on held-out requests (simulator)",
-             policy_table_html(table) + f"<p class=muted>{table['requests']} test requests; "
-             f"skipped: {', '.join(table.get('skipped', [])) or 'none'}</p>"),
-            ("True IPV and GMV per policy (95% CI; oracle dashed)", figure_html(reward_bars(table))),
-            ("Reward vs p99 latency per request", figure_html(reward_vs_latency(
-                table, {k: v["p99_ms"] for k, v in latency.items()}))
-             + _latency_table(latency)),
-            ("Evaluator validity: calibration and LR vs truth",
-             figure_html(_calibration_plots(validity))
-             + f"<p>Pearson(LR, true IPV) = {validity['pearson_lr_true_ipv']:.3f}; Pearson(sum of teacher CTR, "
-               f"true IPV) = {validity['pearson_sum_ctr_true_ipv']:.3f} over {validity['lists']} lists.</p>"),
+        skipped = f"<p class=muted>{table['requests']} test requests; skipped: " \
+                  f"{', '.join(table.get('skipped', [])) or 'none'}</p>"
+        measurements = {"latency": latency, "gauc": gauc}
+        if is_simulated(data):
+            validity = _validity(data, models, store, scorer, policies, requests[:300], shown[:300], n)
+            measurements["evaluator_validity"] = {k: v for k, v in validity.items() if k != "scatter"}
+            sections = [
+                ("Re-ranking policies: true expected reward on held-out requests (simulator)",
+                 policy_table_html(table) + skipped),
+                ("True IPV and GMV per policy (95% CI; oracle dashed)", figure_html(reward_bars(table))),
+                ("Reward vs p99 latency per request", figure_html(reward_vs_latency(
+                    table, {k: v["p99_ms"] for k, v in latency.items()})) + _latency_table(latency)),
+                ("Evaluator validity: calibration and LR vs truth", figure_html(_calibration_plots(validity))
+                 + f"<p>Pearson(LR, true IPV) = {validity['pearson_lr_true_ipv']:.3f}; Pearson(sum of teacher "
+                   f"CTR, true IPV) = {validity['pearson_sum_ctr_true_ipv']:.3f} over {validity['lists']} lists.</p>"),
+            ]
+        else:
+            sections = [
+                ("Re-ranking policies: offline scores on held-out requests (no simulator behind these logs)",
+                 _offline_table(table) + skipped),
+                ("Latency per request", _latency_table(latency)),
+            ]
+        sections += [
             ("Coarse ranking: GAUC of the DSSM variants and the teacher", gauc_html),
             ("Example request: what re-ranking changed", example_lists_html(example, cate_of)),
-            ("Training curves", "".join(curves)),
+            ("Training curves", "".join(image_html(p) for p in sorted(models.glob("*/training_curves.png")))),
         ]
         path = write_report(step_out / "report.html", "relist demo report", sections)
-        (step_out / "measurements.json").write_text(json.dumps(
-            {"latency": latency, "evaluator_validity": {k: v for k, v in validity.items() if k != "scatter"},
-             "gauc": gauc}, indent=2))
-        return {"report": str(path), "latency": latency, "gauc": gauc,
-                "pearson_lr_true_ipv": validity["pearson_lr_true_ipv"]}
+        (step_out / "measurements.json").write_text(json.dumps(measurements, indent=2))
+        return {"report": str(path), **measurements}
 
     return run
+
+
+def _validity(data: Path, models: Path, store, scorer, policies: dict, sample, shown: np.ndarray, n: int) -> dict:
+    """Evaluator validity against the simulator's truth on logged, greedy, random and served lists."""
+    from relist.eval.evaluator_validity import evaluator_validity
+    from relist.models.ranking.scoring import point_scores
+    from relist.rerank.policy import greedy_by_score, random_order
+    from relist.sim.world import world_of_logs
+    from relist.train.ranking import load_ranking_model
+
+    sources = {"logged": shown, "greedy": greedy_by_score(sample, n), "random": random_order(1)(sample, n),
+               "list_retrieval": policies["list_retrieval"](sample, n)}
+    ctr = point_scores(load_ranking_model(models / "teacher"), store, sample)["ctr"]
+    point_ctr = {name: _ctr_of(sample.candidates, ctr, lists) for name, lists in sources.items()}
+    return evaluator_validity(world_of_logs(data), scorer, sample.user_id, sources, point_ctr)
+
+
+def _offline_table(report: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{name}</td><td>{row['evaluator_lr']['mean']:.3f} ±{row['evaluator_lr']['ci95']:.3f}</td>"
+        f"<td>{row['ndcg_logged_clicks']['mean']:.3f} ±{row['ndcg_logged_clicks']['ci95']:.3f}</td></tr>"
+        for name, row in report["policies"].items() if "evaluator_lr" in row and "ndcg_logged_clicks" in row)
+    return ("<table><tr><th>policy</th><th>evaluator LR (±95%)</th><th>NDCG@10 on logged clicks</th></tr>"
+            f"{rows}</table>")
 
 
 def _ctr_of(candidates: np.ndarray, ctr: np.ndarray, lists: np.ndarray) -> np.ndarray:

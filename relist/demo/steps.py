@@ -30,6 +30,7 @@ class Step:
 
 
 def _digest(settings: dict, upstream: list[dict]) -> str:
+    upstream = [{k: v for k, v in record.items() if k != "skipped"} for record in upstream]  # whether it ran now
     blob = json.dumps({"settings": settings, "upstream": upstream}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

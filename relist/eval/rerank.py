@@ -196,9 +196,13 @@ def logged_click_ndcg(logged: LoggedTest, lists: np.ndarray, k: int) -> np.ndarr
 
 def rerank_report(world, logged: LoggedTest, served: Served, n: int, objective: str,
                   oracle: np.ndarray | None = None) -> dict:
-    """policy_table's true rewards plus the evaluator score and logged-click NDCG of every policy."""
-    policies = {name: lists for name, lists in served.lists.items() if name != LOGGING}
-    report = policy_table(world, logged.requests, served.lists[LOGGING], policies, n, objective, oracle)
+    """policy_table's true rewards (when ``world`` is known) plus the evaluator score and logged-click NDCG."""
+    if world is None:  # real logs: offline scores only
+        report = {"requests": len(logged.requests), "list_len": n, "policies": {name: {} for name in served.lists}}
+    else:
+        policies = {name: lists for name, lists in served.lists.items() if name != LOGGING}
+        report = policy_table(world, logged.requests, served.lists[LOGGING], policies, n, objective, oracle)
+    report["truth"] = world is not None
     for name, row in report["policies"].items():
         if name in served.evaluator_lr:
             mean, ci = mean_ci(served.evaluator_lr[name])
@@ -214,23 +218,28 @@ def rerank_report(world, logged: LoggedTest, served: Served, n: int, objective: 
 
 
 def evaluate_rerank(cfg: RerankEvalConfig, data_dir: str | Path, models_dir: str | Path) -> dict:
-    """The full comparison on the first ``cfg.requests`` test requests of ``data_dir`` (a simulated log)."""
-    from relist.sim.world import world_of_logs
+    """The full comparison on the first ``cfg.requests`` test requests of ``data_dir``.
 
-    world = world_of_logs(data_dir)
+    Simulated logs are judged by the simulator's true reward too; other logs by offline scores only.
+    """
+    from relist.sim.world import is_simulated, world_of_logs
+
+    world = world_of_logs(data_dir) if is_simulated(data_dir) else None
     logged = LoggedTest.read(data_dir, cfg.requests)
     policies, scorer, skipped = build_policies(cfg, data_dir, models_dir)
     served = serve(policies, logged, scorer, cfg.n, cfg.ndcg_k)
-    oracle = oracle_lists(world, logged.requests, cfg.n, cfg.objective)
+    oracle = oracle_lists(world, logged.requests, cfg.n, cfg.objective) if world is not None else None
     report = rerank_report(world, logged, served, cfg.n, cfg.objective, oracle)
     report |= {"data": str(data_dir), "models": str(models_dir), "skipped": skipped,
-               "config": cfg.model_dump(mode="json"), "sim_config": world.config.model_dump(mode="json")}
+               "config": cfg.model_dump(mode="json"),
+               "sim_config": world.config.model_dump(mode="json") if world is not None else None}
     return report
 
 
 def print_rerank_report(report: dict, console: Console | None = None) -> None:
     console = console or Console()
-    print_policy_table(report, console=console)
+    if report.get("truth", True):
+        print_policy_table(report, console=console)
     table = Table(title="Offline scores of the served lists",
                   caption="evaluator LR: mean list reward; NDCG@10 vs logged clicks (unshown = 0)")
     for column in ("policy", "evaluator LR", "NDCG@10 logged", "ms / request"):

@@ -137,6 +137,11 @@ def _draw_histories(world: World, rng: np.random.Generator) -> np.ndarray:
     return history
 
 
+def is_simulated(data_dir: str | Path) -> bool:
+    """Whether a log directory was written by the simulator (so true rewards exist for it)."""
+    return (Path(data_dir) / "sim_config.yaml").exists()
+
+
 def world_of_logs(data_dir: str | Path) -> World:
     """Rebuild the world that wrote a simulated log directory (worlds are deterministic in their config)."""
     from relist.sim.config import load_sim_config
