@@ -40,6 +40,7 @@ from _common import write_result  # noqa: E402
 from relist.data.features import FeatureStore  # noqa: E402
 from relist.data.logs import logged_requests  # noqa: E402
 from relist.data.requests import Requests  # noqa: E402
+from relist.eval.evaluator_validity import calibration  # noqa: E402
 from relist.eval.metrics import pearson  # noqa: E402
 from relist.rerank.list_scorer import ListScorer  # noqa: E402
 from relist.rerank.policy import greedy_by_score, random_order  # noqa: E402
@@ -106,27 +107,6 @@ def within(scores: np.ndarray, truth: np.ndarray) -> float | None:
     if np.allclose(centred, 0, atol=1e-6):  # float32 sums of the same items differ in the last bits
         return None
     return pearson(centred, truth - truth.mean(1, keepdims=True))
-
-
-def calibration(p_pred: np.ndarray, p_true: np.ndarray, weight: np.ndarray, bins: int = 10) -> dict:
-    """Deciles of the predicted click probability: exposure-weighted mean predicted vs true rate."""
-    p_pred, p_true, weight = p_pred.ravel(), p_true.ravel(), weight.ravel()
-    edges = np.quantile(p_pred, np.linspace(0, 1, bins + 1)[1:-1])
-    which = np.searchsorted(edges, p_pred)
-    rows = []
-    for b in range(bins):
-        w = weight[which == b]
-        rows.append(
-            {
-                "decile": b + 1,
-                "predicted": float(np.average(p_pred[which == b], weights=w)),
-                "true": float(np.average(p_true[which == b], weights=w)),
-                "weight": float(w.sum()),
-            }
-        )
-    total = sum(r["weight"] for r in rows)
-    gap = sum(r["weight"] * abs(r["predicted"] - r["true"]) for r in rows) / total
-    return {"deciles": rows, "weighted_abs_gap": gap}
 
 
 def study(split: str, args, world, store, scorers: dict[str, ListScorer], pointwise: ListScorer) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from _common import write_result
 
 from relist.data.features import FeatureStore
 from relist.data.logs import logged_requests
+from relist.eval.latency import one_by_one, request_timings_ms
 from relist.eval.rerank import grn_samples
 from relist.models.ranking.scoring import point_scores
 from relist.rerank.beam import BeamPolicy, ListValue, beam_search
@@ -32,19 +32,6 @@ from relist.rerank.list_scorer import ListScorer
 from relist.rerank.policy import greedy_by_score, upstream_order
 from relist.rerank.rules import BusinessRules, item_attributes
 from relist.train.ranking import load_ranking_model
-
-
-def timings_ms(call, requests, repeats: int, warmup: int = 20) -> np.ndarray:
-    """One call per single-request batch, cycling over ``requests``; milliseconds per call."""
-    for i in range(warmup):
-        call(requests[i % len(requests)])
-    times = []
-    for i in range(repeats):
-        request = requests[i % len(requests)]
-        start = time.perf_counter()
-        call(request)
-        times.append((time.perf_counter() - start) * 1000)
-    return np.array(times)
 
 
 def main() -> None:
@@ -60,7 +47,7 @@ def main() -> None:
     n, rules = 10, BusinessRules(cate_window=2)
     store = FeatureStore.from_dir(args.data)
     batch, _ = logged_requests(args.data, "test", 200)
-    singles = [batch[i:i + 1] for i in range(len(batch))]
+    singles = one_by_one(batch)
     m = batch.candidates.shape[1]
 
     teacher = load_ranking_model(args.models / "teacher")
@@ -90,7 +77,7 @@ def main() -> None:
         "full_list_retrieval": lambda r: retrieval(r, n),
     }
     with torch.no_grad():
-        latency = {name: timings_ms(call, singles, args.repeats) for name, call in calls.items()}
+        latency = {name: request_timings_ms(call, singles, args.repeats, warmup=20) for name, call in calls.items()}
     base = float(np.median(latency["greedy_sort_upstream"]))
     rows = {name: {"median_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)),
                    "median_over_greedy_sort": float(np.median(t)) / base} for name, t in latency.items()}

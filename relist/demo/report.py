@@ -46,7 +46,7 @@ def _gauc_table(records: dict) -> tuple[str, dict]:
 
 def _calibration_plots(validity: dict):
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    bins = validity["calibration"]["bins"]
+    bins = validity["calibration"]["deciles"]
     a.plot([r["predicted"] for r in bins], [r["true"] for r in bins], "o-", label="evaluator")
     top = max(max(r["predicted"] for r in bins), max(r["true"] for r in bins))
     a.plot([0, top], [0, top], "k--", lw=1, label="perfect")
@@ -64,7 +64,7 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
     def run(step_out: Path) -> dict:
         from relist.data.features import FeatureStore
         from relist.data.logs import logged_requests
-        from relist.eval.latency import request_timings_ms, summary_ms
+        from relist.eval.latency import one_by_one, request_timings_ms, summary_ms
         from relist.eval.rerank import RerankEvalConfig, build_policies
         from relist.sim.world import is_simulated
         from relist.train.config import load_config
@@ -77,8 +77,8 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
         policies, scorer, _ = build_policies(cfg, data, models, store)
         requests, shown = logged_requests(data, "test", max(latency_requests, 300))
         n = shown.shape[1]
-        latency = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p(r, n),
-                                                       requests[:latency_requests]))
+        singles = one_by_one(requests[:latency_requests])
+        latency = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p(r, n), singles))
                    for name in LATENCY_POLICIES if name in policies}
         served = {"candidates (upstream order)": requests.candidates[0], "logged list": shown[0],
                   "upstream order": requests.candidates[0, :n],

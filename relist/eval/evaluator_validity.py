@@ -17,17 +17,18 @@ from relist.sim.world import World
 
 
 def calibration(p_pred: np.ndarray, p_true: np.ndarray, weight: np.ndarray, bins: int = 10) -> dict:
-    """Exposure-weighted mean predicted vs true click probability in deciles of the prediction."""
+    """Deciles of the predicted click probability: exposure-weighted mean predicted vs true rate."""
     p_pred, p_true, weight = p_pred.ravel(), p_true.ravel(), weight.ravel()
-    edges = np.quantile(p_pred, np.linspace(0, 1, bins + 1))
-    which = np.clip(np.searchsorted(edges, p_pred, side="right") - 1, 0, bins - 1)
+    which = np.searchsorted(np.quantile(p_pred, np.linspace(0, 1, bins + 1)[1:-1]), p_pred)
     rows = []
     for b in range(bins):
         w = weight[which == b]
         if w.sum() > 0:
             rows.append({"decile": b + 1, "predicted": float(np.average(p_pred[which == b], weights=w)),
-                         "true": float(np.average(p_true[which == b], weights=w))})
-    return {"bins": rows}
+                         "true": float(np.average(p_true[which == b], weights=w)), "weight": float(w.sum())})
+    total = sum(r["weight"] for r in rows)
+    gap = sum(r["weight"] * abs(r["predicted"] - r["true"]) for r in rows) / total
+    return {"deciles": rows, "weighted_abs_gap": gap}
 
 
 def evaluator_validity(world: World, scorer: ListScorer, user_ids: np.ndarray,

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from relist.data.requests import Requests
 
 
-def request_timings_ms(call: Callable[[Requests], object], requests: Requests, warmup: int = 5) -> np.ndarray:
-    """Milliseconds of ``call`` on each request alone (batch of one), after ``warmup`` untimed calls."""
-    for r in range(min(warmup, len(requests))):
-        call(requests[r:r + 1])
-    out = np.empty(len(requests))
-    for r in range(len(requests)):
+def one_by_one(requests: Requests) -> list[Requests]:
+    """Each request as a batch of one, as a server sees it."""
+    return [requests[r:r + 1] for r in range(len(requests))]
+
+
+def request_timings_ms(call: Callable[[Requests], object], singles: Sequence[Requests], repeats: int | None = None,
+                       warmup: int = 5) -> np.ndarray:
+    """Milliseconds per ``call`` on single-request batches, after ``warmup`` untimed calls.
+
+    ``repeats`` calls cycle over ``singles`` (default: each once).
+    """
+    repeats = len(singles) if repeats is None else repeats
+    for i in range(warmup):
+        call(singles[i % len(singles)])
+    out = np.empty(repeats)
+    for i in range(repeats):
+        request = singles[i % len(singles)]
         start = time.perf_counter()
-        call(requests[r:r + 1])
-        out[r] = (time.perf_counter() - start) * 1e3
+        call(request)
+        out[i] = (time.perf_counter() - start) * 1e3
     return out
 
 
