@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from relist.cli import commands_rerank_train
 from relist.data.logs import logged_requests, read_lists
 from relist.eval.metrics import list_reward as metrics_list_reward
-from relist.models.evaluator import DCWN, DCWNConfig, Vocab, exposure, list_features, load_evaluator
+from relist.models.evaluator import DCWN, DCWNConfig, exposure, list_features, load_evaluator
+from relist.models.vocab import Vocab
 from relist.rerank.list_scorer import ListScorer
 from relist.train.evaluator import evaluator_loss, labelled_batch
 

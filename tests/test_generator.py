@@ -10,8 +10,9 @@ import torch
 from torch.func import functional_call
 
 from relist.data.logs import logged_requests
-from relist.models.evaluator import DCWNConfig, Vocab
+from relist.models.evaluator import DCWNConfig
 from relist.models.generator import GRN, GRNConfig, candidate_features, chosen_items, load_generator
+from relist.models.vocab import Vocab
 from relist.rerank.grn_policy import GRNPolicy, rules_hook
 from relist.rerank.list_scorer import ListScorer
 from relist.rerank.rules import BusinessRules, RulesConfig, item_attributes

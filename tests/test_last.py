@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from relist.data.logs import logged_requests
-from relist.models.evaluator import DCWNConfig, Vocab
+from relist.models.evaluator import DCWNConfig
 from relist.models.generator import GRN, GRNConfig, candidate_features
+from relist.models.vocab import Vocab
 from relist.rerank.grn_policy import GRNPolicy, rules_hook
 from relist.rerank.last import (
     LAST,

@@ -8,7 +8,8 @@ import torch
 
 from relist.data.features import FeatureStore
 from relist.data.logs import logged_requests
-from relist.models.evaluator import DCWN, DCWNConfig, Vocab
+from relist.models.evaluator import DCWN, DCWNConfig
+from relist.models.vocab import Vocab
 from relist.rerank.list_ranking import ListRanking, duplicates
 from relist.rerank.list_scorer import ListScorer
 from relist.rerank.policy import random_order, upstream_order

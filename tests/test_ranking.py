@@ -224,7 +224,7 @@ def test_amazon_ctr_split_becomes_ranking_samples(tmp_path):
         pq.write_table(table, tmp_path / "ctr_split" / f"{split}.parquet")
     data = load_ranking_data(tmp_path)
     samples = data.splits["train"]
-    assert data.vocab.items == 9 and data.vocab.cates == 4 and data.store is None
+    assert data.vocab.n_items == 9 and data.vocab.n_cates == 4 and data.store is None
     assert samples["hist"].shape[1] == 20 and samples["hist"][2, :3].tolist() == [
         5,
         4,

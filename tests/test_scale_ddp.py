@@ -23,7 +23,8 @@ import torch.distributed as dist
 
 import relist.train.evaluator as evaluator_training
 from relist.data.features import FeatureStore
-from relist.models.evaluator import DCWN, DCWNConfig, Vocab, load_evaluator
+from relist.models.evaluator import DCWN, DCWNConfig, load_evaluator
+from relist.models.vocab import Vocab
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import build_world

@@ -17,29 +17,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from relist.data.features import PRICE_BUCKETS, FeatureStore
+from relist.data.features import FeatureStore
 from relist.data.padding import NEG_INF, PAD_ID
 from relist.models import saved
-
-
-class Vocab(BaseModel):
-    """Embedding table sizes, read from the FeatureStore a model is trained with."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    n_items: int = Field(ge=1)
-    n_cates: int = Field(ge=1)
-    n_shops: int = Field(ge=1)
-    n_segments: int = Field(ge=1)
-
-    @classmethod
-    def of(cls, store: FeatureStore) -> Vocab:
-        return cls(
-            n_items=store.n_items + 1,
-            n_cates=store.n_cates,
-            n_shops=store.n_shops,
-            n_segments=store.n_segments,
-        )
+from relist.models.vocab import Vocab
 
 
 class DCWNConfig(BaseModel):
@@ -83,7 +64,7 @@ class ItemEmbedding(nn.Module):
         self.item = nn.Embedding(vocab.n_items, dim, padding_idx=PAD_ID)
         self.cate = nn.Embedding(vocab.n_cates, dim)
         self.shop = nn.Embedding(vocab.n_shops, dim)
-        self.price_bucket = nn.Embedding(PRICE_BUCKETS + 1, dim)
+        self.price_bucket = nn.Embedding(vocab.n_price_buckets, dim)
         self.mix = nn.Linear(4 * dim + 1, dim)
 
     def forward(self, batch: dict[str, Tensor], prefix: str = "") -> Tensor:

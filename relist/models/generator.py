@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from relist.data.features import FeatureStore
 from relist.data.padding import NEG_INF, PAD_ID, masked_mean
 from relist.models import saved
-from relist.models.evaluator import ItemEmbedding, UserInterest, Vocab, list_features
+from relist.models.evaluator import ItemEmbedding, UserInterest, list_features
+from relist.models.vocab import Vocab
 
 
 class GRNConfig(BaseModel):

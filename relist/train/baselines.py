@@ -34,7 +34,7 @@ from relist.eval.metrics import ndcg_at_k
 from relist.models.baselines.inputs import BaselineConfig, initial_list_inputs, initial_order
 from relist.models.baselines.seq2slate import Seq2Slate
 from relist.models.baselines.spec import BaselineSpec, build_baseline, load_baseline, save_spec
-from relist.models.evaluator import Vocab
+from relist.models.vocab import Vocab
 from relist.train.config import TrainConfig, save_config
 from relist.train.distributed import init_from_env
 from relist.train.trainer import FitResult, fit, to_device

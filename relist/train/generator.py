@@ -26,8 +26,8 @@ from torch import Tensor
 from relist.data.features import FeatureStore
 from relist.data.logs import logged_requests, split_path
 from relist.data.stream import ParquetStream
-from relist.models.evaluator import Vocab
 from relist.models.generator import GRN, GeneratorSpec, GRNConfig, candidate_features, chosen_items, save_spec
+from relist.models.vocab import Vocab
 from relist.rerank.grn_policy import rules_hook
 from relist.rerank.list_scorer import ListScorer
 from relist.rerank.rules import RulesConfig

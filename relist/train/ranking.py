@@ -23,7 +23,7 @@ from torch import nn
 
 from relist.data.features import FeatureStore
 from relist.eval.metrics import auc, gauc
-from relist.models.ranking.config import StudentConfig, TeacherConfig, Vocab
+from relist.models.ranking.config import StudentConfig, TeacherConfig
 from relist.models.ranking.distill import SyncDistill
 from relist.models.ranking.dssm import DSSM
 from relist.models.ranking.losses import distill_loss, hard_loss, sync_distill_loss
@@ -41,6 +41,7 @@ from relist.models.ranking.samples import (
 )
 from relist.models.ranking.scoring import predict_logits
 from relist.models.ranking.teacher import FineRankTeacher
+from relist.models.vocab import Vocab
 from relist.train.config import ConfigError, TrainConfig, load_config, save_config
 from relist.train.distributed import init_from_env
 from relist.train.trainer import BEST, BatchFn, FitResult, fit, load_weights

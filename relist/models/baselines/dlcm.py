@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from relist.models.baselines.inputs import BaselineConfig, ItemInputs
-from relist.models.evaluator import Vocab
+from relist.models.vocab import Vocab
 
 
 class DLCM(nn.Module):

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from relist.data.features import FeatureStore
 from relist.data.padding import PAD_ID
-from relist.models.evaluator import ItemEmbedding, UserInterest, Vocab
+from relist.models.evaluator import ItemEmbedding, UserInterest
 from relist.models.generator import candidate_features
+from relist.models.vocab import Vocab
 
 
 class BaselineConfig(BaseModel):

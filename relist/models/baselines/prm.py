@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from relist.models.baselines.inputs import BaselineConfig, ItemInputs
-from relist.models.evaluator import Vocab
+from relist.models.vocab import Vocab
 
 
 class PRM(nn.Module):

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from relist.data.padding import NEG_INF
 from relist.models.baselines.inputs import BaselineConfig, ItemInputs
-from relist.models.evaluator import Vocab
 from relist.models.generator import AllowedFn
+from relist.models.vocab import Vocab
 
 
 @dataclass

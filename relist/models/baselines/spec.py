@@ -12,7 +12,7 @@ from relist.models.baselines.dlcm import DLCM
 from relist.models.baselines.inputs import BaselineConfig
 from relist.models.baselines.prm import PRM
 from relist.models.baselines.seq2slate import Seq2Slate
-from relist.models.evaluator import Vocab
+from relist.models.vocab import Vocab
 
 MODELS = {"prm": PRM, "dlcm": DLCM, "seq2slate": Seq2Slate}
 SPEC_FILE = "baseline.yaml"

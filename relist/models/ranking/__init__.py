@@ -1,6 +1,6 @@
 """Coarse and fine ranking: the distilled two-tower DSSM student and its point-wise teacher."""
 
-from relist.models.ranking.config import StudentConfig, TeacherConfig, Vocab
+from relist.models.ranking.config import StudentConfig, TeacherConfig
 from relist.models.ranking.distill import SyncDistill
 from relist.models.ranking.dssm import DSSM
 from relist.models.ranking.scoring import CoarseScorer, point_scores, predict_logits
@@ -13,7 +13,6 @@ __all__ = [
     "StudentConfig",
     "SyncDistill",
     "TeacherConfig",
-    "Vocab",
     "point_scores",
     "predict_logits",
 ]

@@ -9,18 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field
 TASKS = ("ctr", "next", "buy")
 
 
-class Vocab(BaseModel):
-    """Embedding-table sizes, taken from the data once and saved with the model (row 0 = padding/unknown)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    items: int = Field(ge=2)
-    cates: int = Field(ge=1)
-    shops: int = Field(ge=1)
-    price_buckets: int = Field(ge=1)
-    segments: int = Field(ge=1)
-
-
 class TeacherConfig(BaseModel):
     """Fine-ranking teacher: DIN target attention + DCN cross layers + a deep MLP, one head per task."""
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from relist.models.ranking.config import StudentConfig, TeacherConfig, Vocab
+from relist.models.ranking.config import StudentConfig, TeacherConfig
 from relist.models.ranking.dssm import DSSM
 from relist.models.ranking.teacher import FineRankTeacher
+from relist.models.vocab import Vocab
 
 
 class SyncDistill(nn.Module):

@@ -12,10 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from relist.data.padding import masked_mean
-from relist.models.ranking.config import StudentConfig, Vocab
+from relist.models.ranking.config import StudentConfig
 from relist.models.ranking.embeddings import FeatureEmbeddings
 from relist.models.ranking.heads import DotHead, MLPHead
 from relist.models.ranking.towers import ItemTower, UserTower
+from relist.models.vocab import Vocab
 
 
 class DSSM(nn.Module):

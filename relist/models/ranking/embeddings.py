@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from relist.models.ranking.config import Vocab
+from relist.models.vocab import Vocab
 
 ITEM_FIELDS = ("item", "cate", "shop", "price_bucket")
 
@@ -19,11 +19,11 @@ class FeatureEmbeddings(nn.Module):
     def __init__(self, vocab: Vocab, dim: int):
         super().__init__()
         self.dim = dim
-        self.item = nn.Embedding(vocab.items, dim, padding_idx=0)
-        self.cate = nn.Embedding(vocab.cates, dim, padding_idx=0)
-        self.shop = nn.Embedding(vocab.shops, dim, padding_idx=0)
-        self.price_bucket = nn.Embedding(vocab.price_buckets, dim, padding_idx=0)
-        self.segment = nn.Embedding(vocab.segments, dim, padding_idx=0)
+        self.item = nn.Embedding(vocab.n_items, dim, padding_idx=0)
+        self.cate = nn.Embedding(vocab.n_cates, dim, padding_idx=0)
+        self.shop = nn.Embedding(vocab.n_shops, dim, padding_idx=0)
+        self.price_bucket = nn.Embedding(vocab.n_price_buckets, dim, padding_idx=0)
+        self.segment = nn.Embedding(vocab.n_segments, dim, padding_idx=0)
         for table in (self.item, self.cate, self.shop, self.price_bucket, self.segment):
             nn.init.normal_(table.weight, std=0.05)
             table.weight.data[0] = 0

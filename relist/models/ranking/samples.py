@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 
-from relist.data.features import PRICE_BUCKETS, FeatureStore
+from relist.data.features import FeatureStore
 from relist.data.loaders.amazon import load_amazon_ctr
 from relist.data.logs import split_path
 from relist.data.schema import SchemaError
 from relist.data.stream import ParquetStream
-from relist.models.ranking.config import Vocab
+from relist.models.vocab import Vocab
 
 Samples = dict[str, np.ndarray]
 FEATURES = ("segment", "hist", "hist_cate", "hist_mask", "item", "cate", "shop", "price_bucket")
@@ -50,22 +50,16 @@ def load_ranking_data(
     data_dir = Path(data_dir)
     if is_log_dir(data_dir):
         store = FeatureStore.from_dir(data_dir)
-        vocab = Vocab(
-            items=store.n_items + 1,
-            cates=store.n_cates,
-            shops=store.n_shops,
-            price_buckets=PRICE_BUCKETS + 1,
-            segments=store.n_segments,
-        )
+        vocab = Vocab.of(store)
         return RankingData(vocab, {s: samples_from_logs(data_dir, s, store) for s in splits}, store)
     if (data_dir / "ctr_split").is_dir():
         amazon = load_amazon_ctr(data_dir, splits)
         vocab = Vocab(
-            items=int(amazon.items["item_id"].to_numpy().max()) + 1,
-            cates=int(amazon.items["cate_id"].to_numpy().max()) + 1,
-            shops=1,
-            price_buckets=1,
-            segments=1,
+            n_items=int(amazon.items["item_id"].to_numpy().max()) + 1,
+            n_cates=int(amazon.items["cate_id"].to_numpy().max()) + 1,
+            n_shops=1,
+            n_price_buckets=1,
+            n_segments=1,
         )
         return RankingData(vocab, {s: samples_from_ctr(amazon.splits[s]) for s in splits})
     raise SchemaError(

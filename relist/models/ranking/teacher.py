@@ -12,9 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from relist.data.padding import masked_mean
-from relist.models.ranking.config import TeacherConfig, Vocab
+from relist.models.ranking.config import TeacherConfig
 from relist.models.ranking.embeddings import FeatureEmbeddings
 from relist.models.ranking.layers import MLP, CrossNetwork, TargetAttention
+from relist.models.vocab import Vocab
 
 
 class FineRankTeacher(nn.Module):
