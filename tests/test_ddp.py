@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from relist.train.config import TrainConfig
+from relist.train.distributed import shutdown
 from relist.train.trainer import fit, load_weights, save_weights
 
 CFG = TrainConfig(epochs=2, lr=0.01, patience=None, monitor="mse", device="cpu", num_threads=1)
@@ -67,7 +67,7 @@ def worker(out: Path) -> None:
     model = MLP()
     result = fit(model, mse, uneven, validate, CFG, out / "uneven")
     save_weights(model, out / f"uneven-{rank}.safetensors", {"losses": losses(result)})
-    dist.destroy_process_group()
+    shutdown()
 
 
 def test_two_gloo_ranks_train_like_one_process_on_the_global_batch(tmp_path):

@@ -19,7 +19,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.distributed as dist
 
 import relist.train.evaluator as evaluator_training
 from relist.data.features import FeatureStore
@@ -29,6 +28,7 @@ from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import build_world
 from relist.train.config import TrainConfig
+from relist.train.distributed import shutdown
 from relist.train.evaluator import (
     EvaluatorTrainConfig,
     evaluator_loss,
@@ -83,8 +83,7 @@ def worker(data: Path, out: Path) -> None:
     interrupted = CFG.model_copy(update={"train": CFG.train.model_copy(update={"epochs": 1})})
     train_evaluator(interrupted, data, out / "ddp")
     train_evaluator(CFG, data, out / "ddp", resume=True)
-    dist.barrier()  # neither rank tears gloo down while the other still talks to it
-    dist.destroy_process_group()
+    shutdown()
 
 
 def single_process_reference(data: Path, out: Path) -> tuple[DCWN, str, dict]:

@@ -9,7 +9,15 @@ from __future__ import annotations
 import typer
 
 app = typer.Typer(help="relist: ranking and whole-list re-ranking for e-commerce feeds.", no_args_is_help=True)
-train_app = typer.Typer(help="Train a model (ranking, evaluator, generator).", no_args_is_help=True)
+def _leave_process_group(*_: object, **__: object) -> None:
+    """After any training command: under torchrun, all ranks leave the process group together."""
+    from relist.train.distributed import shutdown
+
+    shutdown()
+
+
+train_app = typer.Typer(help="Train a model (ranking, evaluator, generator).", no_args_is_help=True,
+                        result_callback=_leave_process_group)
 eval_app = typer.Typer(help="Evaluate policies and models; prints a table and writes JSON.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")

@@ -101,6 +101,14 @@ def init_from_env(device: Literal["auto", "cpu", "cuda"] = "auto") -> DistEnv:
     return DistEnv(rank, world_size, local_rank, where)
 
 
+def shutdown() -> None:
+    """Leave the process group together: a rank that tears gloo down while another still talks to it
+    can abort ("terminate called without an active exception"), so every rank waits for the others first."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_main() -> bool:
     """True on the one process that writes files and logs (rank 0, or the only process)."""
     return not dist.is_initialized() or dist.get_rank() == 0
