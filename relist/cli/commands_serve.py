@@ -40,7 +40,11 @@ def serve(
 def export(
     model_dir: Path = typer.Option(..., help="Model directory to add the version to."),
     name: str = typer.Option(..., help="Version name (letters, digits, '.', '_', '-')."),
-    data: Path = typer.Option(..., help="Log directory whose items.parquet/users.parquet are the catalogue."),
+    data: Path = typer.Option(..., help="Log directory whose items.parquet/users.parquet are the catalogue (its "
+                                        "valid split chooses an 'auto' incumbent)."),
+    models: Path = typer.Option(None, help="A directory with one folder per model role (ranker/ evaluator/ "
+                                           "generator/ prm/ dlcm/ seq2slate/ coarse/), as `relist demo` writes; "
+                                           "the per-role options below override it."),
     evaluator: Path = typer.Option(None, help="`relist train evaluator` output: the list scorer."),
     generator: Path = typer.Option(None, help="`relist train generator` output: the GRN (stage 'grn')."),
     ranker: Path = typer.Option(None, help="Fine-ranking teacher run (ctr+next heads): stage 'beam' and "
@@ -50,13 +54,15 @@ def export(
     activate: bool = typer.Option(False, help="Point CURRENT at the new version (serving replicas follow)."),
 ) -> None:
     """Pack a catalogue and trained models into a checksummed model version."""
+    from relist.rerank.registry import ROLES
     from relist.serve.config import load_serve_config
     from relist.serve.registry import export_version
 
     cfg = load_serve_config(config)
+    found = {role: models / role for role in ROLES if models is not None and (models / role).is_dir()}
     given = {"evaluator": evaluator, "generator": generator, "ranker": ranker, "coarse": coarse}
-    models = {role: path for role, path in given.items() if path is not None}
-    path = export_version(model_dir, name, data, models, cfg.pipeline, activate)
+    roles = found | {role: path for role, path in given.items() if path is not None}
+    path = export_version(model_dir, name, data, roles, cfg.pipeline, activate)
     console.print(f"wrote {path}" + (" (now CURRENT)" if activate else ""))
 
 

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 
 from relist.serve.config import ServeConfig, load_serve_config
 from relist.serve.metrics import CONTENT_TYPE, ServeMetrics
-from relist.serve.pipeline import Pipeline, RerankResult, UnknownStrategy
+from relist.serve.pipeline import UPSTREAM, Pipeline, RerankResult, UnknownStrategy
 from relist.serve.registry import Registry, VersionError
 from relist.serve.schemas import (
     RecommendRequest,
@@ -37,7 +37,6 @@ from relist.serve.schemas import (
     RerankResponse,
     Strategies,
 )
-from relist.serve.stages import UPSTREAM
 
 log = logging.getLogger(__name__)
 

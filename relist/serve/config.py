@@ -6,8 +6,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relist.rerank.last import LASTConfig
+from relist.rerank.list_ranking import ListRankingConfig
+from relist.rerank.registry import RerankConfig
 from relist.serve.schemas import MAX_BUDGET_MS, SCHEMA_MAX_CANDIDATES
+
+SERVED_GENERATORS = ["upstream", "greedy_upstream_score", "beam_upstream", "greedy_ctr", "beam", "prm", "dlcm",
+                     "seq2slate", "grn", "grn_samples", "last"]
 
 
 class PipelineConfig(BaseModel):
@@ -15,18 +19,10 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    stages: list[str] = Field(["greedy_upstream_score", "beam_upstream", "beam", "grn", "last"],
-                              description="generators after the upstream floor, in the order they run; "
-                                          "one whose models the version lacks is left out")
-    p_next: float = Field(0.85, gt=0, le=1, description="assumed chance to keep scrolling (no model)")
-    beam_width: int = Field(8, ge=1)
-    list_value: dict[str, float] = Field({"pv": 0.0, "ipv": 1.0, "gmv": 0.0},
-                                         description="beam list value weights r = pv·PV + ipv·IPV + gmv·GMV")
-    cate_window: int = Field(2, ge=0, description="business rule: no category repeat within this many slots")
-    max_per_shop: int | None = Field(None, ge=1)
-    last: LASTConfig = Field(LASTConfig(rules=None),
-                             description="stage 'last'; its budget_ms caps what is left of the request's "
-                                         "budget (None: no cap); its rules: cate_window, max_per_shop above")
+    rerank: RerankConfig = Field(
+        RerankConfig(ranking=ListRankingConfig(generators=SERVED_GENERATORS)),
+        description="generators, list ranking (incumbent, pessimism, local search), rules and the objective: the "
+                    "same settings as `relist eval rerank`; generators whose models the version lacks are left out")
     recall_size: int = Field(1000, ge=1, description="/v1/recommend: items recalled from the catalogue")
     coarse_keep: int = Field(200, ge=1, description="/v1/recommend: items the coarse ranker passes on")
     rerank_candidates: int = Field(50, ge=1,

@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,9 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relist.data.features import FeatureStore
 from relist.data.schema import read_table
+from relist.rerank.registry import ROLES, Models, load_role
 from relist.serve.config import PipelineConfig
-from relist.serve.pipeline import Pipeline, build_pipeline
-from relist.serve.stages import Models
+from relist.serve.pipeline import Pipeline, build_pipeline, with_incumbent
 
 log = logging.getLogger(__name__)
 
@@ -68,37 +68,6 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry] = Field(description="relative path -> checksum; every file of the version")
 
 
-def _evaluator(path: Path, store: FeatureStore):
-    from relist.rerank.list_scorer import ListScorer
-
-    return ListScorer.load(path, store)
-
-
-def _generator(path: Path, store: FeatureStore):
-    from relist.models.generator import load_generator
-
-    return load_generator(path)[0]
-
-
-def _ranker(path: Path, store: FeatureStore):
-    from relist.train.ranking import load_ranking_model
-
-    return load_ranking_model(path)
-
-
-def _coarse(path: Path, store: FeatureStore):
-    from relist.models.ranking.scoring import CoarseScorer
-
-    return CoarseScorer(_ranker(path, store), store)
-
-
-# Role (a field of relist.serve.stages.Models) -> how its directory becomes a loaded model.
-# Every loader reads weights through safetensors and specs through yaml.safe_load.
-ROLE_LOADERS: dict[str, Callable[[Path, FeatureStore], object]] = {
-    "evaluator": _evaluator, "generator": _generator, "ranker": _ranker, "coarse": _coarse,
-}
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -118,16 +87,16 @@ def export_version(model_dir: str | Path, name: str, data_dir: str | Path,
                    pipeline: PipelineConfig | None = None, activate: bool = False) -> Path:
     """Pack a catalogue (``data_dir``'s items/users) and trained model directories into a new version.
 
-    ``models`` maps a role (see ``ROLE_LOADERS``) to a training output directory; its top-level
+    ``models`` maps a role (relist.rerank.registry.ROLES) to a training output directory; its top-level
     weights and configs are copied. The version appears atomically; with ``activate`` it becomes
     CURRENT. The packed version is loaded once before it is published, so a broken one never is.
     """
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     check_name(name)
     models = dict(models or {})
-    unknown = set(models) - set(ROLE_LOADERS)
+    unknown = set(models) - set(ROLES)
     if unknown:
-        raise VersionError(f"unknown model roles {sorted(unknown)} (known: {sorted(ROLE_LOADERS)})")
+        raise VersionError(f"unknown model roles {sorted(unknown)} (known: {sorted(ROLES)})")
     final = model_dir / VERSIONS / name
     if final.exists():
         raise VersionError(f"{final}: version '{name}' already exists (versions are immutable)")
@@ -146,7 +115,8 @@ def export_version(model_dir: str | Path, name: str, data_dir: str | Path,
                 shutil.copy2(p, tmp / "models" / role / p.name)
         manifest = Manifest(
             version=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
-            pipeline=pipeline or PipelineConfig(), models={role: f"models/{role}" for role in models},
+            pipeline=with_incumbent(pipeline or PipelineConfig(), data_dir, tmp / "models"),
+            models={role: f"models/{role}" for role in models},
             files={str(p.relative_to(tmp)): FileEntry(sha256=sha256_of(p), bytes=p.stat().st_size)
                    for p in sorted(tmp.rglob("*")) if p.is_file()},
         )
@@ -226,10 +196,10 @@ def load_version(version_dir: str | Path, name: str | None = None) -> Pipeline:
                                          read_table(version_dir / CATALOGUE[1], "users"))
         loaded = {}
         for role, rel in manifest.models.items():
-            if role not in ROLE_LOADERS:
+            if role not in ROLES:
                 raise VersionError(f"unknown model role '{role}'")
-            loaded[role] = ROLE_LOADERS[role](version_dir / rel, store)
-        return build_pipeline(manifest.version, store, manifest.pipeline, Models(**loaded))
+            loaded[role] = load_role(role, version_dir / rel, store, version_dir / "models" / "ranker")
+        return build_pipeline(manifest.version, store, manifest.pipeline, Models(store, **loaded))
     except VersionError as err:
         raise VersionError(f"{version_dir}: {err}") from err
     except Exception as err:  # a model file that verifies but does not load or run
