@@ -13,13 +13,15 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 INT64_MAX = 2**63 - 1
+INT64_END = 2**63  # ids are < this (an exclusive bound: exact as a JSON Schema number, unlike 2**63 - 1)
 INT32_MAX = 2**31 - 1
 MAX_HISTORY = 200
 # A hard ceiling in the schema; the served limit (ServeConfig.max_candidates) is at most this.
 SCHEMA_MAX_CANDIDATES = 10_000
 MAX_BUDGET_MS = 60_000.0
+VERSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # a model version's name (also a directory name)
 
-ItemId = Annotated[int, Field(ge=1, le=INT64_MAX, description="item id (>= 1; 0 is the padding id)")]
+ItemId = Annotated[int, Field(ge=1, lt=INT64_END, description="item id (>= 1; 0 is the padding id)")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -30,7 +32,7 @@ class _Body(BaseModel):
 class User(_Body):
     """The user of a request; any part may be missing (unknown users get neutral defaults)."""
 
-    id: int | None = Field(None, ge=0, le=INT64_MAX, description="user id; unknown ids get neutral features")
+    id: int | None = Field(None, ge=0, lt=INT64_END, description="user id; unknown ids get neutral features")
     segment: int | None = Field(None, ge=0, le=INT32_MAX, description="profile segment (overrides stored)")
     history: list[ItemId] | None = Field(
         None, max_length=MAX_HISTORY, description="recently clicked item ids, most recent first "
@@ -49,15 +51,16 @@ class Candidate(_Body):
 class _ServeOptions(_Body):
     n: int = Field(10, ge=1, le=1000, description="list length; a shorter list is served when fewer "
                                                    "candidates exist")
-    strategy: str | None = Field(None, max_length=64,
-                                 description="force one generator (see GET /v1/strategies); default: every "
-                                             "generator runs and the best list wins")
+    strategy: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                                 description="force one generator (see GET /v1/strategies; the served schema "
+                                             "lists the served version's); default: every generator runs "
+                                             "and the best list wins")
     budget_ms: FiniteFloat | None = Field(None, gt=0, le=MAX_BUDGET_MS,
                                           description="time budget of the request (default: server config)")
 
 
 class RerankRequest(_ServeOptions):
-    request_id: int | None = Field(None, ge=0, le=INT64_MAX)
+    request_id: int | None = Field(None, ge=0, lt=INT64_END)
     user: User = Field(default_factory=User)
     candidates: list[Candidate] = Field(min_length=1, max_length=SCHEMA_MAX_CANDIDATES,
                                         description="candidates in upstream order")
@@ -80,7 +83,7 @@ class RerankRequest(_ServeOptions):
 
 
 class RecommendRequest(_ServeOptions):
-    request_id: int | None = Field(None, ge=0, le=INT64_MAX)
+    request_id: int | None = Field(None, ge=0, lt=INT64_END)
     user: User
 
 
@@ -112,7 +115,7 @@ class Strategies(BaseModel):
 
 
 class ReloadRequest(_Body):
-    version: str | None = Field(None, max_length=200,
+    version: str | None = Field(None, pattern=VERSION_NAME,
                                 description="activate this version (default: re-read CURRENT)")
 
 
@@ -120,3 +123,23 @@ class ReloadResponse(BaseModel):
     model_version: str
     previous_version: str
     changed: bool
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="'ready' once a version is loaded and warmed up")
+    model_version: str
+    refused_version: str | None = Field(description="the version CURRENT names when it was refused (the one "
+                                                    "served is then the last good one); null when they agree")
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="where: ['body', 'candidates', 3, 'id'], ['header', ...], ...")
+    field: str = Field(description="the same as one dotted name: 'candidates.3.id', 'body', 'authorization'")
+    msg: str = Field(description="what is wrong, in words")
+    type: str = Field(description="a stable machine-readable kind, e.g. 'missing', 'too_large', 'timeout'")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service answers has this body: one item per problem found."""
+
+    detail: list[ErrorItem]
