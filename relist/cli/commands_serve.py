@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -39,8 +40,7 @@ def serve(
         torch.set_num_threads(cfg.torch_threads)
         app = create_app(model_dir, cfg)
     except (ConfigError, VersionError) as err:
-        console.print(f"relist serve: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail("relist serve", err)
     registry = app.state.registry
     if registry.refused_version is not None:
         console.print(f"WARNING: CURRENT names '{registry.refused_version}', which is refused; serving the last "
@@ -72,13 +72,23 @@ def export(
 ) -> None:
     """Pack a catalogue and trained models into a checksummed model version."""
     from relist.serve.config import load_serve_config
-    from relist.serve.registry import export_version
+    from relist.serve.registry import VersionError, export_version
+    from relist.train.config import ConfigError
 
-    cfg = load_serve_config(config)
     given = {"evaluator": evaluator, "generator": generator, "ranker": ranker, "coarse": coarse}
     models = {role: path for role, path in given.items() if path is not None}
-    path = export_version(model_dir, name, data, models, cfg.pipeline, activate)
+    try:
+        cfg = load_serve_config(config)
+        path = export_version(model_dir, name, data, models, cfg.pipeline, activate)
+    except (ConfigError, VersionError) as err:
+        _fail("relist export", err)
     console.print(f"wrote {path}" + (" (now CURRENT)" if activate else ""))
+
+
+def _fail(command: str, err: Exception) -> NoReturn:
+    """One line naming what is wrong, no traceback, exit status 1."""
+    console.print(f"{command}: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

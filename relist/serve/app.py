@@ -153,18 +153,21 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
             raise _field_error(("body", "candidates"), f"at most {config.max_candidates} candidates per "
                                                        f"request (got {len(body.candidates)})", "too_long")
         pipeline = registry.pipeline  # one read: the whole request runs on this version
-        ids = np.array([c.id for c in body.candidates], np.int64)
-        scored = body.candidates[0].score is not None  # the schema checked: all or none
-        scores = np.array([c.score for c in body.candidates], np.float32) if scored else None
+        candidates, repeats = body.unique_candidates()
+        if repeats:
+            metrics.duplicates.inc(repeats)
+        ids = np.array([c.id for c in candidates], np.int64)
+        scored = candidates[0].score is not None  # the schema checked: all or none
+        scores = np.array([c.score for c in candidates], np.float32) if scored else None
 
         def attempt(budget_ms: float) -> RerankResult:
-            cates, shops = [c.category for c in body.candidates], [c.shop for c in body.candidates]
+            cates, shops = [c.category for c in candidates], [c.shop for c in candidates]
             inp = pipeline.request_input(body.user, ids, scores, body.n, cates, shops, body.request_id)
             return pipeline.rerank(inp, body.strategy, budget_ms)
 
         result = await _serve("rerank", pipeline, attempt, body.budget_ms or config.default_budget_ms,
                               floor=(ids[:body.n], UPSTREAM), metrics=metrics, limiter=limiter)
-        return RerankResponse(**_response_fields(pipeline, body.request_id, result))
+        return RerankResponse(**_response_fields(pipeline, body.request_id, result), duplicate_candidates=repeats)
 
     @app.post("/v1/recommend", response_model=RecommendResponse, tags=["serving"], responses=body_errors)
     async def recommend(body: RecommendRequest) -> RecommendResponse:

@@ -42,6 +42,8 @@ class ServeMetrics:
                                ["stage"], registry=r)
         self.served_by = Counter("relist_served_lists", "Served lists by the generator that produced them",
                                  ["generator"], registry=r)
+        self.duplicates = Counter("relist_duplicate_candidates", "Candidates left out of /v1/rerank requests "
+                                  "because their id came earlier in the request", registry=r)
         self.reloads = Counter("relist_reloads", "Model reload attempts by outcome", ["outcome"], registry=r)
         self.version = Gauge("relist_model_version", "1 for the model version being served", ["version"],
                              registry=r, multiprocess_mode="livemax")

@@ -1,0 +1,104 @@
+"""Shared by the serving tests: a tiny world (logs + one tiny trained model per role), a live server on
+127.0.0.1 run with the same uvicorn settings as `relist serve`, and waiting on conditions with deadlines."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+import uvicorn
+
+from relist.models.evaluator import DCWNConfig
+from relist.models.generator import GRNConfig
+from relist.models.ranking.config import StudentConfig, TeacherConfig
+from relist.serve.config import ServeConfig
+from relist.serve.http_server import limits_of, server_config
+from relist.sim.config import load_sim_config
+from relist.sim.logs import simulate_logs
+from relist.sim.world import build_world
+from relist.train.config import TrainConfig
+from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
+from relist.train.generator import GeneratorTrainConfig, train_generator
+from relist.train.ranking import RankingConfig, train_ranking
+
+STAGES = ["greedy_upstream_score", "beam_upstream", "beam", "grn", "last"]
+DEADLINE_S = 60.0  # how long a test waits for a condition before it fails (never how long it expects)
+
+
+def tiny_logs(out) -> None:
+    simulate_logs(build_world(load_sim_config()), out, 2000, 0.1, 0.1)
+
+
+def tiny_train(monitor: str, mode: str = "max") -> TrainConfig:
+    return TrainConfig(epochs=1, batch_size=256, max_steps_per_epoch=5, monitor=monitor, monitor_mode=mode,
+                       num_threads=1, device="cpu")
+
+
+def tiny_models(data, root) -> dict:
+    """One tiny trained model per role a version can carry (a few seconds in all)."""
+    torch.set_num_threads(1)
+    train_evaluator(EvaluatorTrainConfig(model=DCWNConfig(dim=4, hidden=4, heads=1, max_len=10),
+                                         train=tiny_train("click_logloss", "min")), data, root / "evaluator")
+    train_generator(GeneratorTrainConfig(model=GRNConfig(dim=4, hidden=4, heads=1), train=tiny_train("lr"),
+                                         samples=2, valid_requests=50),
+                    data, root / "evaluator", root / "generator")
+    train_ranking(RankingConfig(model="teacher", dim=4, train=tiny_train("gauc"),
+                                teacher=TeacherConfig(attention_hidden=4, hidden=(8,), cross_layers=1)),
+                  data, root / "ranker")
+    train_ranking(RankingConfig(model="student", dim=4, train=tiny_train("gauc"),
+                                student=StudentConfig(vector_dim=4, tower_hidden=(8,), head_hidden=(8,))),
+                  data, root / "coarse")
+    return {role: root / role for role in ("evaluator", "generator", "ranker", "coarse")}
+
+
+def metric_value(client, key: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = DEADLINE_S, poll_s: float = 0.02):
+    """Poll ``condition`` until it is truthy (returned) or fail after ``timeout`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not reached within {timeout:g} s: {what}"
+        time.sleep(poll_s)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """The app under uvicorn on 127.0.0.1 and a free port, in a thread of this process, with the
+    connection limits of ``config`` (the guarded protocol `relist serve` runs)."""
+
+    def __init__(self, app, config: ServeConfig = ServeConfig()):
+        self.port = free_port()
+        self.server = uvicorn.Server(server_config(app, host="127.0.0.1", port=self.port, workers=1,
+                                                   log_level="warning", **limits_of(config)))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def connections(self) -> int:
+        """Connections the server holds open now."""
+        return len(self.server.server_state.connections)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), "server start")
+        assert self.server.started, "the server failed to start"
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(DEADLINE_S)
