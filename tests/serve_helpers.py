@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable
 
 import torch
-import uvicorn
 
 from relist.models.evaluator import DCWNConfig
 from relist.models.generator import GRNConfig
 from relist.models.ranking.config import StudentConfig, TeacherConfig
 from relist.serve.config import ServeConfig
-from relist.serve.http_server import limits_of, server_config
+from relist.serve.http_server import BackgroundServer, limits_of
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import build_world
@@ -78,27 +76,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LiveServer:
-    """The app under uvicorn on 127.0.0.1 and a free port, in a thread of this process, with the
-    connection limits of ``config`` (the guarded protocol `relist serve` runs)."""
+class LiveServer(BackgroundServer):
+    """The app on 127.0.0.1 with the connection limits of ``config`` (the guarded protocol `relist serve`
+    runs), in a thread of this process."""
 
     def __init__(self, app, config: ServeConfig = ServeConfig()):
-        self.port = free_port()
-        self.server = uvicorn.Server(server_config(app, host="127.0.0.1", port=self.port, workers=1,
-                                                   log_level="warning", **limits_of(config)))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def connections(self) -> int:
-        """Connections the server holds open now."""
-        return len(self.server.server_state.connections)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        wait_for(lambda: self.server.started or not self.thread.is_alive(), "server start")
-        assert self.server.started, "the server failed to start"
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(DEADLINE_S)
+        super().__init__(app, limits_of(config), start_timeout_s=DEADLINE_S)

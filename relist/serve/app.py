@@ -464,6 +464,7 @@ class _Observe:
 def configure_logging(level: int = logging.INFO) -> None:
     """The service's logs on stderr; access lines (when sampled in) are bare JSON, one per line."""
     logging.basicConfig(level=level)
+    access_log.setLevel(logging.INFO)  # sampled in by ServeConfig.access_log_sample, whatever the root level
     if not access_log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))

@@ -22,7 +22,10 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
+import threading
+import time
 from typing import Any
 
 import uvicorn
@@ -153,6 +156,40 @@ def server_config(app: Any, *, host: str, port: int, workers: int, header_timeou
                         access_log=False, timeout_keep_alive=keep_alive_timeout_s,  # type: ignore[arg-type]
                         header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
                         max_connections=max_connections)
+
+
+class BackgroundServer:
+    """The app under this module's uvicorn on ``host`` and a free port, in a thread of this process: for tests,
+    benchmarks and notebooks (``relist serve`` is the production entry point). ``limits``: see
+    :func:`limits_of`."""
+
+    def __init__(self, app: Any, limits: dict[str, Any], host: str = "127.0.0.1", log_level: str = "warning",
+                 start_timeout_s: float = 60.0):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            self.host, self.port = host, s.getsockname()[1]
+        self.server = uvicorn.Server(server_config(app, host=host, port=self.port, workers=1,
+                                                   log_level=log_level, **limits))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.start_timeout_s = start_timeout_s
+
+    @property
+    def connections(self) -> int:
+        """Connections the server holds open now."""
+        return len(self.server.server_state.connections)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server on {self.host}:{self.port} did not start")
+            time.sleep(0.01)
+        return f"http://{self.host}:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(self.start_timeout_s)
 
 
 def run(config: ServerConfig) -> None:

@@ -39,7 +39,9 @@ def json_int(**bounds: int) -> Any:
 Int64 = json_int(ge=0, lt=INT64_END)
 Int32 = json_int(ge=0, le=INT32_MAX)
 ItemId = Annotated[json_int(ge=1, lt=INT64_END), Field(description="item id (>= 1; 0 is the padding id)")]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# Scores and prices become float32 (max ~3.4e38: larger ones would turn into inf); no real one is near this.
+MAX_MAGNITUDE = 1e30
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
 # Scores for every candidate or for none, said in JSON Schema (the validator below says it with an index).
 _ALL_OR_NO_SCORES = {"anyOf": [{"items": {"required": ["score"], "properties": {"score": {"type": "number"}}}},
                                {"items": {"properties": {"score": {"type": "null"}}}}]}
