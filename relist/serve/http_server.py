@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
@@ -201,6 +202,8 @@ def run(config: ServerConfig) -> None:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     else:
         server.run()
+        if not server.started:  # e.g. the port is taken: uvicorn logged why
+            sys.exit(STARTUP_FAILURE)
 
 
 def supervise_workers(settings: dict[str, Any]) -> None:
