@@ -162,15 +162,20 @@ def server_config(app: Any, *, host: str, port: int, workers: int, header_timeou
 class BackgroundServer:
     """The app under this module's uvicorn on ``host`` and a free port, in a thread of this process: for tests,
     benchmarks and notebooks (``relist serve`` is the production entry point). ``limits``: see
-    :func:`limits_of`."""
+    :func:`limits_of`; None serves with uvicorn's stock protocol (the baseline the limits are measured
+    against)."""
 
-    def __init__(self, app: Any, limits: dict[str, Any], host: str = "127.0.0.1", log_level: str = "warning",
-                 start_timeout_s: float = 60.0):
+    def __init__(self, app: Any, limits: dict[str, Any] | None, host: str = "127.0.0.1",
+                 log_level: str = "warning", start_timeout_s: float = 60.0):
         with socket.socket() as s:
             s.bind((host, 0))
             self.host, self.port = host, s.getsockname()[1]
-        self.server = uvicorn.Server(server_config(app, host=host, port=self.port, workers=1,
-                                                   log_level=log_level, **limits))
+        if limits is None:
+            config = uvicorn.Config(app, host=host, port=self.port, http="httptools", log_level=log_level,
+                                    access_log=False)
+        else:
+            config = server_config(app, host=host, port=self.port, workers=1, log_level=log_level, **limits)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.start_timeout_s = start_timeout_s
 
