@@ -12,8 +12,9 @@ import torch
 from relist.models.evaluator import DCWNConfig
 from relist.models.generator import GRNConfig
 from relist.models.ranking.config import StudentConfig, TeacherConfig
-from relist.serve.config import ServeConfig
+from relist.serve.config import PipelineConfig, ServeConfig
 from relist.serve.http_server import BackgroundServer, limits_of
+from relist.serve.registry import export_version
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import build_world
@@ -50,6 +51,14 @@ def tiny_models(data, root) -> dict:
                                 student=StudentConfig(vector_dim=4, tower_hidden=(8,), head_hidden=(8,))),
                   data, root / "coarse")
     return {role: root / role for role in ("evaluator", "generator", "ranker", "coarse")}
+
+
+def tiny_world(root):
+    """``root``/logs, one tiny model per role, and ``root``/models with version v1 (every stage) as CURRENT."""
+    tiny_logs(root / "logs")
+    models = tiny_models(root / "logs", root)
+    export_version(root / "models", "v1", root / "logs", models, PipelineConfig(stages=STAGES), activate=True)
+    return root
 
 
 def metric_value(client, key: str) -> float:

@@ -14,23 +14,18 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import STAGES, metric_value, tiny_logs, tiny_models
+from serve_helpers import STAGES, metric_value, tiny_world
 
 from relist.data.logs import logged_requests
 from relist.serve.app import create_app
-from relist.serve.config import PipelineConfig, ServeConfig
-from relist.serve.registry import export_version
+from relist.serve.config import ServeConfig
 
 TOKEN = "test-token"
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    tiny_logs(root / "logs")
-    models = tiny_models(root / "logs", root)
-    export_version(root / "models", "v1", root / "logs", models, PipelineConfig(stages=STAGES), activate=True)
-    return root
+    return tiny_world(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
-from serve_helpers import DEADLINE_S, STAGES, LiveServer, free_port, tiny_logs, tiny_models, wait_for
+from serve_helpers import DEADLINE_S, LiveServer, free_port, tiny_world, wait_for
 
 from relist.serve.app import create_app
-from relist.serve.config import PipelineConfig, ServeConfig
+from relist.serve.config import ServeConfig
 from relist.serve.registry import MANIFEST, VERSIONS, Manifest, Registry, VersionError, export_version, sha256_of
 from relist.serve.smoke import ModelCheckError, smoke_test
 from relist.train.trainer import DIGEST, digest
@@ -49,10 +49,7 @@ TOKEN = bad_input_benchmark().TOKEN  # the admin token its admin cases send
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hardening")
-    tiny_logs(root / "logs")
-    models = tiny_models(root / "logs", root)
-    export_version(root / "models", "v1", root / "logs", models, PipelineConfig(stages=STAGES), activate=True)
+    root = tiny_world(tmp_path_factory.mktemp("hardening"))
     bad_input_benchmark().add_broken_version(root / "models", root / "logs")
     return root
 
