@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import STAGES, metric_value, tiny_world
+from serve_helpers import STAGES, metric_value, tiny_logs, tiny_world  # noqa: F401 (tiny_logs: test_serve_pipeline)
 
 from relist.data.logs import logged_requests
 from relist.serve.app import create_app
