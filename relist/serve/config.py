@@ -28,6 +28,14 @@ class PipelineConfig(BaseModel):
     rerank_candidates: int = Field(50, ge=1,
                                    description="/v1/recommend: items the fine ranker hands to re-ranking")
 
+    @classmethod
+    def of(cls, generators: list[str], **ranking: object) -> PipelineConfig:
+        """The default pipeline with these generators (and list-ranking settings, e.g. ``incumbent=None``)."""
+        default = cls().rerank
+        updated = default.ranking.model_copy(update={"generators": list(generators), **ranking})
+        return cls(rerank=default.model_copy(update={"ranking": ListRankingConfig.model_validate(
+            updated.model_dump())}))
+
 
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -47,6 +55,17 @@ class ServeConfig(BaseModel):
                                              "are off without it")
     watch_pointer: bool = Field(True, description="reload when model_dir/CURRENT names another version")
     watch_interval_s: float = Field(1.0, gt=0)
+    # Slow or idle connections (relist.serve.http_server): each one holds a socket and a slot of the cap.
+    header_timeout_s: float = Field(5.0, gt=0, description="a connection sends a request's headers within this "
+                                                           "long of connecting (or of its first byte), else 408 "
+                                                           "and closed")
+    body_timeout_s: float = Field(10.0, gt=0, description="the whole request body arrives within this long of "
+                                                          "its headers, else 408 and closed")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(256, ge=1, description="open connections per worker; beyond it a request gets "
+                                                        "503 and a new connection is closed at once")
+    access_log_sample: float = Field(0.0, ge=0, le=1, description="share of requests logged as one JSON line on "
+                                                                  "logger relist.access (0: off, 1: all)")
     pipeline: PipelineConfig = Field(PipelineConfig(), description="pipeline written into versions by "
                                                                     "`relist export`")
 
