@@ -46,7 +46,8 @@ def train_roles(logs: Path, out: Path, roles: tuple[str, ...]) -> Path:
     from relist.train.ranking import RankingConfig, train_ranking
 
     if "ranker" in roles:
-        teacher = RankingConfig(model="teacher", dim=8, teacher=TeacherConfig(hidden=(16, 8), tasks=("ctr", "next", "buy")),
+        teacher = RankingConfig(model="teacher", dim=8,
+                                teacher=TeacherConfig(hidden=(16, 8), tasks=("ctr", "next", "buy")),
                                 train=tiny_train(batch_size=512, monitor="gauc", monitor_mode="max"))
         train_ranking(teacher, logs, out / "ranker")
     if "evaluator" in roles:

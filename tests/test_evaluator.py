@@ -164,8 +164,8 @@ def test_scorer_is_type_preserving_and_batch_invariant(models, logs):
     assert isinstance(whole, np.ndarray) and isinstance(chunked, torch.Tensor)
     np.testing.assert_allclose(whole, chunked.numpy(), rtol=1e-5)
     proposals = np.stack([shown, shown[:, ::-1]], 1)  # K lists per request score like one list each
-    np.testing.assert_allclose(scorer.list_reward(requests, proposals)[:, 1], scorer.list_reward(requests, shown[:, ::-1]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(scorer.list_reward(requests, proposals)[:, 1],
+                               scorer.list_reward(requests, shown[:, ::-1]), rtol=1e-5)
 
 
 def test_spread_is_zero_for_equal_members_and_grows_far_from_the_logs(models, logs, store):
