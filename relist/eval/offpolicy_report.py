@@ -192,8 +192,8 @@ def evaluate_offpolicy(cfg: OffPolicyConfig, data_dir: str | Path, models_dir: s
 
     logs, requests = read_slate_logs(data_dir, cfg)
     lists, skipped = policy_lists(data_dir, models_dir, requests, logs.shown, rerank_config)
-    evaluator = OffPolicyEvaluator(logs, load_click_model(data_dir, models_dir), simulator_gram(data_dir),
-                                   cfg.resamples, cfg.seed)
+    click_model = load_click_model(data_dir, models_dir) if cfg.reward == "ipv" else None  # it predicts clicks
+    evaluator = OffPolicyEvaluator(logs, click_model, simulator_gram(data_dir), cfg.resamples, cfg.seed)
     for name in cfg.estimators:
         if (reason := evaluator.missing(name)) is not None:
             skipped.append(f"estimator {name}: {reason}")
