@@ -27,6 +27,7 @@ def _register_all() -> None:
     from relist.cli import (
         commands_data,
         commands_demo,
+        commands_offpolicy,
         commands_ranking,
         commands_rerank_eval,
         commands_rerank_train,
@@ -35,7 +36,7 @@ def _register_all() -> None:
     )
 
     for module in (commands_sim, commands_data, commands_ranking, commands_rerank_train, commands_rerank_eval,
-                   commands_serve, commands_demo):
+                   commands_serve, commands_demo, commands_offpolicy):
         module.register(app, train_app, eval_app)
 
 
