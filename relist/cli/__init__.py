@@ -27,6 +27,7 @@ def _register_all() -> None:
     from relist.cli import (
         commands_data,
         commands_demo,
+        commands_initial,
         commands_ranking,
         commands_rerank_eval,
         commands_rerank_train,
@@ -34,8 +35,8 @@ def _register_all() -> None:
         commands_sim,
     )
 
-    for module in (commands_sim, commands_data, commands_ranking, commands_rerank_train, commands_rerank_eval,
-                   commands_serve, commands_demo):
+    for module in (commands_sim, commands_data, commands_initial, commands_ranking, commands_rerank_train,
+                   commands_rerank_eval, commands_serve, commands_demo):
         module.register(app, train_app, eval_app)
 
 
