@@ -7,7 +7,7 @@ Per fold (train / vali / test as the data set defines them; relist.data.loaders.
   at test time. Its order is every re-ranker's initial list and its score (standardised on train) an input.
 * PRM, DLCM, Seq2Slate (relist.models.baselines, dense inputs, ``residual``: they start from the LambdaMART
   order and learn a correction), trained by steps on the train lists with early stopping on vali NDCG@10;
-  the learning rate is chosen on vali.
+  the step is chosen on vali (the learning rate too when LEARNING_RATES lists several).
 * evaluator-guided list retrieval: the lists of LambdaMART, PRM, DLCM and Seq2Slate are scored by an
   evaluator and the highest-scored is kept. DCWN reads item ids, which mean nothing here (every
   query-document pair is a new item), so the evaluator is a PRM-architecture model trained on the train
@@ -58,8 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KS = (1, 3, 5, 10)
 CI_KS = (5, 10)
 RERANKERS = ("prm", "dlcm", "seq2slate")
-LEARNING_RATES = (3e-4, 1e-3)
-SCHEDULE = StepSchedule(batch_size=16, max_steps=3000, eval_every=25, patience=10)
+LEARNING_RATES = (3e-4,)
+SCHEDULE = StepSchedule(batch_size=16, max_steps=3000, eval_every=25, patience=6)
 INITIAL = InitialConfig(kind="lambdamart", cross_fit=3)
 SHUFFLES = 10
 REFERENCE = {"LightGBM LambdaMART (data README)": 0.702, "random (data README)": 0.464}
