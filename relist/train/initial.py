@@ -103,7 +103,8 @@ class InitialRanker:
         else:
             with torch.no_grad():
                 batch = dense_batch(lists, np.zeros(mask.shape, np.float32))
-                out[mask] = self.model.eval()(batch)["score"].numpy()[mask]
+                width = batch["mask"].shape[1]  # the batch stops at the longest list
+                out[:, :width][mask[:, :width]] = self.model.eval()(batch)["score"].numpy()[mask[:, :width]]
         return out
 
     def save(self, out_dir: str | Path) -> None:
