@@ -7,7 +7,9 @@ carry the click (0/1), every other candidate is unlabelled and takes no part in
 the loss. PRM and DLCM learn with the list-wise softmax loss of PRM (the
 labelled items' clicks as the target distribution); Seq2Slate with the same
 loss at every decoding step, teacher-forced along the ideal order (clicked
-items first), over the labelled items still available. LETOR lists plug into
+items first, then the rest in initial order), over the labelled items still
+available; once no positive is left, the next item of that order is the target
+(see ``pointer_loss``). LETOR lists plug into
 the same batches with graded labels and dense features (``dense_lists``, ``dense_batch``).
 
 Checkpoints are picked on the valid split's NDCG@10 of the model's order of
