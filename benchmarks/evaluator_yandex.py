@@ -3,7 +3,9 @@
 The real-data version of the seed's Figure 14. On held-out sessions (the sample's test file), three click
 models of the shown list are compared:
 
-* DCWN, trained through relist.train.evaluator (Bi-LSTM + self-attention over the list, position);
+* DCWN, trained through relist.train.evaluator (neighbourhood features, Bi-LSTM + self-attention over the
+  list, position; an ensemble of MEMBERS bootstrap members, scored by their mean). The log has no upstream
+  scores and no teacher, so ``upstream`` and ``prior`` are off;
 * the same network with ``context=False`` (no list context, no position: a point-wise click model);
 * a position-only prior: the train split's click rate at each rank.
 
@@ -36,15 +38,16 @@ from _common import write_result
 
 from relist.data.features import FeatureStore
 from relist.data.loaders.yandex import load_yandex
-from relist.data.logs import read_lists
 from relist.eval.metrics import auc, pearson
 from relist.models.evaluator import DCWNConfig, exposure, load_evaluator
 from relist.train.config import TrainConfig
-from relist.train.evaluator import LABELS, EvaluatorTrainConfig, labelled_batch, train_evaluator
+from relist.train.evaluator import EvaluatorTrainConfig, labelled_batch, read_raw, train_evaluator
 
 ROOT = Path(__file__).resolve().parents[1]
 YANDEX = ROOT.parent / "shared" / "data" / "yandex_wscd_click_sample" / "sessions_long.tsv.gz"
 VALID_SHARE = 0.1
+MEMBERS = 2
+COLUMNS = ["request_id", "user_id", "candidates", "cand_scores", "shown", "click", "next", "exposed_len"]
 EPS = 1e-6
 
 
@@ -73,29 +76,30 @@ def write_log_dir(src: Path, out: Path) -> dict[str, int]:
 
 
 def split_arrays(data_dir: Path, split: str) -> dict[str, np.ndarray]:
-    table = read_lists(data_dir, split).select(list(LABELS))
-    return {name: np.asarray(table.column(name).to_pylist()) for name in LABELS}
+    return read_raw(data_dir, split, COLUMNS, None)
 
 
 def evaluator_config(context: bool, seed: int, epochs: int) -> EvaluatorTrainConfig:
     return EvaluatorTrainConfig(
-        model=DCWNConfig(dim=16, hidden=32, heads=2, max_len=10, context=context, dropout=0.1),
+        model=DCWNConfig(dim=16, hidden=32, heads=2, max_len=10, context=context, dropout=0.1, members=MEMBERS,
+                         upstream=False, prior=False),
         train=TrainConfig(epochs=epochs, batch_size=256, lr=3e-3, grad_clip=5.0, seed=seed, patience=2,
                           monitor="click_logloss", monitor_mode="min", num_threads=1))
 
 
 def scores_of(model_dir: Path, store: FeatureStore, test: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-position click probabilities [S, 10] and each list's LR as the trained evaluator defines it."""
+    """Per-position click probabilities [S, 10] (the members' mean) and each list's LR as the trained
+    evaluator defines it."""
     model, spec = load_evaluator(model_dir)
     parts_p, parts_lr = [], []
     for start in range(0, len(test["shown"]), 4096):
         raw = {name: value[start:start + 4096] for name, value in test.items()}
         with torch.no_grad():
-            out = model(labelled_batch(store, raw))
-        p_click = torch.sigmoid(out["click"])
+            out = model(labelled_batch(store, raw, spec.model.members))
+        p_click = torch.sigmoid(out["click"])  # [E, B, n]
         weight = exposure(out["next"]) if spec.exposure_weighted else torch.ones_like(p_click)
-        parts_p.append(p_click.numpy())
-        parts_lr.append((p_click * weight).sum(1).numpy())
+        parts_p.append(p_click.mean(0).numpy())
+        parts_lr.append((p_click * weight).mean(0).sum(1).numpy())
     return np.concatenate(parts_p), np.concatenate(parts_lr)
 
 
