@@ -25,13 +25,18 @@ def convert(
         "train.csv.gz; yandex: sessions_long.tsv.gz; obd: a log file <policy>/<campaign>.csv.gz "
         "(its <campaign>_item_context.csv.gz must lie beside it).")),
     out: Path = typer.Option(..., help="Directory for items.parquet, users.parquet, lists.parquet, extras."),
+    features: int | None = typer.Option(None, min=1, help=(
+        "letor only: number of feature columns f1..fN (default: the highest feature index in the files).")),
 ) -> None:
     """Convert a real data set into the DESIGN §4 tables (the mapping is in each loader's docstring)."""
     from relist.data.loaders import LOADERS
     from relist.data.schema import SchemaError
 
+    if features is not None and dataset is not Dataset.letor:
+        console.print("[red]bad input:[/red] --features is only for letor")
+        raise typer.Exit(2)
     try:
-        tables = LOADERS[dataset.value](src)
+        tables = LOADERS[dataset.value](src, n_features=features) if features else LOADERS[dataset.value](src)
     except SchemaError as err:
         console.print(f"[red]bad input:[/red] {err}")
         raise typer.Exit(1) from None
