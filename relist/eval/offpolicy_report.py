@@ -92,13 +92,11 @@ def simulator_gram(data_dir: str | Path) -> RankGram | None:
 
 
 def evaluator_click_model(scorer) -> RewardModel:
-    """relist's evaluator as a reward model: per position, P(click | seen) × its own P(seen)."""
-    from relist.rerank.list_scorer import ListScorer
-
-    weighted = ListScorer(scorer.model, scorer.store, exposure_weighted=True, batch_size=scorer.batch_size)
+    """relist's evaluator as a reward model: per position, the members' mean P(click | seen) × P(seen)."""
 
     def click_model(user_ids, cand_ids, cand_scores, lists) -> np.ndarray:
-        return np.asarray(weighted.contributions(user_ids, lists))
+        requests = Requests.from_arrays(np.arange(len(lists)), user_ids, cand_ids, cand_scores)
+        return np.asarray(scorer.terms(requests, np.asarray(lists))[..., 1].mean(0))
 
     return click_model
 
@@ -106,26 +104,29 @@ def evaluator_click_model(scorer) -> RewardModel:
 def load_click_model(data_dir: str | Path, models_dir: str | Path) -> RewardModel | None:
     """The trained evaluator under ``models_dir/evaluator`` as a reward model (None when there is none)."""
     from relist.data.features import FeatureStore
-    from relist.rerank.list_scorer import ListScorer
+    from relist.rerank.registry import Models
 
-    path = Path(models_dir) / "evaluator"
-    return evaluator_click_model(ListScorer.load(path, FeatureStore.from_dir(data_dir))) if path.is_dir() else None
+    models, _ = Models.load(models_dir, FeatureStore.from_dir(data_dir), ("ranker", "evaluator"))
+    return evaluator_click_model(models.evaluator) if models.evaluator is not None else None
 
 
 def policy_lists(data_dir: str | Path, models_dir: str | Path, requests: Requests, shown: np.ndarray,
                  rerank_config: str | Path | None = None, skip: tuple[str, ...] = ()
                  ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Each policy's lists [B, n] on the logged requests (but those named in ``skip``), and what was skipped."""
+    from relist.data.features import FeatureStore
     from relist.eval.rerank import LoggedTest, RerankEvalConfig, build_policies, serve
+    from relist.rerank.registry import Models
     from relist.train.config import load_config
 
     configs = Path(__file__).resolve().parent.parent / "configs"
     cfg = load_config(rerank_config or configs / "rerank_eval.yaml", RerankEvalConfig)
     cfg = cfg.model_copy(update={"n": shown.shape[1], "requests": len(requests)})
-    policies, _, skipped = build_policies(cfg, data_dir, models_dir)
-    skipped += [f"{name}: not asked for" for name in policies if name in skip]
+    models, missing = Models.load(models_dir, FeatureStore.from_dir(data_dir))
+    policies, skipped, _ = build_policies(cfg, data_dir, models)
+    skipped = missing + skipped + [f"{name}: not asked for" for name in policies if name in skip]
     policies = {name: policy for name, policy in policies.items() if name not in skip}
-    served = serve(policies, LoggedTest(requests, shown, np.zeros_like(shown)), None, cfg.n, cfg.ndcg_k)
+    served = serve(policies, LoggedTest(requests, shown, np.zeros_like(shown)), models, cfg)
     return {name: lists for name, lists in served.lists.items() if name != LOGGING}, skipped
 
 

@@ -7,9 +7,9 @@ views of the list:
 * its neighbourhood: how often its category and its shop already appeared above it, whether the
   items right before and after share them, how alike its learned vector is to theirs, and the
   items right before and after themselves (their vectors, their element-wise product with the
-  item's own, and their teacher logits: what stands beside an item draws the eye to it or away). Repetition tires users and contrast draws the eye;
-  made explicit, these extrapolate to lists more diverse than the logged ones, where a sequence
-  model fitted to the logs does not;
+  item's own, and their teacher logits: what stands beside an item draws the eye to it or away).
+  Repetition tires users and contrast draws the eye; made explicit, these extrapolate to lists
+  more diverse than the logged ones, where a sequence model fitted to the logs does not;
 * a Bi-LSTM (intent drifts both ways while browsing a two-column feed);
 * self-attention (synergy regardless of distance).
 
