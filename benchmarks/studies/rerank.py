@@ -41,7 +41,7 @@ from relist.eval.rerank import (
 from relist.rerank.generators import Context
 from relist.rerank.list_ranking import ListRanking
 from relist.rerank.registry import Models
-from relist.sim.config import load_sim_config
+from relist.sim.config import SimConfig, load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import World, build_world, world_of_logs
 from relist.train.config import load_config
@@ -59,6 +59,17 @@ class WorldSpec(BaseModel):
     logs_of: str | None = Field(None, description="reuse another world's logs and models, judged by this config's "
                                                   "shift (the behaviour change after training)")
     shift_seed: int = 1
+    overrides: dict = Field({}, description="simulator settings changed on top of the config file, e.g. "
+                                            "{logging: {random_bucket: {share: 0.05}}} (the exploration study)")
+
+    def sim_config(self) -> SimConfig:
+        base = load_sim_config(ROOT / self.config).model_dump()
+        return SimConfig.model_validate(_merged(base, self.overrides))
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    return {key: _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+            for key, value in changes.items()} | {key: value for key, value in base.items() if key not in changes}
 
 
 class Config(BaseModel):
@@ -165,8 +176,8 @@ def run(cfg: Config, work: Path) -> dict:
         home = work / (spec.logs_of or name)
         data = home / "sim"
         if not (data / "lists").is_dir():
-            source = cfg.worlds[spec.logs_of].config if spec.logs_of else spec.config
-            simulate_logs(build_world(load_sim_config(ROOT / source)), data, spec.lists, progress=False)
+            source = cfg.worlds[spec.logs_of] if spec.logs_of else spec
+            simulate_logs(build_world(source.sim_config()), data, source.lists, progress=False)
         world = judging_world(spec, data)
         logged = LoggedTest.read(data, cfg.requests, cfg.split)
         oracle_path = work / name / f"oracle_{cfg.split}_{cfg.requests}.npz"
