@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.studies.rerank import CONFIGS, DONE, ROOT, WorldSpec, _merged, train_models
+from benchmarks.studies.rerank import CONFIGS, DONE, ROOT, WorldSpec, _merged, train_models, validity
 from relist.data.features import FeatureStore
 from relist.eval.metrics import paired_relative
 from relist.eval.rerank import LoggedTest, RerankEvalConfig, build_policies, serve
@@ -46,9 +46,12 @@ class Config(BaseModel):
     world: WorldSpec = WorldSpec()
     seed: int = 0
     requests: int = 500
+    validity_requests: int = 300
     policies: list[str] = ["list_retrieval", "list_retrieval_last", "grn", "last"]
     variants: dict[str, Variant] = {
         "all remedies": Variant(),
+        "evaluator as before (one member, no upstream score, no prior, no neighbourhood)": Variant(
+            evaluator={"model": {"members": 1, "upstream": False, "prior": False, "neighbourhood": False}}),
         "evaluator: one member (no ensemble)": Variant(evaluator={"model": {"members": 1}}),
         "evaluator: no upstream score": Variant(evaluator={"model": {"upstream": False}}),
         "evaluator: no teacher prior": Variant(evaluator={"model": {"prior": False}}),
@@ -118,8 +121,11 @@ def run(cfg: Config, work: Path) -> dict:
                           "vs_all_remedies_ci95": paired_relative(values, full[p])[1] if p in full else None}
                       for p, values in truth.items() if p != "logging"}
         rows[name]["incumbent"] = {k: v.get("incumbent") for k, v in incumbents.items()}
-        print(name, {p: round(100 * r["vs_logging"], 1) for p, r in rows[name].items() if isinstance(r, dict)
-                     and "vs_logging" in r}, flush=True)
+        if variant.evaluator or name == "all remedies":  # the instrument, before and after each evaluator change
+            rows[name]["evaluator_validity"] = validity(world, models, policies, logged, variant_cfg,
+                                                        cfg.validity_requests)
+        print(name, {p: round(100 * r["vs_logging"], 1) for p, r in rows[name].items() if "vs_logging" in r},
+              flush=True)
     return {"rows": rows, "requests": cfg.requests, "split": "valid",
             "logging_ipv": float(np.mean(true_rewards(world, logged.requests.user_id, logged.shown)["ipv"]))}
 
