@@ -36,6 +36,15 @@ def relist_config(name: str) -> Path:
     return DEFAULT_CONFIG.parent / name
 
 
+def selected(names: list[str] | None, known, setting: str) -> list[str]:
+    """The entries of ``known`` that ``names`` picks (None: all of them); an unknown name is an error naming
+    the setting."""
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise ValueError(f"{setting}: unknown {unknown} (known: {', '.join(known)})")
+    return list(names) if names is not None else list(known)
+
+
 def digest(settings: object) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -36,7 +36,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import SimulatedLogs, WorldModels, cached, digest, simulated_logs, train_world_models
+from benchmarks.common import (
+    SimulatedLogs,
+    WorldModels,
+    cached,
+    digest,
+    selected,
+    simulated_logs,
+    train_world_models,
+)
 from relist.data.logs import read_lists
 from relist.data.requests import Requests
 from relist.eval.metrics import mean_ci
@@ -196,10 +204,7 @@ def print_policy_table(table: dict, title: str) -> None:
 
 def run(cfg: Config, work: Path) -> dict:
     torch.set_num_threads(1)
-    unknown = sorted(set(cfg.only or ()) - set(cfg.worlds))
-    if unknown:
-        raise ValueError(f"only: unknown worlds {unknown} (known: {', '.join(cfg.worlds)})")
-    names = cfg.only or list(cfg.worlds)
+    names = selected(cfg.only, cfg.worlds, "only")
     served, results, seconds = {}, {}, {}
     for name in names:
         spec = cfg.worlds[name]
@@ -238,4 +243,5 @@ def run(cfg: Config, work: Path) -> dict:
                       "budgets), trained on each base world's train split; bucket worlds use their base's",
             "reward_model": "relist evaluator (DCWN): P(click | seen) x its predicted P(seen) per position",
             "ci": "95% percentile bootstrap over logged requests",
-            "seconds": seconds | {"note": "per stage of this run; cached stages are not timed again"}}
+            "seconds": seconds | {"note": "per stage; training as long as it took when it ran (cached models keep "
+                                             "their time)"}}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.common import SimulatedLogs, cached, data_key, relist_config, repo_path, simulated_logs
+from benchmarks.common import SimulatedLogs, cached, data_key, relist_config, repo_path, selected, simulated_logs
 
 ALL_SWITCHES = {"head": "mlp", "fm_cross": True, "user_attention": "nova", "item_interaction": "senet_bilinear"}
 VARIANTS: dict[str, dict] = {
@@ -119,10 +119,8 @@ def run_dataset(name: str, spec: Dataset, variants: dict[str, dict], work: Path)
         teacher_base = teacher_base.model_copy(
             update={"teacher": teacher_base.teacher.model_copy(update={"tasks": ("ctr",)})})
         student_base = student_base.model_copy(update={"teacher": teacher_base.teacher})
-    unknown = sorted(set(spec.variants or ()) - set(variants))
-    if unknown:
-        raise ValueError(f"datasets.{name}.variants: unknown {unknown} (known: {', '.join(variants)})")
-    chosen = {v: change for v, change in variants.items() if v == "dssm" or spec.variants is None or v in spec.variants}
+    picked = selected(spec.variants, variants, f"datasets.{name}.variants")
+    chosen = {v: change for v, change in variants.items() if v == "dssm" or v in picked}
     per_seed: dict[str, list[dict]] = {v: [] for v in ["teacher", *chosen]}
     configs = {}
     runs = work / f"runs-{data_key(data_dir)}"
@@ -146,8 +144,5 @@ def run_dataset(name: str, spec: Dataset, variants: dict[str, dict], work: Path)
 
 def run(cfg: Config, work: Path) -> dict:
     torch.set_num_threads(1)
-    unknown = sorted(set(cfg.only or ()) - set(cfg.datasets))
-    if unknown:
-        raise ValueError(f"only: unknown datasets {unknown} (known: {', '.join(cfg.datasets)})")
-    names = cfg.only or list(cfg.datasets)
+    names = selected(cfg.only, cfg.datasets, "only")
     return {"datasets": {name: run_dataset(name, cfg.datasets[name], cfg.variants, work) for name in names}}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.common import cached, data_key, relist_config, repo_path
+from benchmarks.common import cached, data_key, relist_config, repo_path, selected
 
 DIN = {"test_gauc": 0.724, "std": 0.010, "source": "amazon_grocery_5core/README.md (torch-rechub 0.9.0)"}
 GRID: dict[str, dict] = {
@@ -84,9 +84,7 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.train.config import load_config
     from relist.train.ranking import RankingConfig
 
-    unknown = sorted(set(cfg.stages) - {"grid", "seeds"})
-    if unknown:
-        raise ValueError(f"stages: unknown {unknown} (known: grid, seeds)")
+    selected(cfg.stages, ("grid", "seeds"), "stages")
     torch.set_num_threads(1)
     data_dir = repo_path(cfg.data)
     data = load_ranking_data(data_dir)
