@@ -315,3 +315,15 @@ def test_admin_errors_name_the_version_without_server_paths(client, world):
     assert str(world) not in r.text and "still serving v1" in r.text
     r = client.post("/admin/reload", json={"version": "../etc"}, headers=auth)
     assert r.status_code == 422 and fields(r) == ["version"], r.text
+
+
+def test_per_request_objective_weights_change_what_is_served(client, logged):
+    served = {}
+    for name, weights in {"clicks": {"ipv": 1.0}, "views": {"pv": 1.0}, "spend": {"gmv": 1.0}}.items():
+        outs = [client.post("/v1/rerank", json=body_of(logged, row, objective=weights)) for row in range(len(logged))]
+        assert all(r.status_code == 200 for r in outs), outs[0].text
+        served[name] = [tuple(r.json()["items"]) for r in outs]
+    assert served["clicks"] != served["views"] or served["clicks"] != served["spend"]  # weights reach the ranking
+    for bad, field in (({"ipv": 0.0}, "objective"), ({"ipv": -1.0}, "objective.ipv"), ({"cvr": 1.0}, "objective.cvr")):
+        r = client.post("/v1/rerank", json=body_of(logged, objective=bad))
+        assert r.status_code == 422 and field in fields(r), (bad, r.text)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from relist.eval.provenance import stamp
+from relist.eval.provenance import write_stamped
 
 console = Console()
 
@@ -38,10 +37,8 @@ def eval_offpolicy(
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
     print_offpolicy_report(report, console)
-    out = out if out is not None else models / "offpolicy_eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(stamp(report), indent=2))
-    console.print(f"wrote {out}")
+    path = write_stamped(report, out if out is not None else models / "offpolicy_eval.json")
+    console.print(f"wrote {path}")
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

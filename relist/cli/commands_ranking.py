@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from relist.eval.provenance import stamp
+from relist.eval.provenance import write_stamped
 
 console = Console()
 
@@ -49,10 +48,8 @@ def eval_ranking(
 
     report = evaluate_ranking(model, data, split)
     print_ranking_report(report, console)
-    out = out if out is not None else model / f"eval_{split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(stamp(report), indent=2))
-    console.print(f"wrote {out}")
+    path = write_stamped(report, out if out is not None else model / f"eval_{split}.json")
+    console.print(f"wrote {path}")
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from relist.eval.provenance import stamp
+from relist.eval.provenance import write_stamped
 
 console = Console()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -55,10 +54,8 @@ def eval_rerank(
         cfg = cfg.model_copy(update={"requests": requests})
     report = evaluate_rerank(cfg, data, models)
     print_rerank_report(report, console)
-    out = out if out is not None else models / "rerank_eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(stamp(report), indent=2))
-    console.print(f"wrote {out}")
+    path = write_stamped(report, out if out is not None else models / "rerank_eval.json")
+    console.print(f"wrote {path}")
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

@@ -161,7 +161,8 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
 
         def attempt(budget_ms: float) -> RerankResult:
             cates, shops = [c.category for c in candidates], [c.shop for c in candidates]
-            inp = pipeline.request_input(body.user, ids, scores, body.n, cates, shops, body.request_id)
+            inp = pipeline.request_input(body.user, ids, scores, body.n, cates, shops, body.request_id,
+                                         body.objective_of())
             return pipeline.rerank(inp, body.strategy, budget_ms)
 
         result = await _serve("rerank", pipeline, attempt, body.budget_ms or config.default_budget_ms,
@@ -177,7 +178,7 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
         def attempt(budget_ms: float) -> RerankResult:
             nonlocal considered
             result, considered = pipeline.recommend(body.user, body.n, body.strategy, budget_ms,
-                                                    body.request_id)
+                                                    body.request_id, body.objective_of())
             return result
 
         popular = np.argsort(-pipeline.popularity[1:], kind="stable")[:body.n] + 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 INT64_END = 2**63  # ids are < this (an exclusive bound: exact as a JSON Schema number, unlike 2**63 - 1)
 INT32_MAX = 2**31 - 1
@@ -69,6 +69,21 @@ class Candidate(_Body):
     score: FiniteFloat | None = Field(None, description="upstream point-wise score, e.g. a CTR in [0, 1]")
 
 
+class ObjectiveWeights(_Body):
+    """Non-negative weights of the list objectives (relist.objective); at least one must be positive."""
+
+    pv: FiniteFloat | None = Field(None, ge=0, le=1e6, description="expected page views")
+    ipv: FiniteFloat | None = Field(None, ge=0, le=1e6, description="expected clicks")
+    buys: FiniteFloat | None = Field(None, ge=0, le=1e6, description="expected purchases")
+    gmv: FiniteFloat | None = Field(None, ge=0, le=1e6, description="expected spend")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ObjectiveWeights:
+        if not any(self.model_dump(exclude_none=True).values()):
+            raise ValueError("give a positive weight to at least one of pv, ipv, buys, gmv")
+        return self
+
+
 class _ServeOptions(_Body):
     n: json_int(ge=1, le=1000) = Field(10, description="list length; a shorter list is served when fewer "
                                                    "candidates exist")
@@ -78,6 +93,16 @@ class _ServeOptions(_Body):
                                              "and the best list wins")
     budget_ms: FiniteFloat | None = Field(None, gt=0, le=MAX_BUDGET_MS,
                                           description="time budget of the request (default: server config)")
+    objective: ObjectiveWeights | None = Field(
+        None, description="what this request's list is worth, as weights of the list objectives (e.g. "
+                          '{"ipv": 1, "gmv": 0.02}); beam search, list ranking and LAST honour it without '
+                          "retraining (default: the model version's objective)")
+
+    def objective_of(self):
+        """The request's relist.objective.Objective, or None for the version's."""
+        from relist.objective import Objective
+
+        return None if self.objective is None else Objective(weights=self.objective.model_dump(exclude_none=True))
 
 
 class RerankRequest(_ServeOptions):
