@@ -25,6 +25,7 @@ app.add_typer(eval_app, name="eval")
 
 def _register_all() -> None:
     from relist.cli import (
+        commands_bench,
         commands_data,
         commands_demo,
         commands_initial,
@@ -37,7 +38,7 @@ def _register_all() -> None:
     )
 
     for module in (commands_sim, commands_data, commands_initial, commands_ranking, commands_rerank_train,
-                   commands_rerank_eval, commands_serve, commands_demo, commands_offpolicy):
+                   commands_rerank_eval, commands_serve, commands_demo, commands_offpolicy, commands_bench):
         module.register(app, train_app, eval_app)
 
 

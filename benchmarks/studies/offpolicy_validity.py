@@ -2,42 +2,49 @@
 
 Worlds: the default world, the alternative world (relist/configs/sim_alt.yaml) and the default world
 with a randomised bucket of 1% and 5% of requests (uniformly random lists that keep the category rule).
-Each is simulated with propensities: train 40% / valid 10% / test 50% of ``--lists`` requests. Per base
-world (default, alt) the models are trained on its train split (checkpoints on valid; the bucket worlds
-reuse the default world's models, so they differ from it only in the logged lists of the bucket's
-requests), every policy serves the test requests, and each estimator estimates each policy's expected
-clicks per request (IPV) from the test logs alone. The truth is the simulator's exact expected IPV of
-the policy's lists on the same requests (relist.eval.simulated.true_rewards).
+Each is simulated with propensities: train 40% / valid 10% / test 50% of ``lists`` requests. Per base
+world (default, alt) the models are trained on its train split (benchmarks.common.train_world_models,
+budgets cut; checkpoints on valid; the bucket worlds reuse the default world's models, so they differ
+from it only in the logged lists of the bucket's requests), every policy serves the test requests, and
+each estimator estimates each policy's expected clicks per request (IPV) from the test logs alone. The
+truth is the simulator's exact expected IPV of the policy's lists on the same requests
+(relist.eval.simulated.true_rewards).
 
 Per estimator and world: bias, mean |relative error|, 95% CI coverage over policies, Kendall's tau of
 the estimated vs the true policy ranking, median effective sample size. Policies: every one that
-relist.eval.rerank.build_policies builds from the trained models (LAST only with ``--with-last``), plus
+relist.eval.rerank.build_policies builds from the trained models (LAST only with ``with_last``), plus
 model-free ones at graded distances from the logging policy (the greedy-by-score list with its first two
 swapped, greedy by score under the category rule, greedy by a noisy score, the greedy list reversed,
 a random rule-keeping list, and greedy by the *true* CTR — a reference that reads the simulator, used
 here only as a list to evaluate). The doubly robust and direct estimators use the trained evaluator
 (DCWN) as reward model: per position P(click | seen) × its predicted P(seen).
 
-Trained models, served lists and truth are cached under --work; a rerun only estimates.
+Logs, trained models and served lists are cached under --work; a rerun only estimates.
 
-    python benchmarks/offpolicy_validity.py --work /tmp/offpolicy_study
+    python -m benchmarks offpolicy_validity --work /tmp/offpolicy_study
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import write_result
-from rerank_policies import train_models
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.common import (
+    SimulatedLogs,
+    WorldModels,
+    cached,
+    digest,
+    selected,
+    simulated_logs,
+    train_world_models,
+)
 from relist.data.logs import read_lists
 from relist.data.requests import Requests
 from relist.eval.metrics import mean_ci
@@ -52,34 +59,41 @@ from relist.eval.offpolicy_report import (
     validity,
 )
 from relist.eval.simulated import true_rewards
-from relist.rerank.policy import greedy_by_score
-from relist.sim.config import SimConfig, load_sim_config
-from relist.sim.logs import simulate_logs
 from relist.sim.oracle import true_ctr_greedy
 from relist.sim.propensity import rule_allowed, rule_keeping_lists
-from relist.sim.world import World, build_world, world_of_logs
+from relist.sim.world import World, world_of_logs
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "relist" / "configs"
-WORLDS = {  # name: (base world, config, random bucket share)
-    "default": ("default", None, 0.0),
-    "alt": ("alt", CONFIGS / "sim_alt.yaml", 0.0),
-    "bucket_1pct": ("default", None, 0.01),
-    "bucket_5pct": ("default", None, 0.05),
-}
 console = Console(width=150)
 
 
-def world_config(config: Path | None, share: float) -> SimConfig:
-    cfg = load_sim_config(config)
-    logging = cfg.logging.model_copy(update={
-        "propensities": True, "random_bucket": cfg.logging.random_bucket.model_copy(update={"share": share})})
-    return cfg.model_copy(update={"logging": logging})
+class WorldSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = Field(..., description="the world whose models and served lists this one reuses (itself or another)")
+    world: str | None = Field(None, description="simulator config file; null: the default world")
+    bucket_share: float = Field(0.0, ge=0, lt=1, description="share of requests logged from the random bucket")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    worlds: dict[str, WorldSpec]
+    only: list[str] | None = Field(None, description="run only these worlds (null: all)")
+    lists: int = Field(40_000, ge=100, description="simulated requests per world: train 40% / valid 10% / test 50%")
+    requests: int = Field(20_000, ge=10, description="logged test requests estimated from")
+    resamples: int = Field(500, ge=10, description="bootstrap resamples for the CIs")
+    models: WorldModels = WorldModels()
+    with_last: bool = Field(False, description="serve LAST too (slow on 2 cores)")
+    model_free: bool = Field(False, description="no trained models: no DM/DR, fewer policies")
+
+
+def world_logs(spec: WorldSpec, cfg: Config) -> SimulatedLogs:
+    changes = {"logging": {"propensities": True, "random_bucket": {"share": spec.bucket_share}}}
+    return SimulatedLogs(world=spec.world, requests=cfg.lists, valid_frac=0.1, test_frac=0.5, changes=changes)
 
 
 def model_free_policies(world: World, requests: Requests, n: int) -> dict[str, np.ndarray]:
     """Lists at graded distances from the logging policy, without any trained model."""
-    greedy = greedy_by_score(requests, n)
     rows = np.arange(len(requests))
     cates = world.cate[requests.candidates]
 
@@ -91,6 +105,7 @@ def model_free_policies(world: World, requests: Requests, n: int) -> dict[str, n
             available[rows, chosen[:, t]] = False
         return np.take_along_axis(requests.candidates, chosen, 1)
 
+    greedy = by_score(requests.cand_scores, rule=False)
     logit = np.log(requests.cand_scores / (1 - requests.cand_scores))
     noise = np.random.default_rng(11).normal(size=logit.shape)
     swapped = greedy.copy()
@@ -120,28 +135,43 @@ def cached_model(click_model, cache: dict):
     return predict
 
 
-def serve_base(base: str, data: Path, models: Path, work: Path, n_requests: int, with_last: bool,
-               model_free_only: bool):
-    """Every policy's lists on the base world's test requests (cached), and the evaluator as reward model."""
-    path = work / base / f"lists_{n_requests}{'_last' if with_last else ''}{'_free' if model_free_only else ''}.npz"
-    table = read_lists(data, "test", n_requests)
+def serve_base(data: Path, models: Path | None, cfg: Config, work: Path):
+    """Every policy's lists on the base world's test requests (cached), their true IPV, and the evaluator as
+    reward model (None without models)."""
+    table = read_lists(data, "test", cfg.requests)
     requests = Requests.from_table(table)
     shown = np.array(table.column("shown").to_pylist(), dtype=np.int64)
     world = world_of_logs(data)
-    skipped, cached = [], path.is_file()
-    if not cached:
-        if model_free_only:
-            lists = {"upstream": requests.candidates[:, :shown.shape[1]],
-                     "greedy_upstream_score": greedy_by_score(requests, shown.shape[1])}
+
+    def build(out: Path) -> dict:
+        if models is None:
+            lists, skipped = model_free_generators(data, requests, shown.shape[1]), []
         else:
-            skip = () if with_last else ("last", "list_retrieval_last")
+            skip = () if cfg.with_last else ("last", "list_retrieval_last")
             lists, skipped = policy_lists(data, models, requests, shown, skip=skip)
         lists |= model_free_policies(world, requests, shown.shape[1])
-        np.savez(path, **lists)
-    lists = dict(np.load(path))
+        np.savez(out / "lists.npz", **lists)
+        return {"skipped": skipped}
+
+    settings = {"data": str(data), "models": str(models), "requests": cfg.requests, "with_last": cfg.with_last}
+    out = work / f"served-{digest(settings)}"
+    done = cached(out, settings, build)
+    lists = dict(np.load(out / "lists.npz"))
     truth = {name: true_rewards(world, requests.user_id, target)["ipv"] for name, target in lists.items()}
-    click_model = None if model_free_only else load_click_model(data, models)
-    return lists, truth, click_model, skipped, cached
+    click_model = None if models is None else load_click_model(data, models)
+    return lists, truth, click_model, done["record"]["skipped"]
+
+
+def model_free_generators(data: Path, requests: Requests, n: int) -> dict[str, np.ndarray]:
+    """The registered generators that need no trained model, under the default business rules."""
+    from relist.data.features import FeatureStore
+    from relist.rerank.generators import Context, first_list
+    from relist.rerank.policy import GreedyUpstreamScore, Upstream
+    from relist.rerank.rules import RulesConfig
+
+    ctx = Context(FeatureStore.from_dir(data), RulesConfig().build())
+    return {name: first_list(generator, requests, n, ctx)
+            for name, generator in (("upstream", Upstream()), ("greedy_upstream_score", GreedyUpstreamScore()))}
 
 
 def policy_table(rows: dict, logging: dict, truth_logged: np.ndarray, truth: dict, estimator: str) -> dict:
@@ -172,44 +202,27 @@ def print_policy_table(table: dict, title: str) -> None:
     console.print(t)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/offpolicy_study"))
-    parser.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=list(WORLDS))
-    parser.add_argument("--lists", type=int, default=40_000, help="simulated requests per world (all splits)")
-    parser.add_argument("--requests", type=int, default=20_000, help="logged test requests estimated from")
-    parser.add_argument("--resamples", type=int, default=500, help="bootstrap resamples for the CIs")
-    parser.add_argument("--seed", type=int, default=0, help="model seed")
-    parser.add_argument("--with-last", action="store_true", help="serve LAST too (slow on 2 cores)")
-    parser.add_argument("--model-free", action="store_true", help="no trained models: no DM/DR, fewer policies")
-    args = parser.parse_args()
+def run(cfg: Config, work: Path) -> dict:
     torch.set_num_threads(1)
-    args.work.mkdir(parents=True, exist_ok=True)
-    timings = args.work / "seconds.json"  # cached stages keep the time of the run that did them
-    seconds = json.loads(timings.read_text()) if timings.is_file() else {}
-    served, results = {}, {}
-    for name in args.worlds:
-        base, config, share = WORLDS[name]
-        data = args.work / name / "sim"
-        start = time.perf_counter()
-        if not (data / "lists").is_dir():
-            simulate_logs(build_world(world_config(config, share)), data, args.lists, 0.1, 0.5)
-            seconds[f"{name}/simulate"] = time.perf_counter() - start
-        base_data, models = args.work / base / "sim", args.work / base / f"seed{args.seed}"
+    names = selected(cfg.only, cfg.worlds, "only")
+    served, results, seconds = {}, {}, {}
+    for name in names:
+        spec = cfg.worlds[name]
+        data = simulated_logs(world_logs(spec, cfg), work)
+        base = spec.base
         if base not in served:
-            if not args.model_free and (trained := train_models(base_data, models, args.seed)):
+            base_data = simulated_logs(world_logs(cfg.worlds[base], cfg), work)
+            models = None
+            if not cfg.model_free:
+                models, trained = train_world_models(base_data, cfg.models, work)
                 seconds[f"{base}/train"] = sum(trained.values())
-            start = time.perf_counter()
-            lists, truth, click_model, skipped, cached = serve_base(base, base_data, models, args.work,
-                                                                    args.requests, args.with_last, args.model_free)
-            if not cached:
-                seconds[f"{base}/serve_and_truth"] = time.perf_counter() - start
+            lists, truth, click_model, skipped = serve_base(base_data, models, cfg, work)
             served[base] = (lists, truth, None if click_model is None else cached_model(click_model, {}), skipped)
         lists, truth, click_model, skipped = served[base]
         start = time.perf_counter()
-        table = read_lists(data, "test", args.requests)
+        table = read_lists(data, "test", cfg.requests)
         logs = SlateLogs.from_table(table, "ipv")
-        evaluator = OffPolicyEvaluator(logs, click_model, simulator_gram(data), args.resamples, seed=0)
+        evaluator = OffPolicyEvaluator(logs, click_model, simulator_gram(data), cfg.resamples, seed=0)
         rows = estimate_policies(evaluator, lists, tuple(ESTIMATORS), truth=truth)
         summary = validity(rows)
         seconds[f"{name}/estimate"] = time.perf_counter() - start
@@ -217,24 +230,18 @@ def main() -> None:
         truth_logged = true_rewards(world_of_logs(data), requests.user_id, logs.shown)["ipv"]
         mean, half = mean_ci(logs.list_reward)
         logging = {"mean": mean, "ci95": half, "true_expected": float(truth_logged.mean())}
-        results[name] = {"bucket_share": share, "requests": len(logs), "logging": logging, "validity": summary,
-                         "policies": rows, "skipped": skipped, "unavailable": {
+        results[name] = {"bucket_share": spec.bucket_share, "requests": len(logs), "logging": logging,
+                         "validity": summary, "policies": rows, "skipped": skipped, "unavailable": {
                              est: evaluator.missing(est) for est in ESTIMATORS if evaluator.missing(est)},
                          "policy_table": policy_table(rows, logging, truth_logged, truth, TRUSTED)}
         print_validity(summary, f"Estimator validity, world {name} ({len(logs)} logged lists, {len(rows)} policies)",
                        console)
         print_policy_table(results[name]["policy_table"], f"{name}: true IPV vs the {TRUSTED} estimate from logs")
-    timings.write_text(json.dumps(seconds, indent=2))
-    path = write_result("offpolicy_validity", {
-        "worlds": results, "lists_per_world": args.lists, "requests_estimated": args.requests,
-        "resamples": args.resamples, "model_seed": args.seed, "with_last": args.with_last,
-        "models": "none (model-free)" if args.model_free else "benchmarks/rerank_policies.py:train_models "
-                  "(cut budgets), trained on each base world's train split; bucket worlds use the default's",
-        "reward_model": "relist evaluator (DCWN): P(click | seen) x its predicted P(seen) per position",
-        "ci": "95% percentile bootstrap over logged requests",
-        "seconds": seconds | {"note": "per stage, from the run that did it (cached stages are reused)"}})
-    console.print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()
+    return {"worlds": results, "lists_per_world": cfg.lists, "requests_estimated": cfg.requests,
+            "resamples": cfg.resamples, "with_last": cfg.with_last,
+            "models": "none (model-free)" if cfg.model_free else "benchmarks.common.train_world_models (cut "
+                      "budgets), trained on each base world's train split; bucket worlds use their base's",
+            "reward_model": "relist evaluator (DCWN): P(click | seen) x its predicted P(seen) per position",
+            "ci": "95% percentile bootstrap over logged requests",
+            "seconds": seconds | {"note": "per stage; training as long as it took when it ran (cached models keep "
+                                             "their time)"}}

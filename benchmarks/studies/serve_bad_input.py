@@ -7,16 +7,15 @@ whose body names the field at fault (``detail[*].field``); the table counts per 
 how many were tried, answered 4xx naming the field, answered 4xx naming something else,
 answered 5xx, or accepted (2xx: a bad request let through).
 
-    python benchmarks/serve_bad_input.py [--model-dir DIR --admin-token TOKEN]
+    python -m benchmarks serve_bad_input [--set model_dir=DIR --set admin_token=TOKEN]
 
-Without --model-dir it serves a catalogue-only version of a small simulated feed (no
+Without model_dir it serves a catalogue-only version of a small simulated feed (no
 trained models: validation does not depend on them). tests/test_serve_hardening.py
 replays the same cases against a version with every model.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import tempfile
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field
 
 JSON = {"content-type": "application/json"}
 TOKEN = "bad-input-token"
@@ -257,22 +257,26 @@ def add_broken_version(model_dir: Path, data_dir: Path) -> None:
     (version / "items.parquet").write_bytes(bytes(data))
 
 
-def summarise(rows: list[dict]) -> list[dict]:
+def summarise(rows: list[dict]) -> dict[str, dict]:
+    """Per group (and "all"): how many were tried, and how many had each outcome."""
     outcomes = ("4xx naming the field", "4xx naming another", "5xx", "accepted")
-    table = []
+    table = {}
     for group in [*dict.fromkeys(r["group"] for r in rows), "all"]:
         counts = Counter(r["outcome"] for r in rows if group in ("all", r["group"]))
-        table.append({"group": group, "tried": sum(counts.values()), **{o: counts[o] for o in outcomes}})
+        table[group] = {"tried": sum(counts.values()), **{o: counts[o] for o in outcomes}}
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, help="serve this model directory (default: a fresh one)")
-    parser.add_argument("--admin-token", default=TOKEN)
-    args = parser.parse_args()
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    from _common import write_result
+    model_dir: str | None = Field(None, description="serve this model directory (null: a catalogue-only version "
+                                                    "of a small simulated feed, made under --work)")
+    admin_token: str = TOKEN
+    requests: int = Field(2000, ge=10, description="simulated lists of the catalogue-only version")
+
+
+def run(cfg: Config, work: Path) -> dict:
     from rich.console import Console
     from rich.table import Table
 
@@ -284,38 +288,33 @@ def main() -> None:
     from relist.sim.logs import simulate_logs
     from relist.sim.world import build_world
 
-    with tempfile.TemporaryDirectory() as work:
-        model_dir = args.model_dir
+    with tempfile.TemporaryDirectory(dir=work) as fresh:
+        model_dir = Path(cfg.model_dir) if cfg.model_dir else None
         if model_dir is None:
-            data, model_dir = Path(work) / "logs", Path(work) / "models"
-            simulate_logs(build_world(load_sim_config()), data, 2000, 0.1, 0.1, progress=False)
-            export_version(model_dir, "v1", data, pipeline=PipelineConfig(
-                stages=["greedy_upstream_score", "beam_upstream"]), activate=True)
+            data, model_dir = Path(fresh) / "logs", Path(fresh) / "models"
+            simulate_logs(build_world(load_sim_config()), data, cfg.requests, 0.1, 0.1, progress=False)
+            pipeline = PipelineConfig.of(["greedy_upstream_score", "beam_upstream"])
+            export_version(model_dir, "v1", data, pipeline=pipeline, activate=True)
             add_broken_version(model_dir, data)
         elif not (model_dir / VERSIONS / BROKEN).exists():
             print(f"note: {model_dir} has no version '{BROKEN}': the 409 case will not get its 409")
         config = ServeConfig(watch_pointer=False, header_timeout_s=SLOW_TIMEOUT_S, body_timeout_s=SLOW_TIMEOUT_S,
                              max_candidates=MAX_CANDIDATES)
-        app = create_app(model_dir, config, admin_token=args.admin_token)
+        app = create_app(model_dir, config, admin_token=cfg.admin_token)
         with BackgroundServer(app, limits_of(config)) as base:
             rows = replay(base, build_cases())
     table = summarise(rows)
     view = Table(title="bad requests over real sockets: every one must be a 4xx naming the field")
-    for column in table[0]:
-        view.add_column(column, justify="left" if column == "group" else "right")
-    for row in table:
-        view.add_row(*map(str, row.values()))
+    view.add_column("group")
+    for column in table["all"]:
+        view.add_column(column, justify="right")
+    for group, row in table.items():
+        view.add_row(group, *map(str, row.values()))
     Console().print(view)
     for row in rows:
         if row["outcome"] != "4xx naming the field":
             print(f"  {row['group']} / {row['name']}: {row['status']} naming {row['named']} "
                   f"(expected {row['field']})")
-    path = write_result("serve_bad_input", {"table": table, "cases": rows,
-                                            "server": {"header_timeout_s": SLOW_TIMEOUT_S,
-                                                       "body_timeout_s": SLOW_TIMEOUT_S,
-                                                       "max_candidates": MAX_CANDIDATES}})
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()
+    return {"table": table, "cases": rows, "server": {"header_timeout_s": SLOW_TIMEOUT_S,
+                                                      "body_timeout_s": SLOW_TIMEOUT_S,
+                                                      "max_candidates": MAX_CANDIDATES}}

@@ -16,25 +16,24 @@ The sample was drawn row by row, so the 3 items of a page view are not kept toge
 one-slot log (context = user features and position), its propensity the logging policy's probability of the
 item at that position. Values are CTR per impression; CIs are 95% percentile bootstrap over rows.
 
-    python benchmarks/offpolicy_obd.py
+    python -m benchmarks offpolicy_obd
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 import numpy as np
-from _common import write_result
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.common import repo_path
 from relist.data.loaders.obd import load_obd
 from relist.eval.metrics import mean_ci
 from relist.eval.offpolicy import OffPolicyEvaluator, SlateLogs
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "obd_zozotown_sample"
 CAMPAIGNS = ("all", "men", "women")
 ESTIMATORS = ["ips", "snips", "dm", "dr"]
 console = Console(width=150)
@@ -101,19 +100,30 @@ def replay_estimate(rnd: dict[str, np.ndarray], bts: dict[str, np.ndarray], n_it
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def replay_covers(row: dict, estimator: str) -> bool:
+    """Whether the estimate's 95% CI of the bts policy holds bts's own on-policy CTR: the dataset paper's check."""
+    low, high = row["estimates"][estimator]["ci95"]
+    return bool(low <= row["truth"]["mean"] <= high)
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field("../shared/data/obd_zozotown_sample", description="the sample (bts/ and random/ folders)")
+    campaigns: list[str] = list(CAMPAIGNS)
+    resamples: int = Field(1000, ge=10, description="bootstrap resamples for the CIs")
+    seed: int = 0
+
+
+def run(cfg: Config, work: Path) -> dict:
+    data = repo_path(cfg.data)
     results = {}
     table = Table(title="Open Bandit Dataset sample: CTR per impression (%), estimated on the random logs",
                   caption="[95% bootstrap CI]; truth of the replay row: bts's own on-policy CTR")
     for column in ("campaign", "policy", "on-policy truth", *ESTIMATORS, "ESS"):
         table.add_column(column, justify="left" if column in ("campaign", "policy") else "right")
-    for campaign in CAMPAIGNS:
-        bts, rnd = (impressions(args.data / policy / f"{campaign}.csv.gz") for policy in ("bts", "random"))
+    for campaign in cfg.campaigns:
+        bts, rnd = (impressions(data / policy / f"{campaign}.csv.gz") for policy in ("bts", "random"))
         n_items = rnd["affinity"].shape[1]
         ctr = learned_ctr(bts, n_items)
         logs = one_slot_logs(rnd, n_items)
@@ -121,7 +131,7 @@ def main() -> None:
         def click_model(user_ids, cand_ids, cand_scores, lists, ctr=ctr):
             return ctr[lists]
 
-        evaluator = OffPolicyEvaluator(logs, click_model, resamples=args.resamples, seed=args.seed)
+        evaluator = OffPolicyEvaluator(logs, click_model, resamples=cfg.resamples, seed=cfg.seed)
         ranked = np.argsort(-ctr[1:], kind="stable")[:3] + 1  # the top 3 items, best at position 1
         by_affinity = np.argsort(-rnd["affinity"], axis=1, kind="stable")[:, :3] + 1
         targets = {"greedy_learned_ctr": ranked[rnd["position"] - 1][:, None],
@@ -129,7 +139,7 @@ def main() -> None:
         bts_mean, bts_half = mean_ci(bts["click"])
         rnd_mean, rnd_half = mean_ci(rnd["click"])
         rows = {"bts_replay": {"truth": {"mean": bts_mean, "ci95": bts_half},
-                               "estimates": replay_estimate(rnd, bts, n_items, args.resamples, args.seed)}}
+                               "estimates": replay_estimate(rnd, bts, n_items, cfg.resamples, cfg.seed)}}
         for name, target in targets.items():
             matched = (logs.shown == target)[:, 0]
             clicks = int(rnd["click"][matched].sum())
@@ -141,7 +151,8 @@ def main() -> None:
             "rows": {"bts": len(bts["item"]), "random": len(rnd["item"])},
             "clicks": {"bts": int(bts["click"].sum()), "random": int(rnd["click"].sum())},
             "on_policy": {"bts": {"mean": bts_mean, "ci95": bts_half}, "random": {"mean": rnd_mean, "ci95": rnd_half}},
-            "learned_top3": ranked.tolist(), "policies": rows}
+            "learned_top3": ranked.tolist(), "policies": rows,
+            "replay_snips_covers_truth": replay_covers(rows["bts_replay"], "snips")}
         for name, row in rows.items():
             truth = f"{100 * row['truth']['mean']:.2f} ±{100 * row['truth']['ci95']:.2f}" if "truth" in row else "-"
             cells = [f"{100 * row['estimates'][e]['value']:.2f} [{100 * row['estimates'][e]['ci95'][0]:.2f}, "
@@ -155,12 +166,6 @@ def main() -> None:
         table.add_row(campaign, "uniform random (on-policy)", f"{100 * rnd_mean:.2f} ±{100 * rnd_half:.2f}",
                       *["" for _ in ESTIMATORS], "")
     console.print(table)
-    path = write_result("offpolicy_obd", {
-        "data": str(args.data), "resamples": args.resamples, "value": "CTR per impression",
-        "protocol": "estimate on the random logs; the bts replay row is checked against bts's on-policy CTR",
-        "campaigns": results})
-    console.print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()
+    return {"data": str(data), "resamples": cfg.resamples, "value": "CTR per impression",
+            "protocol": "estimate on the random logs; the bts replay row is checked against bts's on-policy CTR",
+            "campaigns": results}

@@ -6,18 +6,18 @@ Both servers run in threads of this process, side by side, and serve the relist 
 turns batch by batch so that machine load hits both alike. The ratio is what counts; the absolute
 latencies are those of a shared 2-core machine.
 
-    python benchmarks/serve_guard_overhead.py [--batches 100 --batch 50]
+    python -m benchmarks serve_guard_overhead [--set batches=100 --set batch=50]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field
 
 
 def paired(bases: dict[str, str], batches: int, batch: int, body: bytes) -> dict[str, list[float]]:
@@ -41,13 +41,15 @@ def paired(bases: dict[str, str], batches: int, batch: int, body: bytes) -> dict
     return latencies
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=50)
-    args = parser.parse_args()
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    from _common import write_result
+    batches: int = Field(100, ge=1, description="alternating batches per server")
+    batch: int = Field(50, ge=1, description="requests per batch")
+    candidates: int = Field(50, ge=1, description="candidates in each request body")
+
+
+def run(cfg: Config, work: Path) -> dict:
     from rich.console import Console
     from rich.table import Table
 
@@ -59,34 +61,28 @@ def main() -> None:
     from relist.sim.logs import simulate_logs
     from relist.sim.world import build_world
 
-    body = b'{"candidates": [' + b", ".join(b'{"id": %d, "score": 0.5}' % i for i in range(1, 51)) + b"]}"
-    with tempfile.TemporaryDirectory() as work:
-        data, model_dir = Path(work) / "logs", Path(work) / "models"
+    body = b'{"candidates": [' + b", ".join(b'{"id": %d, "score": 0.5}' % i
+                                            for i in range(1, cfg.candidates + 1)) + b"]}"
+    with tempfile.TemporaryDirectory(dir=work) as fresh:
+        data, model_dir = Path(fresh) / "logs", Path(fresh) / "models"
         simulate_logs(build_world(load_sim_config()), data, 500, 0.1, 0.1, progress=False)
         export_version(model_dir, "v1", data, pipeline=PipelineConfig.of(["greedy_upstream_score"]),
                        activate=True)
         config = ServeConfig(watch_pointer=False)
         app = create_app(model_dir, config)
         with BackgroundServer(app, None) as stock, BackgroundServer(app, limits_of(config)) as guarded:
-            latencies = paired({"stock uvicorn": stock, "guarded (relist)": guarded}, args.batches, args.batch,
+            latencies = paired({"stock uvicorn": stock, "guarded (relist)": guarded}, cfg.batches, cfg.batch,
                                body)
-    rows = [{"protocol": name, "requests": len(ms), "mean_ms": statistics.fmean(ms),
-             "p50_ms": statistics.median(ms), "p99_ms": statistics.quantiles(ms, n=100)[98]}
-            for name, ms in latencies.items()]
-    ratio = rows[1]["mean_ms"] / rows[0]["mean_ms"]
-    view = Table(title=f"POST /v1/noop, one keep-alive client per server, {args.batches} alternating batches "
-                       f"x {args.batch}")
+    rows = {name: {"requests": len(ms), "mean_ms": statistics.fmean(ms), "p50_ms": statistics.median(ms),
+                   "p99_ms": statistics.quantiles(ms, n=100)[98]} for name, ms in latencies.items()}
+    ratio = rows["guarded (relist)"]["mean_ms"] / rows["stock uvicorn"]["mean_ms"]
+    view = Table(title=f"POST /v1/noop, one keep-alive client per server, {cfg.batches} alternating batches "
+                       f"x {cfg.batch}")
     for column in ("protocol", "requests", "mean ms", "p50 ms", "p99 ms"):
         view.add_column(column)
-    for row in rows:
-        view.add_row(row["protocol"], str(row["requests"]), *(f"{row[k]:.3f}" for k in ("mean_ms", "p50_ms",
-                                                                                          "p99_ms")))
+    for name, row in rows.items():
+        view.add_row(name, str(row["requests"]), *(f"{row[k]:.3f}" for k in ("mean_ms", "p50_ms", "p99_ms")))
     Console().print(view)
     print(f"guarded / stock mean latency: {ratio:.3f}")
-    path = write_result("serve_guard_overhead", {"rows": rows, "guarded_over_stock_mean_latency": ratio,
-                                                 "batches": args.batches, "batch": args.batch})
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()
+    return {"rows": rows, "guarded_over_stock_mean_latency": ratio,
+            "guarded_over_stock_p50_latency": rows["guarded (relist)"]["p50_ms"] / rows["stock uvicorn"]["p50_ms"]}

@@ -7,7 +7,7 @@ Per fold (train / vali / test as the data set defines them; relist.data.loaders.
   at test time. Its order is every re-ranker's initial list and its score (standardised on train) an input.
 * PRM, DLCM, Seq2Slate (relist.models.baselines, dense inputs, ``residual``: they start from the LambdaMART
   order and learn a correction), trained by steps on the train lists with early stopping on vali NDCG@10;
-  the step is chosen on vali (the learning rate too when LEARNING_RATES lists several).
+  the step is chosen on vali (the learning rate too when ``learning_rates`` lists several).
 * evaluator-guided list retrieval: the lists of LambdaMART, PRM, DLCM and Seq2Slate are scored by an
   evaluator and the highest-scored is kept. DCWN reads item ids, which mean nothing here (every
   query-document pair is a new item), so the evaluator is a PRM-architecture model trained on the train
@@ -21,26 +21,23 @@ pooled over the folds. Finished folds are cached under ``--work/<fingerprint>/``
 hashes the data files' bytes and these settings, so other data or other settings never reuse them; each
 fold's seed comes from its name, so a fold gives the same result run alone or with the others.
 
-    python benchmarks/rerank_letor.py                       # MQ2008 from ../shared/data
-    python benchmarks/rerank_letor.py --data DIR --out benchmarks/results/rerank_letor_other.json
+    python -m benchmarks rerank_letor                       # MQ2008 from ../shared/data
+    python -m benchmarks rerank_letor --set data=DIR --out benchmarks/results/rerank_letor_other.json
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import RESULTS
+from pydantic import BaseModel, ConfigDict, Field
 
-from relist.data.loaders.letor import load_letor_folds
+from benchmarks.common import repo_path
 from relist.eval.metrics import mean_ci, ndcg_of_order
-from relist.eval.provenance import stamp
 from relist.models.baselines.inputs import BaselineConfig, initial_order
 from relist.train.baselines import (
     BaselineTrainConfig,
@@ -54,25 +51,32 @@ from relist.train.baselines import (
 )
 from relist.train.initial import InitialConfig, initial_scores
 
-ROOT = Path(__file__).resolve().parents[1]
 KS = (1, 3, 5, 10)
 CI_KS = (5, 10)
-RERANKERS = ("prm", "dlcm", "seq2slate")
-LEARNING_RATES = (3e-4,)
-SCHEDULE = StepSchedule(batch_size=16, max_steps=3000, eval_every=25, patience=6)
-INITIAL = InitialConfig(kind="lambdamart", cross_fit=3)
-SHUFFLES = 10
 REFERENCE = {"LightGBM LambdaMART (data README)": 0.702, "random (data README)": 0.464}
 
 
-def settings() -> dict:
-    return {"initial": INITIAL.model_dump(mode="json"), "schedule": SCHEDULE.model_dump(mode="json"),
-            "learning_rates": LEARNING_RATES, "rerankers": RERANKERS, "shuffles": SHUFFLES, "version": 2}
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field("../shared/data/letor_mq2008",
+                      description="LETOR-format data: S1..S5 files, or Fold*/ folders with train/vali/test files")
+    folds: list[str] | None = Field(None, description="fold names (null: every fold)")
+    initial: InitialConfig = InitialConfig(kind="lambdamart", cross_fit=3)
+    schedule: StepSchedule = StepSchedule(batch_size=16, max_steps=3000, eval_every=25, patience=6)
+    learning_rates: list[float] = [3e-4]
+    rerankers: list[str] = ["prm", "dlcm", "seq2slate"]
+    shuffles: int = Field(10, ge=1, description="random orders per query (the floor)")
 
 
-def fingerprint(data: Path) -> str:
-    """Hash of every data file's bytes (path relative to ``data``) and of the benchmark's settings."""
-    digest = hashlib.sha256(json.dumps(settings(), sort_keys=True).encode())
+def settings(cfg: Config) -> dict:
+    """What a finished fold depends on (with the version of this study's protocol)."""
+    return cfg.model_dump(mode="json", exclude={"data", "folds"}) | {"version": 2}
+
+
+def fingerprint(data: Path, cfg: Config) -> str:
+    """Hash of every data file's bytes (path relative to ``data``) and of the study's settings."""
+    digest = hashlib.sha256(json.dumps(settings(cfg), sort_keys=True).encode())
     for path in sorted(p for p in data.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(data)).encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
@@ -96,7 +100,8 @@ def expected_dcg(evaluator, batch: dict, k: int = 10) -> np.ndarray:
     return share @ np.where(ranks < k, 1.0 / np.log2(ranks + 2), 0.0)
 
 
-def train_reranker(kind: str, ordered: dict, scores: dict, seed: int, work: Path, shuffle: bool = False):
+def train_reranker(cfg: Config, kind: str, ordered: dict, scores: dict, seed: int, work: Path,
+                   shuffle: bool = False):
     """The re-ranker of ``kind`` with the learning rate of best vali NDCG@10; (model, lr, vali NDCG@10)."""
     n_features = ordered["train"]["dense"].shape[2]
     vali = dense_batch(ordered["vali"], scores["vali"])
@@ -110,22 +115,22 @@ def train_reranker(kind: str, ordered: dict, scores: dict, seed: int, work: Path
         return dense_batch(train, scores["train"], rows, order)
 
     best = None
-    for lr in LEARNING_RATES:
-        schedule = SCHEDULE.model_copy(update={"lr": lr})
+    for lr in cfg.learning_rates:
+        schedule = cfg.schedule.model_copy(update={"lr": lr})
         model_cfg = BaselineConfig(kind=kind, n_dense=n_features, residual=not shuffle)
-        cfg = BaselineTrainConfig(model=model_cfg, train=schedule.train_config(seed))
+        train_cfg = BaselineTrainConfig(model=model_cfg, train=schedule.train_config(seed))
         batches = step_rounds(len(train["mask"]), schedule, make_batch, seed)
-        model, result = fit_baseline(cfg, None, batches, vali, work / f"{kind}_lr{lr:g}")
+        model, result = fit_baseline(train_cfg, None, batches, vali, work / f"{kind}_lr{lr:g}")
         if best is None or result.best_metric > best[2]:
-            best = (model, lr, result.best_metric, result.best_epoch * SCHEDULE.eval_every + SCHEDULE.eval_every)
+            best = (model, lr, result.best_metric, (result.best_epoch + 1) * schedule.eval_every)
     return best
 
 
-def run_fold(fold, work: Path) -> dict:
+def run_fold(cfg: Config, fold, work: Path) -> dict:
     seed = fold_seed(fold.name)
     torch.manual_seed(seed)
     parts = {name: dense_lists(fold.items, getattr(fold, name)) for name in ("train", "vali", "test")}
-    initial_cfg = INITIAL.model_copy(update={"seed": seed})
+    initial_cfg = cfg.initial.model_copy(update={"seed": seed})
     ranker, raw = initial_scores(initial_cfg, parts, work / "initial", valid="vali")
     real = raw["train"][parts["train"]["mask"]]
     mu, sd = real.mean(), real.std() + 1e-9
@@ -137,9 +142,9 @@ def run_fold(fold, work: Path) -> dict:
         scores[name] = np.where(ordered[name]["mask"], standard, 0.0).astype(np.float32)
 
     models, chosen = {}, {}
-    for kind in (*RERANKERS, "evaluator"):
+    for kind in (*cfg.rerankers, "evaluator"):
         is_evaluator = kind == "evaluator"
-        model, lr, vali_ndcg, steps = train_reranker("prm" if is_evaluator else kind, ordered, scores,
+        model, lr, vali_ndcg, steps = train_reranker(cfg, "prm" if is_evaluator else kind, ordered, scores,
                                                      seed + (100 if is_evaluator else 0), work / kind,
                                                      shuffle=is_evaluator)
         models[kind] = model
@@ -152,7 +157,7 @@ def run_fold(fold, work: Path) -> dict:
         mask = lists["mask"]
         identity = np.broadcast_to(np.arange(mask.shape[1]), mask.shape).copy()
         orders = {"lambdamart": identity}
-        for kind in RERANKERS:
+        for kind in cfg.rerankers:
             orders[kind] = initial_order(ranking_scores(models[kind], batch).numpy(), mask)
         proposals = list(orders.values())
         value = np.stack([expected_dcg(models["evaluator"], dense_batch(lists, scores[split], order=order))
@@ -161,14 +166,14 @@ def run_fold(fold, work: Path) -> dict:
         orders["list_retrieval"] = np.stack(proposals, 1)[np.arange(len(picked)), picked]
         per_query = {name: {k: ndcg(lists, order, k) for k in KS} for name, order in orders.items()}
         rng = np.random.default_rng(seed)
-        shuffles = [initial_order(rng.random(mask.shape), mask) for _ in range(SHUFFLES)]
+        shuffles = [initial_order(rng.random(mask.shape), mask) for _ in range(cfg.shuffles)]
         per_query["random"] = {k: np.mean([ndcg(lists, order, k) for order in shuffles], 0) for k in KS}
         counted = ~np.isnan(per_query["lambdamart"][10])
         results[split] = {
             "queries": int(len(mask)), "queries_counted": int(counted.sum()),
             "ndcg": {name: {f"ndcg{k}": float(np.nanmean(v[k])) for k in KS} for name, v in per_query.items()},
             "per_query": {name: {f"ndcg{k}": v[k][counted].tolist() for k in CI_KS} for name, v in per_query.items()},
-            "retrieval_picked": {name: float(np.mean(picked == i)) for i, name in enumerate(list(orders)[:4])},
+            "retrieval_picked": {name: float(np.mean(picked == i)) for i, name in enumerate(list(orders)[:-1])},
         }
     return {"seed": seed, "lambdamart": ranker.spec.model_dump(mode="json"), "rerankers": chosen,
             "queries_train": int(len(parts["train"]["mask"])), **results}
@@ -205,29 +210,24 @@ def print_table(summary: dict, title: str) -> None:
         print(f"{policy:16s}" + "".join(f"{row[f'ndcg{k}']:9.4f}" for k in KS) + diffs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "letor_mq2008",
-                        help="LETOR-format data: S1..S5 files, or Fold*/ folders with train/vali/test files")
-    parser.add_argument("--out", type=Path, default=RESULTS / "rerank_letor.json", help="result JSON")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/rerank_letor"), help="cache of finished folds")
-    parser.add_argument("--folds", nargs="+", default=None, help="fold names (default: every fold)")
-    args = parser.parse_args()
+def run(cfg: Config, work: Path) -> dict:
+    from relist.data.loaders.letor import load_letor_folds
+
     torch.set_num_threads(1)
-    start = time.perf_counter()
-    folds = {fold.name: fold for fold in load_letor_folds(args.data)}
-    names = args.folds or list(folds)
+    data = repo_path(cfg.data)
+    folds = {fold.name: fold for fold in load_letor_folds(data)}
+    names = cfg.folds or list(folds)
     unknown = sorted(set(names) - set(folds))
     if unknown:
-        parser.error(f"no fold {unknown} in {args.data} (it has {sorted(folds)})")
-    work = args.work / fingerprint(args.data)
+        raise ValueError(f"no fold {unknown} in {data} (it has {sorted(folds)})")
+    work = work / fingerprint(data, cfg)
     results = {}
     for name in names:
         cached = work / name / "result.json"
         if cached.is_file():
             results[name] = json.loads(cached.read_text())
         else:
-            results[name] = run_fold(folds[name], work / name)
+            results[name] = run_fold(cfg, folds[name], work / name)
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps(results[name]))
         row = {policy: round(v["ndcg10"], 4) for policy, v in results[name]["test"]["ndcg"].items()}
@@ -239,17 +239,10 @@ def main() -> None:
     for result in results.values():
         for split in ("vali", "test"):
             result[split].pop("per_query")
-    payload = stamp({
-        "data": str(args.data), "data_fingerprint": work.name, "folds": names,
+    return {
+        "data": str(data), "data_fingerprint": work.name, "folds": names,
         "ndcg": "gain 2^rel-1, discount 1/log2(rank+1), queries without a relevant document excluded",
         "comparison": "per-query NDCG difference vs LambdaMART on the same test queries, mean and 95% t-interval "
                       "half-width, pooled over folds",
-        "reference_ndcg10": REFERENCE, "settings": settings(), "seconds": time.perf_counter() - start,
-        "mean_over_folds": summary["test"], "vali_mean_over_folds": summary["vali"], "per_fold": results})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2, default=float))
-    print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+        "reference_ndcg10": REFERENCE, "mean_over_folds": summary["test"], "vali_mean_over_folds": summary["vali"],
+        "per_fold": results}

@@ -16,17 +16,15 @@ user really made. The position prior gives every list the same LR, so its Pearso
 
 Data: ``relist convert yandex`` (relist.data.loaders.yandex) with ``exposure="all"`` (all 10 results count as
 seen: a click model has to predict the unclicked positions too); the sessions of the train file, time
-ordered by session id, are split 90/10 into train/valid (the valid part picks checkpoints and the LR
+ordered by session id, are split 90/10 (``valid_share``) into train/valid (the valid part picks checkpoints and the LR
 weighting), the test file's sessions are the held-out set. Users are queries (the log is anonymous): one
 user per query id, its index as the profile segment, no history. DCWN and its point-wise twin run with 3 seeds.
 
-    python benchmarks/evaluator_yandex.py
+    python -m benchmarks evaluator_yandex
 """
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from _common import write_result
+from pydantic import BaseModel, ConfigDict, Field
 
+from benchmarks.common import cached, data_key, repo_path
 from relist.data.features import FeatureStore
 from relist.data.loaders.yandex import load_yandex
 from relist.eval.metrics import auc, pearson
@@ -43,15 +42,21 @@ from relist.models.evaluator import DCWNConfig, exposure, load_evaluator
 from relist.train.config import TrainConfig
 from relist.train.evaluator import EvaluatorTrainConfig, labelled_batch, read_raw, train_evaluator
 
-ROOT = Path(__file__).resolve().parents[1]
-YANDEX = ROOT.parent / "shared" / "data" / "yandex_wscd_click_sample" / "sessions_long.tsv.gz"
-VALID_SHARE = 0.1
-MEMBERS = 2
 COLUMNS = ["request_id", "user_id", "candidates", "cand_scores", "shown", "click", "next", "exposed_len"]
 EPS = 1e-6
 
 
-def write_log_dir(src: Path, out: Path) -> dict[str, int]:
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    src: str = Field("../shared/data/yandex_wscd_click_sample/sessions_long.tsv.gz", description="the sessions")
+    valid_share: float = Field(0.1, gt=0, lt=1, description="last share of the train file's sessions: valid")
+    seeds: int = Field(3, ge=1)
+    epochs: int = Field(8, ge=1, description="upper bound; early stopping on valid click log-loss")
+    members: int = Field(2, ge=1, description="bootstrap members of each DCWN ensemble")
+
+
+def write_log_dir(src: Path, out: Path, valid_share: float) -> dict[str, int]:
     """The converted sessions as a log directory: items, one user per query, lists/{train,valid,test}."""
     tables = load_yandex(src, exposure="all")
     lists = tables.lists
@@ -63,7 +68,7 @@ def write_log_dir(src: Path, out: Path) -> dict[str, int]:
         "hist_cates": pa.array([[]] * n_users, pa.list_(pa.int32())),
     })
     train = lists.filter(pc.equal(lists["split"], "train")).sort_by("request_id")
-    n_valid = int(round(train.num_rows * VALID_SHARE))
+    n_valid = int(round(train.num_rows * valid_share))
     splits = {"train": train.slice(0, train.num_rows - n_valid), "valid": train.slice(train.num_rows - n_valid),
               "test": lists.filter(pc.equal(lists["split"], "test"))}
     out.mkdir(parents=True, exist_ok=True)
@@ -79,9 +84,9 @@ def split_arrays(data_dir: Path, split: str) -> dict[str, np.ndarray]:
     return read_raw(data_dir, split, COLUMNS, None)
 
 
-def evaluator_config(context: bool, seed: int, epochs: int) -> EvaluatorTrainConfig:
+def evaluator_config(context: bool, seed: int, epochs: int, members: int) -> EvaluatorTrainConfig:
     return EvaluatorTrainConfig(
-        model=DCWNConfig(dim=16, hidden=32, heads=2, max_len=10, context=context, dropout=0.1, members=MEMBERS,
+        model=DCWNConfig(dim=16, hidden=32, heads=2, max_len=10, context=context, dropout=0.1, members=members,
                          upstream=False, prior=False),
         train=TrainConfig(epochs=epochs, batch_size=256, lr=3e-3, grad_clip=5.0, seed=seed, patience=2,
                           monitor="click_logloss", monitor_mode="min", num_threads=1))
@@ -123,17 +128,13 @@ def summarise(runs: list[dict]) -> dict:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--src", type=Path, default=YANDEX, help="sessions_long.tsv.gz")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/evaluator_yandex"))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=8)
-    args = parser.parse_args()
+def run(cfg: Config, work: Path) -> dict:
     torch.set_num_threads(1)
-    start = time.perf_counter()
-    data_dir = args.work / "logs"
-    sizes = write_log_dir(args.src, data_dir)
+    src = repo_path(cfg.src)
+    data_dir = work / "logs"
+    made = cached(data_dir, {"src": data_key(src.parent), "file": src.name, "valid_share": cfg.valid_share},
+                  lambda out: write_log_dir(src, out, cfg.valid_share))
+    sizes = made["record"]
     store = FeatureStore.from_dir(data_dir)
     train, test = split_arrays(data_dir, "train"), split_arrays(data_dir, "test")
     clicks = test["click"].astype(np.float64)
@@ -141,16 +142,29 @@ def main() -> None:
     rows = {"position prior": summarise([metrics(np.broadcast_to(prior, clicks.shape), None, clicks)])}
     for name, context in (("DCWN (context)", True), ("same network, context=False", False)):
         runs = []
-        for seed in range(args.seeds):
-            out = args.work / f"{'dcwn' if context else 'pointwise'}_seed{seed}"
-            result, _ = train_evaluator(evaluator_config(context, seed, args.epochs), data_dir, out)
+        for seed in range(cfg.seeds):
+            train_cfg = evaluator_config(context, seed, cfg.epochs, cfg.members)
+            out = work / f"{'dcwn' if context else 'pointwise'}_seed{seed}"
+            done = cached(out, {"data": made["digest"], "config": train_cfg.model_dump(mode="json")},
+                          lambda out, train_cfg=train_cfg: {
+                              "best_epoch": train_evaluator(train_cfg, data_dir, out)[0].best_epoch + 1})
             p_click, lr = scores_of(out, store, test)
-            runs.append(metrics(p_click, lr, clicks) | {"best_epoch": result.best_epoch + 1})
+            runs.append(metrics(p_click, lr, clicks) | {"best_epoch": done["record"]["best_epoch"]})
             print(f"{name} seed {seed}: log-loss {runs[-1]['click_logloss']:.4f} AUC {runs[-1]['click_auc']:.4f} "
                   f"Pearson {runs[-1]['lr_clicks_pearson']:.4f}", flush=True)
         rows[name] = summarise(runs)
-    print(f"\nYandex WSCD sample, {sizes['test']:,} held-out sessions × 10 positions; mean ± std over "
-          f"{args.seeds} seeds")
+    print_table(rows, sizes, cfg.seeds)
+    return {"data": str(src), "sessions": sizes, "exposure": "all 10 positions count as seen",
+            "users": "one per query id (segment = query), no history", "seeds": cfg.seeds,
+            "training": evaluator_config(True, 0, cfg.epochs, cfg.members).model_dump(mode="json"), "rows": rows,
+            "dcwn_minus_prior_logloss": rows["DCWN (context)"]["click_logloss"]["mean"]
+            - rows["position prior"]["click_logloss"]["mean"],
+            "dcwn_minus_pointwise_logloss": rows["DCWN (context)"]["click_logloss"]["mean"]
+            - rows["same network, context=False"]["click_logloss"]["mean"]}
+
+
+def print_table(rows: dict, sizes: dict, seeds: int) -> None:
+    print(f"\nYandex WSCD sample, {sizes['test']:,} held-out sessions × 10 positions; mean ± std over {seeds} seeds")
     print(f"{'model':30s} {'click log-loss':>18s} {'click AUC':>18s} {'Pearson(LR, clicks)':>22s}")
 
     def cell(stat: dict) -> str:
@@ -162,13 +176,3 @@ def main() -> None:
     print("log-loss per position 1..10:")
     for name, row in rows.items():
         print(f"  {name:28s} " + " ".join(f"{v:.3f}" for v in row["logloss_per_position"]))
-    path = write_result("evaluator_yandex", {
-        "data": str(args.src), "sessions": sizes, "exposure": "all 10 positions count as seen",
-        "users": "one per query id (segment = query), no history", "seeds": args.seeds,
-        "training": evaluator_config(True, 0, args.epochs).model_dump(mode="json"),
-        "rows": rows, "seconds": time.perf_counter() - start})
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()
