@@ -20,9 +20,11 @@ def train_evaluator(
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train the DCWN list evaluator on logged lists (labels only where the user looked)."""
+    from relist.data.split import ready_logs_in
     from relist.train.config import load_config
     from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
 
+    data = ready_logs_in(data, out.parent, console.print)
     result, spec = train_evaluator(load_config(config, EvaluatorTrainConfig), data, out, resume)
     lr = "exposure-weighted" if spec.exposure_weighted else "plain sum"
     console.print(
@@ -38,9 +40,11 @@ def train_generator(
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train the GRN generator by policy gradient against the frozen evaluator."""
+    from relist.data.split import ready_logs_in
     from relist.train.config import load_config
     from relist.train.generator import GeneratorTrainConfig, train_generator
 
+    data = ready_logs_in(data, out.parent, console.print)
     result = train_generator(load_config(config, GeneratorTrainConfig), data, evaluator, out, resume)
     console.print(f"best epoch {result.best_epoch + 1} (valid LR {result.best_metric:.4f}); wrote {out}")
 

@@ -56,6 +56,9 @@ def export(
     cfg = load_serve_config(config)
     given = {"evaluator": evaluator, "generator": generator, "ranker": ranker, "coarse": coarse}
     models = {role: path for role, path in given.items() if path is not None}
+    from relist.data.split import ready_logs_in
+
+    data = ready_logs_in(data, model_dir, console.print)  # the catalogue in the ids the models were trained on
     path = export_version(model_dir, name, data, models, cfg.pipeline, activate)
     console.print(f"wrote {path}" + (" (now CURRENT)" if activate else ""))
 

@@ -8,6 +8,7 @@ request latency and evaluator validity against the simulator's truth.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,12 +35,14 @@ def _gauc_table(records: dict) -> tuple[str, dict]:
              "models/teacher": "fine-ranking teacher (ceiling)"}
     rows, gauc = [], {}
     for step, label in names.items():
+        if step not in records:  # the coarse-ranking students train only with --with-coarse
+            continue
         ctr = records[step]["test"]["ctr"]
         gauc[label] = ctr["gauc"]
         rows.append(f"<tr><td>{label}</td><td>{ctr['auc']:.4f}</td><td>{ctr['gauc']:.4f}</td></tr>")
-    plain = gauc["DSSM (plain)"]
-    rows = [r.replace("</tr>", f"<td>{1000 * (g - plain):+.1f}‰</td></tr>") for r, g in zip(rows, gauc.values(),
-                                                                                            strict=True)]
+    plain = gauc.get("DSSM (plain)", math.nan)
+    rows = [r.replace("</tr>", f"<td>{'–' if math.isnan(plain) else f'{1000 * (g - plain):+.1f}‰'}</td></tr>")
+            for r, g in zip(rows, gauc.values(), strict=True)]
     return ("<table><tr><th>model</th><th>test AUC</th><th>test GAUC</th><th>vs plain DSSM</th></tr>"
             + "".join(rows) + "</table>"), gauc
 

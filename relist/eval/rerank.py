@@ -103,14 +103,15 @@ def build_policies(
     """Every policy the models in ``models_dir`` allow, the evaluator's scorer, and what was skipped."""
     from relist.models.generator import load_generator
     from relist.models.ranking.scoring import point_scores
+    from relist.models.saved import incomplete_reason, is_complete_model
     from relist.rerank.baselines import BaselinePolicy, greedy_by_ctr
     from relist.rerank.grn_policy import GRNPolicy
     from relist.train.ranking import load_ranking_model
 
     models_dir = Path(models_dir)
     store = FeatureStore.from_dir(data_dir) if store is None else store
-    have = {name: (models_dir / name).is_dir() for name in MODEL_DIRS}
-    skipped = [f"{name}: no {models_dir / name}" for name, ok in have.items() if not ok]
+    have = {name: is_complete_model(models_dir / name) for name in MODEL_DIRS}
+    skipped = [f"{name}: {incomplete_reason(models_dir / name)}" for name, ok in have.items() if not ok]
     rules = cfg.rules.build()
     policies: dict[str, Policy] = {"upstream": upstream_order, "greedy_upstream_score": greedy_by_score}
     proposers: dict[str, Proposer] = {"upstream": upstream_order}

@@ -43,6 +43,8 @@ class ServeMetrics:
         self.served_by = Counter("relist_served_lists", "Served lists by the generator that produced them",
                                  ["generator"], registry=r)
         self.reloads = Counter("relist_reloads", "Model reload attempts by outcome", ["outcome"], registry=r)
+        self.unknown_ids = Counter("relist_unknown_ids", "Request ids the served catalogue does not know (read "
+                                   "as the shared unknown row)", ["kind"], registry=r)
         self.version = Gauge("relist_model_version", "1 for the model version being served", ["version"],
                              registry=r, multiprocess_mode="livemax")
 

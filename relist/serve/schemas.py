@@ -13,13 +13,14 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 INT32_MAX = 2**31 - 1
 MAX_HISTORY = 200
 # A hard ceiling in the schema; the served limit (ServeConfig.max_candidates) is at most this.
 SCHEMA_MAX_CANDIDATES = 10_000
 MAX_BUDGET_MS = 60_000.0
 
-ItemId = Annotated[int, Field(ge=1, le=INT64_MAX, description="item id (>= 1; 0 is the padding id)")]
+ItemId = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX, description="item id: the catalogue's own (any int64)")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -30,7 +31,8 @@ class _Body(BaseModel):
 class User(_Body):
     """The user of a request; any part may be missing (unknown users get neutral defaults)."""
 
-    id: int | None = Field(None, ge=0, le=INT64_MAX, description="user id; unknown ids get neutral features")
+    id: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX,
+                           description="user id: the catalogue's own (any int64); unknown ids get neutral features")
     segment: int | None = Field(None, ge=0, le=INT32_MAX, description="profile segment (overrides stored)")
     history: list[ItemId] | None = Field(
         None, max_length=MAX_HISTORY, description="recently clicked item ids, most recent first "

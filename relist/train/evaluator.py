@@ -31,6 +31,7 @@ from relist.models.evaluator import (
     load_evaluator,
     save_spec,
 )
+from relist.models.saved import builds_model_folder
 from relist.train.config import TrainConfig, save_config
 from relist.train.distributed import init_from_env
 from relist.train.trainer import FitResult, fit, to_device
@@ -107,6 +108,7 @@ def exposure_metrics(model: DCWN, batch: dict[str, Tensor]) -> dict[str, float]:
     }
 
 
+@builds_model_folder
 def train_evaluator(
     cfg: EvaluatorTrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False
 ) -> tuple[FitResult, EvaluatorSpec]:

@@ -27,6 +27,7 @@ from relist.data.features import FeatureStore
 from relist.data.logs import logged_requests, split_path
 from relist.data.stream import ParquetStream
 from relist.models.generator import GRN, GeneratorSpec, GRNConfig, candidate_features, chosen_items, save_spec
+from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
 from relist.rerank.grn_policy import rules_hook
 from relist.rerank.list_scorer import ListScorer
@@ -138,6 +139,7 @@ def greedy_lr(scorer: ListScorer, batch: dict[str, Tensor], rules: RulesConfig |
     return validate
 
 
+@builds_model_folder
 def train_generator(
     cfg: GeneratorTrainConfig,
     data_dir: str | Path,

@@ -41,6 +41,7 @@ from relist.models.ranking.samples import (
 )
 from relist.models.ranking.scoring import predict_logits
 from relist.models.ranking.teacher import FineRankTeacher
+from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
 from relist.train.config import ConfigError, TrainConfig, load_config, save_config
 from relist.train.distributed import init_from_env
@@ -102,6 +103,7 @@ def load_ranking_model(run_dir: str | Path) -> nn.Module:
     return (model.student if isinstance(model, SyncDistill) else model).eval()
 
 
+@builds_model_folder
 def train_ranking(
     cfg: RankingConfig,
     data_dir: str | Path,
