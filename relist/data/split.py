@@ -85,11 +85,13 @@ def find_sources(src: str | Path, items: str | Path | None = None, users: str | 
                 files = _parquet_files(root)
         elif (src / f"{LISTS}.parquet").is_file():
             files = [src / f"{LISTS}.parquet"]
-        else:
-            files = [f for f in _parquet_files(src) if f.name not in (ITEMS, USERS, VOCABULARY)]
+        elif (src / ITEMS).is_file():  # a log directory: its other tables (e.g. impressions) are no lists
+            files = []
+        else:  # a directory of shards
+            files = _parquet_files(src)
     if not files:
-        raise SchemaError(src, None, None, "no lists found: expected lists.parquet, lists/ (Parquet shards, "
-                          "optionally in train/valid/test), a Parquet file or a glob of them")
+        raise SchemaError(src, None, None, "no lists found (lists.parquet, lists/ with Parquet shards, a "
+                          "Parquet file or a glob of them): with no logged lists there is nothing to re-rank")
     items_path = Path(items) if items is not None else _beside(base, ITEMS)
     if items_path is None or not items_path.is_file():
         raise SchemaError(items_path or base / ITEMS, None, None,

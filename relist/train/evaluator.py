@@ -102,7 +102,8 @@ def exposure_metrics(model: DCWN, batch: dict[str, Tensor]) -> dict[str, float]:
             logits["click"][seen], batch["click"][seen]
         ).item(),
         "click_auc": auc(batch["click"][seen].numpy(), logits["click"][seen].numpy()),
-        "next_auc": auc(batch["next"][seen].numpy(), logits["next"][seen].numpy()),
+        "next_auc": (auc(batch["next"][seen].numpy(), logits["next"][seen].numpy())
+                     if batch["next"][seen].unique().numel() > 1 else float("nan")),  # LETOR: always 1
         "lr_sum_pearson": pearson(lr_sum, clicks),
         "lr_exposure_pearson": pearson(lr_exposure, clicks),
     }
