@@ -24,7 +24,6 @@ from relist.data.schema import SchemaError, read_table
 from relist.eval.metrics import ndcg_at_k
 
 
-
 @pytest.fixture(scope="module")
 def real_data() -> Path:
     """The folder of the public data sets: $RELIST_DATA (relative paths from the repository root)."""

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from relist.data.ids import VOCABULARY, IdMap, IdVocabulary
+from relist.data.ids import IdMap, IdVocabulary
 from relist.data.logs import ITEMS, LISTS, SPLITS, USERS, not_ready_reason
 from relist.data.schema import SchemaError, list_problems, read_table, validate
 
