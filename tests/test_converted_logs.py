@@ -19,11 +19,12 @@ from relist.demo.pipeline import DemoSizes, run_demo
 TINY = DemoSizes(requests=0, eval_requests=20, epochs=1, generator_steps=4, latency_requests=3)
 
 
-def letor_file(path, queries=60, docs=12, n_features=46):
+def letor_file(path, queries=60, n_features=46):
+    """Queries of 5..15 documents, as ragged as LETOR's, and one longer than the evaluator's 50 positions."""
     rng = np.random.default_rng(0)
     lines = []
     for q in range(queries):
-        for d in range(docs):
+        for d in range(60 if q == 3 else int(rng.integers(5, 16))):
             features = " ".join(f"{k}:{rng.random():.4f}" for k in range(1, n_features + 1))
             lines.append(f"{int(rng.integers(0, 3))} qid:{1000 + q} {features} #docid = D{q}-{d}")
     path.write_text("\n".join(lines) + "\n")

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from relist.data.ids import VOCABULARY
 from relist.data.requests import Requests
 from relist.data.schema import SchemaError, read_table, validate
+from relist.data.stream import padded_column
 
 SPLITS = ("train", "valid", "test")
 ITEMS, USERS, LISTS = "items.parquet", "users.parquet", "lists"
@@ -96,8 +97,7 @@ def read_users(data_dir: str | Path) -> pa.Table:
 
 
 def logged_requests(data_dir: str | Path, split: str, limit: int | None = None) -> tuple[Requests, np.ndarray]:
-    """Requests of a split and the lists the logging policy showed for them ([B, n])."""
+    """Requests of a split and the lists the logging policy showed for them ([B, n], PAD_ID-padded)."""
     table = read_lists(data_dir, split, limit)
-    shown = table.column("shown").combine_chunks()
-    n = int(np.diff(shown.offsets.to_numpy()).max())
-    return Requests.from_table(table), shown.flatten().to_numpy().reshape(-1, n)
+    shown, _ = padded_column(table.column("shown").combine_chunks())  # PAD_ID after a shorter list's end
+    return Requests.from_table(table), shown

@@ -79,8 +79,8 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
         store = FeatureStore.from_dir(data)
         policies, scorer, _ = build_policies(cfg, data, models, store)
         requests, shown = logged_requests(data, "test", max(latency_requests, 300))
-        n = shown.shape[1]
-        singles = one_by_one(requests[:latency_requests])
+        n = min(cfg.n, shown.shape[1])  # logged lists may be longer than what is served (LETOR: all documents)
+        singles = one_by_one(requests[:latency_requests], n)
         latency = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p(r, n), singles))
                    for name in LATENCY_POLICIES if name in policies}
         served = {"candidates (upstream order)": requests.candidates[0], "logged list": shown[0],

@@ -123,7 +123,8 @@ class DCWN(nn.Module):
         interest, segment = self.user(x, self.items(batch, "hist_"), batch["hist_mask"], batch["segment"])
         parts = [x, interest, segment.unsqueeze(1).expand_as(x)]
         if self.cfg.context:
-            seq = x + self.position(torch.arange(x.shape[1], device=x.device)) * mask.unsqueeze(-1)
+            positions = torch.arange(x.shape[1], device=x.device).clamp_max(self.position.num_embeddings - 1)
+            seq = x + self.position(positions) * mask.unsqueeze(-1)  # past max_len: the last position's row
             lstm, _ = self.lstm(seq)  # padding sits at the end and enters as zeros
             keys_ignored = ~mask & mask.any(1, keepdim=True)  # an all-padding row attends to zeros, not NaN
             synergy, _ = self.attention(seq, seq, seq, key_padding_mask=keys_ignored, need_weights=False)

@@ -19,7 +19,7 @@ from torch import Tensor
 from relist.data.features import FeatureStore
 from relist.data.logs import read_lists, split_path
 from relist.data.padding import length_mask
-from relist.data.stream import ParquetStream
+from relist.data.stream import ParquetStream, decode
 from relist.eval.metrics import auc, pearson
 from relist.models.evaluator import (
     DCWN,
@@ -83,7 +83,7 @@ def train_batches(data_dir: Path, store: FeatureStore, batch_size: int):
 
 def valid_batch(data_dir: Path, store: FeatureStore, limit: int | None) -> dict[str, Tensor]:
     table = read_lists(data_dir, "valid", limit).select(list(LABELS))
-    raw = {name: np.asarray(table.column(name).to_pylist()) for name in LABELS}
+    raw = decode(table)  # list columns padded: logged lists may differ in length
     return labelled_batch(store, raw)
 
 
