@@ -72,7 +72,7 @@ def ensure_versions(model_dir: Path, data: Path, models: dict[str, Path]) -> Non
         if not (model_dir / VERSIONS / name).exists():
             # LAST searches within the request's budget, not its own 10 ms default cap: its full cost
             export_version(model_dir, name, data, models,
-                           PipelineConfig(stages=stages, last=LASTConfig(rules=None, budget_ms=None)))
+                           PipelineConfig.of(stages, last=LASTConfig(rules=None, budget_ms=None)))
 
 
 def request_bodies(data: Path, count: int, n: int, budget_ms: float) -> tuple[list[bytes], float]:

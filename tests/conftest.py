@@ -1,15 +1,29 @@
-"""Fixtures shared by the model tests: one small simulated log directory and its feature store per worker."""
+"""Fixtures shared by the tests: one small simulated log directory, its feature store, and one tiny trained
+model per role, made once per test worker (every test that needs a trained model takes it from here)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from relist.data.features import FeatureStore
+from relist.models.baselines.inputs import BaselineConfig
+from relist.models.evaluator import DCWNConfig
+from relist.models.generator import GRNConfig
+from relist.models.ranking.config import TeacherConfig
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import build_world
+from relist.train.config import TrainConfig
+
+TINY_EVALUATOR = DCWNConfig(dim=8, hidden=8, heads=2, dropout=0.0, members=2)
+TINY_GENERATOR = GRNConfig(dim=8, hidden=8, heads=2)
+
+
+def tiny_train(**updates) -> TrainConfig:
+    return TrainConfig(**{"epochs": 1, "batch_size": 64, "lr": 0.01, "patience": None, "num_threads": 1} | updates)
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +37,50 @@ def logs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def store(logs):
     return FeatureStore.from_dir(logs)
+
+
+def train_roles(logs: Path, out: Path, roles: tuple[str, ...]) -> Path:
+    """Tiny models of ``roles`` trained on ``logs`` into ``out/<role>`` (the layout every consumer reads)."""
+    from relist.train.baselines import BaselineTrainConfig, train_baseline
+    from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
+    from relist.train.generator import GeneratorTrainConfig, train_generator
+    from relist.train.ranking import RankingConfig, train_ranking
+
+    if "ranker" in roles:
+        teacher = RankingConfig(model="teacher", dim=8,
+                                teacher=TeacherConfig(hidden=(16, 8), tasks=("ctr", "next", "buy")),
+                                train=tiny_train(batch_size=512, monitor="gauc", monitor_mode="max"))
+        train_ranking(teacher, logs, out / "ranker")
+    if "evaluator" in roles:
+        evaluator = EvaluatorTrainConfig(model=TINY_EVALUATOR, train=tiny_train(epochs=2, monitor="click_logloss"))
+        train_evaluator(evaluator, logs, out / "evaluator", ranker_dir=out / "ranker")
+    if "generator" in roles:
+        generator = GeneratorTrainConfig(model=TINY_GENERATOR, samples=4, valid_requests=50,
+                                         train=tiny_train(max_steps_per_epoch=4, batch_size=16, monitor="value",
+                                                          monitor_mode="max"))
+        train_generator(generator, logs, out / "evaluator", out / "generator", ranker_dir=out / "ranker")
+    for kind in ("prm", "dlcm", "seq2slate"):
+        if kind in roles:
+            cfg = BaselineTrainConfig(model=BaselineConfig(kind=kind, dim=8, hidden=8, heads=2, dropout=0.0),
+                                      valid_lists=100, train=tiny_train(monitor="ndcg10", monitor_mode="max"))
+            train_baseline(cfg, logs, out / kind)
+    return out
+
+
+@pytest.fixture(scope="session")
+def models_dir(logs, tmp_path_factory):
+    """Every re-ranking role, tiny, trained once: ranker, evaluator, generator, prm, dlcm, seq2slate."""
+    return train_roles(logs, tmp_path_factory.mktemp("models"),
+                       ("ranker", "evaluator", "generator", "prm", "dlcm", "seq2slate"))
+
+
+@pytest.fixture(scope="session")
+def models(models_dir, store):
+    from relist.rerank.registry import Models
+
+    loaded, missing = Models.load(models_dir, store)
+    assert missing == ["coarse: no " + str(models_dir / "coarse")]
+    return loaded
 
 
 # --- checks against the real data sets ------------------------------------------------------------

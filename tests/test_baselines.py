@@ -13,7 +13,10 @@ from relist.cli import commands_rerank_eval
 from relist.data.logs import logged_requests, split_path
 from relist.data.stream import ParquetStream
 from relist.models.baselines.dlcm import _reversal
-from relist.rerank.baselines import BaselinePolicy, greedy_under_rules
+from relist.models.baselines.spec import load_baseline
+from relist.rerank.baselines import Baseline
+from relist.rerank.beam import greedy_under_rules
+from relist.rerank.generators import Context
 from relist.rerank.rules import BusinessRules, item_attributes
 from relist.train.baselines import COLUMNS, listwise_loss, logged_initial_lists, pointer_loss, with_targets
 
@@ -103,7 +106,7 @@ def test_training_beats_random_order_on_valid_clicks(trained):
 def test_policies_serve_distinct_candidates_that_keep_the_rules(trained, logs, store):
     requests, _ = logged_requests(logs, "test", 40)
     for kind in KINDS:
-        lists = BaselinePolicy.load(trained / kind, store, RULES)(requests, 10)
+        lists = Baseline(load_baseline(trained / kind)[0]).propose(requests, 10, Context(store, RULES))[:, 0]
         assert lists.shape == (40, 10)
         for row, cands in zip(lists, requests.candidates, strict=True):
             assert len(set(row.tolist())) == 10 and set(row.tolist()) <= set(cands.tolist())
@@ -114,6 +117,6 @@ def test_policies_serve_distinct_candidates_that_keep_the_rules(trained, logs, s
 def test_greedy_under_rules_is_a_sort_when_rules_allow_it(logs, store):
     requests, _ = logged_requests(logs, "test", 20)
     scores = requests.cand_scores.astype(np.float64)
-    free = greedy_under_rules(scores, requests, store, BusinessRules(cate_window=0), 10)
+    free = greedy_under_rules(scores, requests, 10, Context(store, BusinessRules(cate_window=0)))
     order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(free, np.take_along_axis(requests.candidates, order, 1))

@@ -1,4 +1,7 @@
-"""Beam search list recall: valid lists, exact values, greedy at k=1, exhaustive at large k."""
+"""Beam search list recall: valid lists, exact values, greedy at k=1, exhaustive at large k.
+
+Weights are the objective's (relist.objective): PV, IPV, purchases, GMV.
+"""
 
 from itertools import permutations
 
@@ -7,20 +10,26 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relist.rerank.beam import ListValue, beam_search
+from relist.rerank.beam import beam_search
 from relist.rerank.rules import BusinessRules
 
+IPV = np.array([0.0, 1.0, 0.0, 0.0])
 
-def list_value(cols, ctr, nxt, weights, gmv=None):
-    exposure, pv, ipv, money = 1.0, 0.0, 0.0, 0.0
+
+def weights_of(pv=0.0, ipv=1.0, buys=0.0, gmv=0.0):
+    return np.array([pv, ipv, buys, gmv])
+
+
+def list_value(cols, ctr, nxt, weights, p_buy=None, price=None):
+    exposure, totals = 1.0, np.zeros(4)
     for c in cols:
-        pv, ipv = pv + exposure, ipv + exposure * ctr[c]
-        money += exposure * (0.0 if gmv is None else gmv[c])
+        buy = 0.0 if p_buy is None else ctr[c] * p_buy[c]
+        totals += exposure * np.array([1.0, ctr[c], buy, buy * (0.0 if price is None else price[c])])
         exposure *= nxt[c]
-    return weights.pv * pv + weights.ipv * ipv + weights.gmv * money
+    return float(totals @ weights)
 
 
-def search(ctr, nxt, cates, shops, n, k, weights=ListValue(), rules=BusinessRules(), ids=None, **gmv):
+def search(ctr, nxt, cates, shops, n, k, weights=IPV, rules=BusinessRules(), ids=None, **gmv):
     """beam_search on one request of real candidates."""
     m = len(ctr)
     ids = np.arange(1, m + 1) if ids is None else ids
@@ -54,7 +63,7 @@ def cases(draw):
     cates = np.array(draw(st.lists(st.integers(1, draw(st.integers(1, 5))), min_size=m, max_size=m)))
     shops = np.array(draw(st.lists(st.integers(1, 3), min_size=m, max_size=m)))
     rules = BusinessRules(draw(st.integers(0, 2)), draw(st.one_of(st.none(), st.integers(1, 3))))
-    weights = ListValue(draw(st.floats(0, 1)), draw(st.floats(0.1, 2)))
+    weights = weights_of(draw(st.floats(0, 1)), draw(st.floats(0.1, 2)))
     return ctr, nxt, cates, shops, n, rules, weights
 
 
@@ -94,10 +103,10 @@ def test_wide_beam_finds_the_best_list_exhaustively():
     rng = np.random.default_rng(3)
     m, n = 6, 3
     ctr, nxt = rng.random(m), rng.random(m)
-    gmv = rng.random(m) * 5
-    weights = ListValue(0.3, 1.0, 0.2)
-    best = max(list_value(list(p), ctr, nxt, weights, gmv) for p in permutations(range(m), n))
-    none, money = np.zeros(m, int), {"p_buy": np.ones((1, m)), "price": gmv[None]}
+    p_buy, price = rng.random(m), rng.random(m) * 5
+    weights = weights_of(0.3, 1.0, 0.5, 0.2)
+    best = max(list_value(list(p), ctr, nxt, weights, p_buy, price) for p in permutations(range(m), n))
+    none, money = np.zeros(m, int), {"p_buy": p_buy[None], "price": price[None]}
     out = search(ctr, nxt, none, none, n, 120, weights, BusinessRules(0), **money)
     assert np.isclose(out.value[0, 0], best)
     assert np.all(np.diff(out.value[0]) <= 1e-12)  # best first
@@ -124,3 +133,15 @@ def test_rules_hold_when_possible_and_violations_are_flagged():
     assert BusinessRules(2).check(torch.as_tensor(cates[out.index[0, 0]])[None], torch.zeros(1, n)).item()
     impossible = search(ctr, np.full(m, 0.8), np.ones(m, int), shops, n, 4, rules=BusinessRules(2))
     assert impossible.relaxed[0].all() and len(set(impossible.index[0, 0].tolist())) == n
+
+
+def test_per_request_weights_value_each_request_by_its_own_objective():
+    rng = np.random.default_rng(5)
+    ctr, nxt = rng.random((2, 5)), rng.random((2, 5))
+    ids, none, mask = np.arange(1, 11).reshape(2, 5), np.zeros((2, 5), int), np.ones((2, 5), bool)
+    weights = np.stack([weights_of(pv=1.0, ipv=0.0), weights_of()])
+    both = beam_search(ctr, nxt, ids, none, none, mask, 3, 4, weights, BusinessRules(0))
+    for row in range(2):
+        alone = beam_search(ctr[row:row + 1], nxt[row:row + 1], ids[row:row + 1], none[:1], none[:1], mask[:1], 3, 4,
+                            weights[row], BusinessRules(0))
+        np.testing.assert_allclose(both.value[row], alone.value[0])

@@ -1,4 +1,5 @@
-"""GRN decoding (pointer masks, rules, purity), its rewards, policy-gradient training and the policy."""
+"""GRN decoding (pointer masks, rules, purity), its pessimistic rewards, policy-gradient training and the
+generators built on it."""
 
 from __future__ import annotations
 
@@ -10,40 +11,22 @@ import torch
 from torch.func import functional_call
 
 from relist.data.logs import logged_requests
-from relist.models.evaluator import DCWNConfig
-from relist.models.generator import GRN, GRNConfig, candidate_features, chosen_items, load_generator
+from relist.models.generator import GRN, GRNConfig, chosen_items, load_generator
+from relist.models.inputs import list_inputs
 from relist.models.vocab import Vocab
-from relist.rerank.grn_policy import GRNPolicy, rules_hook
-from relist.rerank.list_scorer import ListScorer
+from relist.objective import Objective
+from relist.rerank.generators import Context
+from relist.rerank.grn import GRNGreedy, GRNSamples, rules_hook
 from relist.rerank.rules import BusinessRules, RulesConfig, item_attributes
 from relist.train.config import TrainConfig
-from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
-from relist.train.generator import GeneratorTrainConfig, step_rewards, train_generator, without_each
+from relist.train.generator import GeneratorTrainConfig, greedy_value, step_rewards, train_generator, without_each
 
 TINY = GRNConfig(dim=8, hidden=16, heads=2, list_len=10)
 
 
-@pytest.fixture(scope="module")
-def evaluator_dir(logs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dcwn")
-    cfg = EvaluatorTrainConfig(
-        model=DCWNConfig(dim=8, hidden=8, dropout=0.0),
-        train=TrainConfig(
-            epochs=1, batch_size=64, lr=0.01, monitor="click_logloss", monitor_mode="min", num_threads=1
-        ),
-    )
-    train_evaluator(cfg, logs, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def scorer(evaluator_dir, store):
-    return ListScorer.load(evaluator_dir, store)
-
-
 def request_batch(logs, store, k=16):
     requests, _ = logged_requests(logs, "test", k)
-    return requests, candidate_features(store, requests.user_id, requests.candidates, requests.cand_scores)
+    return requests, list_inputs(store, requests)
 
 
 def test_decoded_lists_are_distinct_real_candidates(logs, store):
@@ -110,66 +93,69 @@ def test_without_each_removes_one_slot_and_moves_the_rest_up():
     assert without_each(lists).tolist() == [[[6, 7, 0], [5, 7, 0], [5, 6, 0]]]
 
 
-def test_advantage_reward_is_lr_with_minus_without(scorer, logs):
+def test_advantage_reward_is_value_with_minus_without_per_member(models, logs):
+    scorer = models.evaluator
     requests, shown = logged_requests(logs, "test", 4)
-    users, lists = torch.tensor(requests.user_id), torch.tensor(shown)
-    own = scorer.contributions(users, lists)
-    torch.testing.assert_close(step_rewards(scorer, users, lists, "self"), own)
-    advantage = step_rewards(scorer, users, lists, "advantage")
+    lists = torch.tensor(shown)
+    own = scorer.terms(requests, lists)[..., 1]  # IPV: each slot's exposure x click probability
+    torch.testing.assert_close(step_rewards(scorer, requests, lists, "self"), own)
+    advantage = step_rewards(scorer, requests, lists, "advantage")
+    assert advantage.shape == (scorer.members, 4, 10)
     for t in (0, 4, 9):
         rest = torch.cat([lists[:, :t], lists[:, t + 1 :], torch.zeros_like(lists[:, :1])], 1)
-        expected = scorer.list_reward(users, lists) - scorer.list_reward(users, rest)
-        torch.testing.assert_close(advantage[:, t], expected, rtol=1e-4, atol=1e-5)
+        expected = scorer.values(requests, lists) - scorer.values(requests, rest)
+        torch.testing.assert_close(advantage[:, :, t], expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(advantage, own)  # the differential part is not zero
+    gmv = step_rewards(scorer, requests, lists, "self", Objective.of("gmv"))
+    torch.testing.assert_close(gmv, scorer.terms(requests, lists)[..., 3])
 
 
-def test_policy_gradient_raises_the_evaluator_reward(logs, store, evaluator_dir, scorer, tmp_path):
+def test_policy_gradient_raises_the_pessimistic_value(logs, store, models_dir, models, tmp_path):
     cfg = GeneratorTrainConfig(
-        model=TINY,
-        samples=4,
-        valid_requests=100,
-        rules=RulesConfig(cate_window=1),
-        train=TrainConfig(
-            epochs=2,
-            batch_size=32,
-            lr=0.01,
-            max_steps_per_epoch=12,
-            monitor="lr",
-            monitor_mode="max",
-            patience=None,
-            num_threads=1,
-        ),
+        model=TINY, samples=4, valid_requests=100, imitation=0.0, rules=RulesConfig(cate_window=1),
+        train=TrainConfig(epochs=2, batch_size=32, lr=0.01, max_steps_per_epoch=12, monitor="value",
+                          monitor_mode="max", patience=None, num_threads=1),
     )
     torch.manual_seed(cfg.train.seed)
     requests, _ = logged_requests(logs, "valid", 100)
-    rules = cfg.rules.build()
-    untrained = GRNPolicy(GRN(Vocab.of(store), TINY), store, rules=rules)(requests, 10)
-    result = train_generator(cfg, logs, evaluator_dir, tmp_path)
+    validate = greedy_value(models.evaluator, requests, store, cfg)
+    before = validate(GRN(Vocab.of(store), TINY))["value"]
+    result = train_generator(cfg, logs, models_dir / "evaluator", tmp_path, ranker_dir=models_dir / "ranker")
     model, spec = load_generator(tmp_path)
     assert spec.model == TINY and (tmp_path / "generator_train.yaml").is_file()
-    trained = GRNPolicy(model, store, rules=rules)(requests, 10)
-    before = scorer.list_reward(requests.user_id, untrained).mean()
-    after = scorer.list_reward(requests.user_id, trained).mean()
+    after = validate(model)["value"]
     assert after == pytest.approx(result.best_metric, rel=1e-4)
     assert after > before
 
 
-def test_grn_policy_serves_candidates_and_best_of_samples(logs, store, scorer):
+def test_imitation_pulls_the_generator_towards_the_logging_policys_choice(logs, store, models_dir, tmp_path):
+    from relist.rerank.policy import GreedyUpstreamScore
+
+    requests, _ = logged_requests(logs, "valid", 100)
+    ctx = Context(store, BusinessRules(cate_window=1))
+    reference = GreedyUpstreamScore().propose(requests, 10, ctx)[:, 0]
+    agreement = {}
+    for weight in (0.0, 5.0):
+        cfg = GeneratorTrainConfig(
+            model=TINY, samples=4, valid_requests=50, imitation=weight, rules=RulesConfig(cate_window=1),
+            train=TrainConfig(epochs=1, batch_size=32, lr=0.01, max_steps_per_epoch=20, monitor="value",
+                              monitor_mode="max", patience=None, num_threads=1))
+        train_generator(cfg, logs, models_dir / "evaluator", tmp_path / str(weight), ranker_dir=models_dir / "ranker")
+        lists = GRNGreedy(load_generator(tmp_path / str(weight))[0]).propose(requests, 10, ctx)[:, 0]
+        agreement[weight] = (lists == reference).mean()
+    assert agreement[5.0] > agreement[0.0]
+
+
+def test_grn_generators_propose_candidates_reproducibly(logs, store):
     requests, _ = logged_requests(logs, "test", 16)
     model = GRN(Vocab.of(store), TINY)
-    greedy = GRNPolicy(model, store)(requests, 10)
-    assert greedy.shape == (16, 10)
-    assert all(
-        set(row) <= set(cands) and len(set(row)) == 10
-        for row, cands in zip(greedy, requests.candidates, strict=True)
-    )
-    np.testing.assert_array_equal(greedy, GRNPolicy(model, store)(requests, 10))
-    best = GRNPolicy(model, store, mode="sample", samples=6, scorer=scorer, seed=3)(requests, 10)
-    _, batch = request_batch(logs, store, 16)
-    with torch.no_grad():
-        out = model(batch, samples=6, generator=torch.Generator().manual_seed(3))
-    samples = chosen_items(batch["candidates"], out["choice"]).numpy()
-    best_lr = scorer.best_of(requests.user_id, samples)[1].max(1)
-    np.testing.assert_allclose(scorer.list_reward(requests.user_id, best), best_lr, rtol=1e-5)
-    with pytest.raises(ValueError, match="scorer"):
-        GRNPolicy(model, store, mode="sample", samples=4)
+    ctx = Context(store, BusinessRules(cate_window=0))
+    greedy = GRNGreedy(model).propose(requests, 10, ctx)
+    assert greedy.shape == (16, 1, 10)
+    assert all(set(row[0]) <= set(cands) and len(set(row[0])) == 10
+               for row, cands in zip(greedy, requests.candidates, strict=True))
+    np.testing.assert_array_equal(greedy, GRNGreedy(model).propose(requests, 10, ctx))
+    samples = GRNSamples(model, samples=6, seed=3).propose(requests, 10, ctx)
+    assert samples.shape == (16, 6, 10)
+    np.testing.assert_array_equal(samples, GRNSamples(model, samples=6, seed=3).propose(requests, 10, ctx))
+    assert not np.array_equal(samples, GRNSamples(model, samples=6, seed=4).propose(requests, 10, ctx))

@@ -11,36 +11,38 @@ import pytest
 import torch
 
 from relist.data.logs import logged_requests
-from relist.models.evaluator import DCWNConfig
-from relist.models.generator import GRN, GRNConfig, candidate_features
+from relist.models.evaluator import DCWNConfig, Evaluator
+from relist.models.generator import GRN, GRNConfig
+from relist.models.inputs import list_inputs
 from relist.models.vocab import Vocab
-from relist.rerank.grn_policy import GRNPolicy, rules_hook
+from relist.rerank.budget import Budget
+from relist.rerank.generators import Context
+from relist.rerank.grn import GRNGreedy, rules_hook
 from relist.rerank.last import (
     LAST,
     LASTConfig,
-    LASTPolicy,
     _ActivationShift,
     _directions,
     _sample_with_grad,
     branch_free_rules_hook,
 )
-from relist.rerank.list_ranking import ListRanking
-from relist.rerank.list_scorer import ListScorer
+from relist.rerank.list_ranking import ListRanking, ListRankingConfig
+from relist.rerank.list_scorer import ListScorer, pessimistic
+from relist.rerank.local_search import LocalSearchConfig
 from relist.rerank.rules import BusinessRules
-from relist.train.config import TrainConfig, load_config
-from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
+from relist.train.config import load_config
 
 TINY = GRNConfig(dim=8, hidden=16, heads=2, list_len=10)
 CONFIGS = Path(__file__).resolve().parent.parent / "relist" / "configs"
 
 
 @pytest.fixture(scope="module")
-def scorer(logs, store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dcwn")
-    train = TrainConfig(epochs=1, batch_size=64, lr=0.01, monitor="click_logloss", num_threads=1)
-    model = DCWNConfig(dim=8, hidden=8, dropout=0.0)
-    train_evaluator(EvaluatorTrainConfig(model=model, train=train), logs, out)
-    return ListScorer.load(out, store)
+def scorer(models):
+    return models.evaluator
+
+
+def context(store, budget_ms: float = float("inf")) -> Context:
+    return Context(store, BusinessRules(cate_window=2), budget=Budget(budget_ms))
 
 
 @pytest.fixture(scope="module")
@@ -77,18 +79,17 @@ def test_config_file_loads_and_directions_need_samples():
 
 @pytest.mark.parametrize("shift", ["activations", "pointer", "all"])
 def test_step_size_zero_reproduces_grn(grn, scorer, store, requests, shift):
-    rules = BusinessRules(cate_window=2)
-    expected = GRNPolicy(grn, store, rules=rules)(requests[:24], 10)
-    cfg = LASTConfig(shift=shift, step_sizes=(0.0,), serve_samples=False, budget_ms=None)
-    result = LAST(grn, scorer, store, cfg).rerank(requests[:1], 10)
-    assert (LASTPolicy(LAST(grn, scorer, store, cfg))(requests[:24], 10) == expected).all()
-    assert result.source.tolist() == ["greedy"] and not result.budget_exceeded
+    expected = GRNGreedy(grn).propose(requests[:24], 10, context(store))
+    cfg = LASTConfig(shift=shift, step_sizes=(0.0,), serve_samples=False)
+    ctx = context(store)
+    result = LAST(grn, scorer, cfg).rerank(requests[:1], 10, ctx)
+    assert (LAST(grn, scorer, cfg).propose(requests[:24], 10, context(store)) == expected).all()
+    assert result.source.tolist() == ["greedy"] and not ctx.budget.exceeded
 
 
 def test_branch_free_rules_match_the_rules_hook(store, requests):
     rules = BusinessRules(cate_window=3, max_per_shop=1, pinned={0: int(requests.candidates[0, 5])})
-    some = requests[:32]
-    batch = candidate_features(store, some.user_id, some.candidates, some.cand_scores)
+    batch = list_inputs(store, requests[:32])
     exact, free = rules_hook(rules, batch), branch_free_rules_hook(rules, batch)
     rows, generator = torch.arange(32), torch.Generator().manual_seed(0)
     for slot in range(6):
@@ -98,7 +99,7 @@ def test_branch_free_rules_match_the_rules_hook(store, requests):
 
 
 def test_the_gradient_direction_raises_the_advantage_weighted_logp(grn, store, requests):
-    batch = candidate_features(store, requests.user_id[:8], requests.candidates[:8], requests.cand_scores[:8])
+    batch = list_inputs(store, requests[:8])
     with torch.no_grad():
         space = _ActivationShift(grn, batch, grn.encode(batch), 10, BusinessRules(), 1.0)
         choice, logp, probe = _sample_with_grad(space, None, 4, torch.Generator().manual_seed(1))
@@ -110,50 +111,55 @@ def test_the_gradient_direction_raises_the_advantage_weighted_logp(grn, store, r
 
 
 @pytest.mark.parametrize("mode", ["parallel", "serial"])
-def test_last_never_serves_below_the_grn_list_by_the_evaluator(grn, scorer, store, requests, mode):
-    cfg = LASTConfig(mode=mode, budget_ms=None)
-    result = LAST(grn, scorer, store, cfg).rerank(requests, 10)
+def test_last_never_serves_below_the_grn_list_by_the_pessimistic_value(grn, scorer, store, requests, mode):
+    cfg = LASTConfig(mode=mode)
+    result = LAST(grn, scorer, cfg).rerank(requests, 10, context(store))
     assert_valid_lists(result.lists, requests)
-    floor = scorer.list_reward(requests.user_id, GRNPolicy(grn, store, rules=BusinessRules())(requests, 10))
-    served = scorer.list_reward(requests.user_id, result.lists)
-    np.testing.assert_allclose(served, result.reward, rtol=1e-5)
-    assert (served >= floor - 1e-6).all() and served.mean() > floor.mean()
+
+    def value(lists):
+        return pessimistic(scorer.values(requests, lists), cfg.beta)
+
+    floor = value(GRNGreedy(grn).propose(requests, 10, context(store))[:, 0])
+    served = value(result.lists)
+    np.testing.assert_allclose(served, result.reward, rtol=1e-4, atol=1e-6)
+    assert (served >= floor - 1e-5).all() and served.mean() > floor.mean()
     assert set(result.source) - {"greedy"}, "the search never found a better list"
 
 
-def test_a_tiny_budget_returns_the_flagged_greedy_floor(grn, scorer, store, requests):
-    greedy = GRNPolicy(grn, store, rules=BusinessRules())(requests[:1], 10)
-    result = LAST(grn, scorer, store, LASTConfig(budget_ms=1e-3)).rerank(requests[:1], 10)
-    assert result.budget_exceeded and result.source.tolist() == ["greedy"]
+def test_a_tiny_budget_returns_the_greedy_floor_and_says_so(grn, scorer, store, requests):
+    greedy = GRNGreedy(grn).propose(requests[:1], 10, context(store))[:, 0]
+    tiny = context(store, budget_ms=1e-3)
+    result = LAST(grn, scorer, LASTConfig()).rerank(requests[:1], 10, tiny)
+    assert tiny.budget.exceeded and "last.explore" in tiny.budget.skipped and result.source.tolist() == ["greedy"]
     assert (result.lists == greedy).all()
     assert_valid_lists(result.lists, requests[:1])
-    roomy = LAST(grn, scorer, store, LASTConfig(budget_ms=60_000)).rerank(requests[:1], 10)
-    assert not roomy.budget_exceeded and "score" in roomy.timings_ms
+    roomy = context(store, budget_ms=60_000)
+    LAST(grn, scorer, LASTConfig()).rerank(requests[:1], 10, roomy)
+    assert not roomy.budget.exceeded and "last.score" in roomy.budget.timings_ms
 
 
-def test_deployed_weights_unchanged_after_1000_concurrent_requests(grn, scorer, store, requests):
+def test_deployed_weights_unchanged_after_1000_concurrent_requests(grn, store, requests):
+    torch.manual_seed(1)  # a small evaluator of its own: this test is about threads, not about its quality
+    scorer = ListScorer(Evaluator(Vocab.of(store), DCWNConfig(dim=4, hidden=4, heads=1, members=2, prior=False)), store)
     before = weights_hash(grn), weights_hash(scorer.model)
-    cheap = LASTConfig(samples=2, directions=1, step_sizes=(0.1, 0.3), budget_ms=None)
-    last = LAST(grn, scorer, store, cheap)
+    cheap = LASTConfig(samples=2, directions=1, step_sizes=(0.1, 0.3))
+    last = LAST(grn, scorer, cheap)
     singles = [requests[i % len(requests) : i % len(requests) + 1] for i in range(1000)]
     with ThreadPoolExecutor(4) as pool:
-        threaded = list(pool.map(lambda r: last.rerank(r, 10).lists[0], singles))
+        threaded = list(pool.map(lambda r: last.rerank(r, 10, context(store)).lists[0], singles))
     assert (weights_hash(grn), weights_hash(scorer.model)) == before
-    alone = [last.rerank(r, 10).lists[0] for r in singles[:50]]  # no request saw another's Δθ
+    alone = [last.rerank(r, 10, context(store)).lists[0] for r in singles[:50]]  # no request saw another's Δθ
     assert (np.stack(threaded[:50]) == np.stack(alone)).all()
-    weights = LAST(grn, scorer, store, cheap.model_copy(update={"shift": "pointer"}))
+    weights = LAST(grn, scorer, cheap.model_copy(update={"shift": "pointer"}))
     with ThreadPoolExecutor(4) as pool:
-        shifted = list(pool.map(lambda r: weights.rerank(r, 10).lists[0], singles[:24]))
-    assert (np.stack(shifted) == LASTPolicy(weights)(requests[:24], 10)).all()
+        shifted = list(pool.map(lambda r: weights.rerank(r, 10, context(store)).lists[0], singles[:24]))
+    assert (np.stack(shifted) == weights.propose(requests[:24], 10, context(store))[:, 0]).all()
     assert (weights_hash(grn), weights_hash(scorer.model)) == before
 
 
 def test_last_plugs_into_list_ranking(grn, scorer, store, requests):
-    policies = {
-        "grn": GRNPolicy(grn, store, rules=BusinessRules()),
-        "last": LASTPolicy(LAST(grn, scorer, store, LASTConfig(budget_ms=None))),
-    }
-    ranked = ListRanking(policies, scorer, store, BusinessRules()).rank(requests[:64], 10)
+    generators = {"grn": GRNGreedy(grn), "last": LAST(grn, scorer, LASTConfig())}
+    cfg = ListRankingConfig(incumbent="grn", refine=LocalSearchConfig(rounds=0))
+    ranked = ListRanking(generators, scorer, cfg, "grn").rank(requests[:64], 10, context(store))
     assert_valid_lists(ranked.lists, requests[:64])
-    last_lr = scorer.list_reward(requests.user_id[:64], policies["last"](requests[:64], 10))
-    assert (ranked.reward >= last_lr - 1e-6).all()
+    assert set(ranked.source) <= {"grn", "last"}

@@ -6,14 +6,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from relist.serve.budget import Budget, StageCosts
+from relist.serve.stages import Models
 from test_serve_api import tiny_logs
 
 from relist.data.features import FeatureStore
 from relist.eval.metrics import list_reward
-from relist.serve.budget import Budget, StageCosts
 from relist.serve.config import PipelineConfig
 from relist.serve.pipeline import UnknownStrategy, build_pipeline
-from relist.serve.stages import Models
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,23 @@
-"""Model registry and hot reload: checksummed versions, refusals, and a reload under live traffic."""
+"""Model registry and hot reload: checksummed versions, refusals, restart after a refusal, and a reload
+under live traffic (waits are on conditions with deadlines, never on sleeps)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-import socket
 import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
-from test_serve_api import metric_value, tiny_logs
+from fastapi.testclient import TestClient
+from serve_helpers import LiveServer, metric_value, tiny_logs, wait_for
 
 from relist.serve.app import create_app
 from relist.serve.config import PipelineConfig, ServeConfig
 from relist.serve.registry import (
     CURRENT,
+    LAST_GOOD,
     MANIFEST,
     VERSIONS,
     Registry,
@@ -42,14 +43,14 @@ def logs(tmp_path_factory):
 
 @pytest.fixture
 def model_dir(tmp_path, logs):
-    export_version(tmp_path / "models", "v1", logs, pipeline=PipelineConfig(stages=STAGES["v1"]),
+    export_version(tmp_path / "models", "v1", logs, pipeline=PipelineConfig.of(STAGES["v1"]),
                    activate=True)
     return tmp_path / "models"
 
 
 def corrupt_copy(model_dir, logs, name: str, how: str) -> None:
     """A version that was good when exported and is then damaged on disk."""
-    version = export_version(model_dir, name, logs, pipeline=PipelineConfig(stages=STAGES["v2"]))
+    version = export_version(model_dir, name, logs, pipeline=PipelineConfig.of(STAGES["v2"]))
     if how == "flip_byte":
         data = bytearray((version / "items.parquet").read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -99,32 +100,8 @@ def test_a_damaged_version_is_refused_and_the_old_one_keeps_serving(model_dir, l
 
 def test_a_version_whose_pipeline_cannot_be_built_is_refused(model_dir, logs):
     with pytest.raises(VersionError, match="no_such_stage"):
-        export_version(model_dir, "v5", logs, pipeline=PipelineConfig(stages=["no_such_stage"]))
+        export_version(model_dir, "v5", logs, pipeline=PipelineConfig.of(["no_such_stage"]))
     assert not (model_dir / VERSIONS / "v5").exists()
-
-
-class LiveServer:
-    """uvicorn on 127.0.0.1 and a free port, in a thread of this process."""
-
-    def __init__(self, app):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def test_hot_reload_under_load(model_dir, logs):
@@ -144,29 +121,39 @@ def test_hot_reload_under_load(model_dir, logs):
                 except httpx.HTTPError as err:
                     log.append((0, repr(err)))
 
+    def served_by_every_client(version: str, count: int = 5) -> bool:
+        """Each client has had ``count`` responses from ``version`` (traffic really ran on it)."""
+        return all(sum(1 for status, out in log[:] if status == 200 and out["model_version"] == version) >= count
+                   for log in responses)
+
     with LiveServer(app) as base:
         clients = [threading.Thread(target=send, args=(log, base)) for log in responses]
         for t in clients:
             t.start()
         admin = httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})
-        time.sleep(0.5)
-        export_version(model_dir, "v2", logs, pipeline=PipelineConfig(stages=STAGES["v2"]))
+        wait_for(lambda: served_by_every_client("v1"), "traffic on v1")
+        export_version(model_dir, "v2", logs, pipeline=PipelineConfig.of(STAGES["v2"]))
         r = admin.post("/admin/reload", json={"version": "v2"})
         assert r.status_code == 200 and r.json()["model_version"] == "v2", r.text
         assert current_name(model_dir) == "v2"
-        time.sleep(0.5)
+        wait_for(lambda: served_by_every_client("v2"), "traffic on v2")
 
         corrupt_copy(model_dir, logs, "v3", "flip_byte")  # refused by the endpoint ...
         r = admin.post("/admin/reload", json={"version": "v3"})
         assert r.status_code == 409 and "sha256" in r.text and "still serving v2" in r.text
+        assert str(model_dir) not in r.text  # no server paths in answers
         (model_dir / CURRENT).write_text("v3\n")  # ... and by the pointer watcher
-        _wait_for(lambda: metric_value(admin, 'relist_reloads_total{outcome="refused"}') >= 2)
-        time.sleep(0.3)
+        wait_for(lambda: metric_value(admin, 'relist_reloads_total{outcome="refused"}') >= 2, "v3 refused twice")
+        assert admin.get("/readyz").json() == {"status": "ready", "model_version": "v2", "refused_version": "v3"}
+        assert metric_value(admin, "relist_current_refused") == 1
+        served = sum(len(log) for log in responses)
+        wait_for(lambda: sum(len(log) for log in responses) >= served + 10, "traffic after the refusal")
 
-        export_version(model_dir, "v4", logs, pipeline=PipelineConfig(stages=STAGES["v4"]))
+        export_version(model_dir, "v4", logs, pipeline=PipelineConfig.of(STAGES["v4"]))
         set_current(model_dir, "v4")  # the pointer is how every worker/replica reloads
-        _wait_for(lambda: admin.get("/readyz").json()["model_version"] == "v4")
-        time.sleep(0.3)
+        wait_for(lambda: admin.get("/readyz").json()["model_version"] == "v4", "the watcher follows CURRENT")
+        wait_for(lambda: served_by_every_client("v4"), "traffic on v4")
+        assert admin.get("/readyz").json()["refused_version"] is None
         stop.set()
         for t in clients:
             t.join(30)
@@ -186,18 +173,72 @@ def test_hot_reload_under_load(model_dir, logs):
         assert order == ["v1", "v2", "v4"], order  # versions only move forward; v3 never served
 
 
-def _wait_for(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
-def test_startup_fails_when_current_names_no_loadable_version(model_dir):
+def test_startup_fails_in_one_line_when_current_names_no_loadable_version(model_dir):
     assert json.loads((model_dir / VERSIONS / "v1" / MANIFEST).read_text())["version"] == "v1"
     shutil.rmtree(model_dir / VERSIONS / "v1")
-    with pytest.raises(VersionError):
+    with pytest.raises(VersionError, match="cannot start: .*v1.*no version in .* passes its checksums") as err:
         Registry(model_dir)
+    assert "\n" not in str(err.value)
+
+
+def test_restart_after_a_refused_version_serves_the_last_good_one_loudly(model_dir, logs, caplog):
+    """Issue 15.1: a server survived CURRENT -> corrupt v3 by keeping v1; its restart must not crash-loop."""
+    Registry(model_dir)  # a server ran v1: it is the last good version
+    assert (model_dir / LAST_GOOD).read_text().strip() == "v1"
+    corrupt_copy(model_dir, logs, "v3", "flip_byte")
+    (model_dir / CURRENT).write_text("v3\n")
+    with caplog.at_level(logging.ERROR, logger="relist.serve.registry"):
+        app = create_app(model_dir, ServeConfig(watch_interval_s=0.05), admin_token=TOKEN)
+    assert any("SERVING THE LAST GOOD VERSION 'v1'" in r.getMessage() and "sha256" in r.getMessage()
+               for r in caplog.records)
+    with TestClient(app) as client:
+        assert client.get("/readyz").json() == {"status": "ready", "model_version": "v1", "refused_version": "v3"}
+        assert metric_value(client, "relist_current_refused") == 1
+        r = client.post("/v1/rerank", json={"candidates": [{"id": 3}, {"id": 4}], "n": 2})
+        assert r.status_code == 200 and r.json()["model_version"] == "v1"
+        export_version(model_dir, "v4", logs, pipeline=PipelineConfig.of(STAGES["v4"]))
+        set_current(model_dir, "v4")  # fixing the pointer clears the state
+        wait_for(lambda: client.get("/readyz").json()["model_version"] == "v4", "the watcher follows CURRENT")
+        assert client.get("/readyz").json()["refused_version"] is None
+        assert metric_value(client, "relist_current_refused") == 0
+    assert (model_dir / LAST_GOOD).read_text().strip() == "v4"
+
+
+def test_restart_without_a_last_good_version_refuses_naming_the_good_ones(model_dir, logs):
+    corrupt_copy(model_dir, logs, "v3", "flip_byte")
+    (model_dir / CURRENT).write_text("v3\n")  # no server ever ran: no LAST_GOOD
+    with pytest.raises(VersionError) as err:
+        Registry(model_dir)
+    message = str(err.value)
+    assert "\n" not in message and "sha256" in message and "v3" in message
+    assert "versions that pass their checksums: v1 " in message and f"echo v1 > {model_dir / CURRENT}" in message
+
+
+def test_admin_reload_to_the_served_version_clears_a_refusal(model_dir, logs):
+    Registry(model_dir)
+    corrupt_copy(model_dir, logs, "v3", "flip_byte")
+    (model_dir / CURRENT).write_text("v3\n")
+    registry = Registry(model_dir)
+    assert (registry.pipeline.version, registry.refused_version) == ("v1", "v3")
+    old, new = registry.reload("v1")
+    assert old is new and registry.refused_version is None and current_name(model_dir) == "v1"
+
+
+def test_serve_cli_reports_a_refused_start_in_one_line(model_dir, logs):
+    import typer
+    from typer.testing import CliRunner
+
+    from relist.cli.commands_serve import register
+
+    corrupt_copy(model_dir, logs, "v3", "flip_byte")
+    (model_dir / CURRENT).write_text("v3\n")
+    app = typer.Typer()
+    register(app, typer.Typer(), typer.Typer())
+    result = CliRunner().invoke(app, ["serve", "--model-dir", str(model_dir)])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("relist serve: cannot start:") and "Traceback" not in result.output
+    assert "versions that pass their checksums: v1" in lines[0]
 
 
 def test_cli_export_packs_a_version_and_activates_it(tmp_path, logs):
@@ -215,14 +256,12 @@ def test_cli_export_packs_a_version_and_activates_it(tmp_path, logs):
     assert current_name(tmp_path / "m") == "cli1" and verify(tmp_path / "m" / VERSIONS / "cli1")
     again = runner.invoke(app, ["export", "--model-dir", str(tmp_path / "m"), "--name", "cli1",
                                 "--data", str(logs)])
-    assert again.exit_code != 0 and "already exists" in str(again.exception)
+    assert again.exit_code == 1 and "already exists" in again.output and "Traceback" not in again.output
     for command in ("serve", "export"):
         assert runner.invoke(app, [command, "--help"]).exit_code == 0
 
 
 def test_app_from_env_is_what_uvicorn_workers_build(monkeypatch, model_dir):
-    from fastapi.testclient import TestClient
-
     from relist.serve.app import ENV_CONFIG, ENV_MODEL_DIR, app_from_env
     from relist.serve.config import DEFAULT_CONFIG, load_serve_config
 

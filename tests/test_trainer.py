@@ -120,6 +120,42 @@ def test_corrupt_or_missing_checkpoint_names_the_file(tmp_path, damage):
         fit(Tiny(), bce, batches, validate, cfg.model_copy(update={"epochs": 2}), tmp_path, resume=True)
 
 
+def flip_tensor_byte(path, tensor) -> None:
+    """Damage one byte of ``tensor``'s data inside ``path`` (found by its bytes), leaving every header intact."""
+    data = bytearray(path.read_bytes())
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    at = data.find(raw)
+    assert at > 0 and data.find(raw, at + 1) < 0, "the tensor's bytes must occur exactly once"
+    data[at + len(raw) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damaged", ["checkpoints/last.safetensors", "checkpoints/last_state.pt"])
+def test_damaged_tensor_bytes_are_refused_on_resume_naming_the_file(tmp_path, damaged):
+    """The header parses and the shapes fit: only the checksum can tell, and resume must not start."""
+    cfg = CFG.model_copy(update={"epochs": 1})
+    model = Tiny()
+    fit(model, bce, batches, validate, cfg, tmp_path)
+    path = tmp_path / damaged
+    if damaged.endswith(".safetensors"):
+        tensor = model.net[0].weight
+    else:
+        state = torch.load(path, weights_only=True)
+        tensor = state["optimizer"]["state"][0]["exp_avg"]
+    flip_tensor_byte(path, tensor)
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))}: damaged .*sha256 checksum"):
+        fit(Tiny(), bce, batches, validate, cfg.model_copy(update={"epochs": 2}), tmp_path, resume=True)
+
+
+def test_damaged_best_weights_are_refused_wherever_they_are_loaded(tmp_path):
+    model = Tiny()
+    path = tmp_path / "model.safetensors"
+    save_weights(model, path)
+    flip_tensor_byte(path, model.net[3].weight)
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))}: damaged weights"):
+        load_weights(Tiny(), path)
+
+
 def test_loss_and_model_contracts_fail_with_clear_errors(tmp_path):
     cfg = CFG.model_copy(update={"epochs": 1})
     with pytest.raises(ValueError, match=r"must return a dict with a 'loss' entry.*\['bce'\]"):

@@ -42,7 +42,8 @@ def train_baseline(
 
 def eval_rerank(
     data: Path = typer.Option(..., help="Simulated log directory (from `relist simulate`)."),
-    models: Path = typer.Option(..., help="Has teacher/ evaluator/ generator/ prm/ dlcm/ seq2slate/."),
+    models: Path = typer.Option(..., help="One folder per trained model role: ranker/ evaluator/ generator/ "
+                                          "prm/ dlcm/ seq2slate/."),
     config: Path = typer.Option(CONFIGS / "rerank_eval.yaml", help="Evaluation config (YAML)."),
     requests: int = typer.Option(None, help="Override the number of test requests."),
     out: Path = typer.Option(None, help="Write the report as JSON here (default: MODELS/rerank_eval.json)."),

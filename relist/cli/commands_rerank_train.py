@@ -17,19 +17,19 @@ def train_evaluator(
     ),
     out: Path = typer.Option(..., help="Run directory: weights, evaluator.yaml, checkpoints, curves."),
     config: Path = typer.Option(CONFIGS / "evaluator.yaml", help="Evaluator training config (YAML)."),
+    ranker: Path = typer.Option(None, help="Trained fine-ranking teacher (`relist train ranking`): the evaluator "
+                                           "starts from its logits (model.prior); serve the two together."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
 ) -> None:
-    """Train the DCWN list evaluator on logged lists (labels only where the user looked)."""
+    """Train the DCWN list evaluator ensemble on logged lists (labels only where the user looked)."""
     from relist.data.split import ready_logs_in
     from relist.train.config import load_config
     from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
 
     data = ready_logs_in(data, out.parent, console.print)
-    result, spec = train_evaluator(load_config(config, EvaluatorTrainConfig), data, out, resume)
-    lr = "exposure-weighted" if spec.exposure_weighted else "plain sum"
-    console.print(
-        f"best epoch {result.best_epoch + 1} ({result.best_metric:.4f}); list reward: {lr}; wrote {out}"
-    )
+    result, spec = train_evaluator(load_config(config, EvaluatorTrainConfig), data, out, resume, ranker)
+    console.print(f"best epoch {result.best_epoch + 1} (valid click log-loss {result.best_metric:.4f}); "
+                  f"{spec.model.members} members; wrote {out}")
 
 
 def train_generator(
@@ -37,6 +37,7 @@ def train_generator(
     evaluator: Path = typer.Option(..., help="Trained evaluator directory (from `relist train evaluator`)."),
     out: Path = typer.Option(..., help="Run directory: weights, generator.yaml, checkpoints, curves."),
     config: Path = typer.Option(CONFIGS / "generator.yaml", help="Generator training config (YAML)."),
+    ranker: Path = typer.Option(None, help="The fine-ranking teacher the evaluator was trained on top of."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train the GRN generator by policy gradient against the frozen evaluator."""
@@ -45,8 +46,9 @@ def train_generator(
     from relist.train.generator import GeneratorTrainConfig, train_generator
 
     data = ready_logs_in(data, out.parent, console.print)
-    result = train_generator(load_config(config, GeneratorTrainConfig), data, evaluator, out, resume)
-    console.print(f"best epoch {result.best_epoch + 1} (valid LR {result.best_metric:.4f}); wrote {out}")
+    result = train_generator(load_config(config, GeneratorTrainConfig), data, evaluator, out, resume, ranker)
+    console.print(f"best epoch {result.best_epoch + 1} (valid pessimistic value {result.best_metric:.4f}); "
+                  f"wrote {out}")
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

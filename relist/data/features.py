@@ -30,6 +30,7 @@ class FeatureStore:
     item_cate: np.ndarray  # [n_items + 1] int64, 0 = unknown (real categories are shifted by +1)
     item_shop: np.ndarray  # [n_items + 1] int64, 0 = unknown
     item_price: np.ndarray  # [n_items + 1] float32, standardised log price, 0 = unknown
+    item_raw_price: np.ndarray  # [n_items + 1] float32, the price as logged (what GMV sums), 0 = unknown
     item_price_bucket: np.ndarray  # [n_items + 1] int64 in [0, PRICE_BUCKETS]
     user_segment: np.ndarray  # [n_users + 1] int64, 0 = unknown
     user_hist: np.ndarray  # [n_users + 1, L] item ids, most recent first, PAD_ID padded
@@ -71,6 +72,8 @@ class FeatureStore:
         cate = np.zeros(size, np.int64)
         shop = np.zeros(size, np.int64)
         price = np.zeros(size, np.float32)
+        raw_price = np.zeros(size, np.float32)
+        raw_price[item_row] = items.column("price").to_numpy()
         cate[item_row] = items.column("cate_id").to_numpy() + 1
         shop[item_row] = items.column("shop_id").to_numpy() + 1
         log_price = np.log1p(np.maximum(items.column("price").to_numpy().astype(np.float64), 0.0))
@@ -91,7 +94,8 @@ class FeatureStore:
         known = np.where(hist_row_mask, items_map.to_internal(hist_rows), PAD_ID)
         k = hist_rows.shape[1]
         hist[user_row, :k], hist_mask[user_row, :k] = known, hist_row_mask & (known != PAD_ID)
-        return cls(cate, shop, price, bucket, segment, hist, hist_mask, IdVocabulary(items_map, users_map))
+        return cls(cate, shop, price, raw_price, bucket, segment, hist, hist_mask,
+                   IdVocabulary(items_map, users_map))
 
     @classmethod
     def from_dir(cls, data_dir: str | Path) -> FeatureStore:
@@ -121,11 +125,12 @@ class FeatureStore:
             "shop": torch.from_numpy(self.item_shop)[rows],
             "price": torch.from_numpy(self.item_price)[rows],
             "price_bucket": torch.from_numpy(self.item_price_bucket)[rows],
+            "raw_price": torch.from_numpy(self.item_raw_price)[rows],
         }
 
     def user_features(self, user_ids: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Profile and behaviour history of users (unknown users get an empty history)."""
-        ids = torch.as_tensor(np.asarray(user_ids), dtype=torch.long)
+        ids = torch.as_tensor(np.array(user_ids), dtype=torch.long)
         rows = torch.where((ids > 0) & (ids <= self.n_users), ids, torch.zeros_like(ids))
         hist = torch.from_numpy(self.user_hist)[rows]
         return {

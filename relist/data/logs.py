@@ -101,3 +101,9 @@ def logged_requests(data_dir: str | Path, split: str, limit: int | None = None) 
     table = read_lists(data_dir, split, limit)
     shown, _ = padded_column(table.column("shown").combine_chunks())  # PAD_ID after a shorter list's end
     return Requests.from_table(table), shown
+
+
+def upstream_score_sample(data_dir: str | Path, limit: int = 20_000) -> np.ndarray:
+    """The upstream scores of the first ``limit`` train lists, flattened: what models fit their score scale on."""
+    table = ds.dataset(split_path(data_dir, "train"), format="parquet").head(limit, columns=["cand_scores"])
+    return table.column("cand_scores").combine_chunks().flatten().to_numpy(zero_copy_only=False)

@@ -1,7 +1,8 @@
 """A batch of re-ranking requests: what every policy sees, and nothing more.
 
 A request is a user and ``m`` candidates in upstream order with their upstream
-scores. Candidate lists shorter than the longest are padded (relist.data.padding).
+scores (NaN where the upstream stage sent none). Candidate lists shorter than the
+longest are padded (relist.data.padding).
 """
 
 from __future__ import annotations
@@ -36,11 +37,44 @@ class Requests:
         return Requests(self.request_id, self.user_id, self.candidates[:, :m], self.cand_scores[:, :m],
                         self.mask[:, :m])
 
+    def columns_of(self, lists: np.ndarray) -> np.ndarray:
+        """Candidate column of every id of lists [B, n] or [B, K, n]; -1 for padding and ids not offered."""
+        lists = np.asarray(lists)
+        wide = lists.reshape(len(lists), -1)
+        match = (wide[:, :, None] == self.candidates[:, None, :]) & self.mask[:, None, :]
+        columns = np.where(match.any(-1) & (wide != PAD_ID), match.argmax(-1), -1)
+        return columns.reshape(lists.shape)
+
+    def upstream_of(self, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Upstream score and rank (0 = the request's best candidate, 1 = its worst) of each listed id.
+
+        Lists are [B, n] or [B, K, n]; padding, ids not offered and unscored candidates get NaN scores.
+        """
+        scores = np.where(self.mask, self.cand_scores, np.nan).astype(np.float64)
+        order = np.argsort(np.where(np.isnan(scores), np.inf, -scores), axis=1, kind="stable")
+        place = np.empty_like(order)
+        np.put_along_axis(place, order, np.arange(order.shape[1])[None, :], 1)
+        scored = (~np.isnan(scores)).sum(1, keepdims=True)
+        rank = place / np.maximum(scored - 1, 1)
+        columns = self.columns_of(lists)
+        wide = columns.reshape(len(columns), -1)
+        at = np.maximum(wide, 0)
+        score = np.where(wide >= 0, np.take_along_axis(scores, at, 1), np.nan)
+        rank = np.where(wide >= 0, np.take_along_axis(rank, at, 1), 1.0)
+        return score.reshape(columns.shape), rank.reshape(columns.shape)
+
     @classmethod
     def from_arrays(cls, request_id, user_id, candidates, cand_scores) -> Requests:
         candidates = np.asarray(candidates, dtype=np.int64)
         return cls(np.asarray(request_id, dtype=np.int64), np.asarray(user_id, dtype=np.int64), candidates,
                    np.asarray(cand_scores, dtype=np.float32), candidates != PAD_ID)
+
+    @classmethod
+    def from_stream(cls, raw: dict[str, np.ndarray]) -> Requests:
+        """Requests of a batch read by relist.data.stream.ParquetStream (padded columns plus masks)."""
+        mask = raw["candidates_mask"]
+        return cls(raw["request_id"], raw["user_id"], np.where(mask, raw["candidates"], PAD_ID),
+                   np.where(mask, raw["cand_scores"], 0).astype(np.float32), mask)
 
     @classmethod
     def from_table(cls, table: pa.Table) -> Requests:

@@ -76,7 +76,7 @@ class ParquetStream:
             if rng is not None:
                 block = block.take(rng.permutation(block.num_rows))
             for start in range(0, block.num_rows, self.batch_size):
-                yield decode(block.slice(start, self.batch_size))
+                yield table_arrays(block.slice(start, self.batch_size))
 
     def _read(self, file: str, row_groups: list[int] | None) -> Iterator[pa.RecordBatch]:
         # iter_batches without pre-buffering holds about one row group; the dataset scanner's
@@ -104,8 +104,8 @@ def _exact(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(pending)
 
 
-def decode(table: pa.Table) -> dict[str, np.ndarray]:
-    """A table as numpy arrays, list columns padded (``<name>_mask`` beside them), as the stream yields."""
+def table_arrays(table: pa.Table) -> dict[str, np.ndarray]:
+    """A table's columns as numpy arrays, list columns padded with a ``<name>_mask`` (as streams yield)."""
     out: dict[str, np.ndarray] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         array = column.combine_chunks()

@@ -1,17 +1,29 @@
-"""Is the evaluator's list reward a good judge? Compared with the simulator's truth on the same lists.
+"""Is the evaluator a good judge of the lists it has to choose among? Checked against the simulator's truth.
 
-The seed's Figure 14 comparison: Pearson correlation of LR with the true
-expected IPV of a list, next to the same figure for the sum of point-wise CTRs,
-and calibration of the per-position click probability by decile. Truth is used
-here only to judge, never to train or select.
+List ranking, GRN training and LAST all trust the evaluator on lists the generators propose, which
+may look nothing like the logged lists it learned from. So the lists scored here are exactly what
+each generator proposes on held-out requests (plus the logged ones). Per generator:
+
+* **bias**: mean predicted value minus mean true value (over-estimation grows with the distance
+  from the logs);
+* **Pearson / Kendall's tau across requests** of the predicted and true value of its lists;
+and over all proposals of a request together:
+* **Kendall's tau within a request** (can it order one request's lists?);
+* **winner's curse**: the true value of the list the evaluator would pick (by its mean, and by its
+  pessimistic value) against the truly best proposal in the same set — the headroom list ranking
+  leaves. Truth is used here only to judge, never to train or select; per-position calibration by
+  decile is reported as well.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import kendalltau
 
-from relist.eval.metrics import pearson
-from relist.rerank.list_scorer import ListScorer
+from relist.data.requests import Requests
+from relist.eval.metrics import mean_ci, pearson
+from relist.objective import Objective
+from relist.rerank.list_scorer import ListScorer, pessimistic
 from relist.sim.user_model import outcomes
 from relist.sim.world import World
 
@@ -31,27 +43,55 @@ def calibration(p_pred: np.ndarray, p_true: np.ndarray, weight: np.ndarray, bins
     return {"deciles": rows, "weighted_abs_gap": gap}
 
 
-def evaluator_validity(world: World, scorer: ListScorer, user_ids: np.ndarray,
-                       lists_by_source: dict[str, np.ndarray], point_ctr: dict[str, np.ndarray] | None = None
-                       ) -> dict:
-    """LR vs true IPV over lists from several sources ([B, n] each), plus calibration and scatter points.
+def _tau(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(kendalltau(x, y)[0])
 
-    ``point_ctr`` (same keys, [B, n]) holds a point-wise model's click probabilities of the
-    listed items: their sum is the context-blind list score LR is compared with.
-    """
-    users = np.concatenate([user_ids] * len(lists_by_source))
-    lists = np.concatenate(list(lists_by_source.values()))
-    truth = outcomes(world, users, lists)
-    lr = np.asarray(scorer.list_reward(users, lists), dtype=np.float64)
-    p_click = np.asarray(scorer.per_position(users, lists), dtype=np.float64)
-    report = {
-        "lists": int(len(lists)),
-        "sources": list(lists_by_source),
-        "pearson_lr_true_ipv": pearson(lr, truth.ipv),
-        "calibration": calibration(p_click, truth.p_click, truth.exposure),
-        "scatter": {"lr": lr[:2000].tolist(), "true_ipv": truth.ipv[:2000].tolist()},
+
+def evaluator_validity(world: World, scorer: ListScorer, requests: Requests, proposals: dict[str, np.ndarray],
+                       objective: Objective = Objective(), beta: float = 1.0) -> dict:
+    """The table of the module docstring for ``proposals`` (generator -> lists [B, K, n]) on ``requests``."""
+    names = list(proposals)
+    sizes = [proposals[name].shape[1] for name in names]
+    stacked = np.concatenate([proposals[name] for name in names], 1)  # [B, K, n]
+    b, k, n = stacked.shape
+    members = np.asarray(scorer.values(requests, stacked, objective), dtype=np.float64)  # [E, B, K]
+    predicted = members.mean(0)
+    pess = pessimistic(members, beta)
+    users = np.repeat(requests.user_id, k)
+    truth = outcomes(world, users, stacked.reshape(b * k, n))
+    true_value = truth.metric(objective if len(objective.weights) > 1 else objective.label).reshape(b, k)
+    spread = members.std(0, ddof=1) if len(members) > 1 else np.zeros_like(predicted)
+
+    rows, start = {}, 0
+    for name, size in zip(names, sizes, strict=True):
+        first = start  # each generator's preferred list
+        pred, real = predicted[:, first], true_value[:, first]
+        bias, bias_ci = mean_ci(pred - real)
+        rows[name] = {
+            "lists_per_request": size, "predicted": float(pred.mean()), "true": float(real.mean()),
+            "bias": bias, "bias_ci95": bias_ci, "spread": float(spread[:, first].mean()),
+            "pearson_across_requests": pearson(pred, real), "kendall_across_requests": _tau(pred, real),
+        }
+        start += size
+    within = np.array([_tau(predicted[r], true_value[r]) for r in range(b)])
+    at = np.arange(b)
+    best_true = true_value.max(1)
+    picks = {"mean": predicted.argmax(1), "pessimistic": pess.argmax(1)}
+    curse = {rule: {"true_of_pick": float(true_value[at, pick].mean()), "true_best": float(best_true.mean()),
+                    "regret": float((best_true - true_value[at, pick]).mean()),
+                    "predicted_of_pick": float(predicted[at, pick].mean())}
+             for rule, pick in picks.items()}
+    p_click = scorer.terms(requests[np.repeat(at, k)], stacked.reshape(b * k, n))  # [E, B*K, n, 4]
+    exposure = p_click[..., 0].mean(0)
+    click = np.where(exposure > 0, p_click[..., 1].mean(0) / np.maximum(exposure, 1e-12), 0.0)
+    return {
+        "requests": b, "lists": b * k, "generators": rows,
+        "kendall_within_request": float(np.nanmean(within)),
+        "pearson_all_lists": pearson(predicted.ravel(), true_value.ravel()),
+        "winners_curse": curse,
+        "calibration": calibration(click, truth.p_click, truth.exposure),
+        "scatter": {"predicted": predicted[:, :].ravel()[:3000].tolist(),
+                    "true": true_value.ravel()[:3000].tolist()},
     }
-    if point_ctr is not None:
-        sum_ctr = np.concatenate([point_ctr[name] for name in lists_by_source]).sum(-1)
-        report["pearson_sum_ctr_true_ipv"] = pearson(sum_ctr, truth.ipv)
-    return report

@@ -1,59 +1,43 @@
 """`relist eval rerank`: every re-ranking policy on the same held-out requests, judged three ways.
 
-1. True expected PV, IPV, purchases and GMV from the simulator (relist.eval.simulated.policy_table),
-   relative to the logging policy and as % of the oracle — the only figures that say which list is better.
-2. Evaluator score: the mean list reward LR that the trained evaluator gives the served lists.
+1. True expected PV, IPV, purchases and GMV from the simulator (relist.eval.simulated.policy_table):
+   relative to the logging policy, to the best baseline, and as the share of the logging→oracle gap
+   closed (the oracle obeys the same business rules) — the only figures that say which list is better.
+2. Evaluator score: the members' mean list reward LR that the trained evaluator gives the served lists.
 3. NDCG@10 on logged clicks: the served order against the clicks the logging policy observed. An item
    the logging policy did not show (or the user did not reach) counts as not clicked, and requests
    without any logged click are left out — an offline metric that favours lists close to the logged ones.
 
-Policies are built from the trained model files under one directory, one sub-directory per model
-(``teacher``, ``evaluator``, ``generator``, ``prm``, ``dlcm``, ``seq2slate``); a policy whose models
-are missing is skipped and the report says so.
+Policies are the registered generators (relist.rerank.registry) served alone, plus list retrieval:
+list ranking over several of them (with a safe incumbent chosen on validation requests and local
+search). Models are read from one directory with a sub-directory per role; a policy whose models are
+missing is skipped and the report says so.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
 from relist.data.features import FeatureStore
-from relist.data.logs import read_lists
+from relist.data.logs import logged_requests, read_lists
 from relist.data.padding import length_mask
 from relist.data.requests import Requests
 from relist.data.stream import padded_column
 from relist.eval.metrics import mean_ci, ndcg_per_query
 from relist.eval.simulated import LOGGING, oracle_lists, policy_table, print_policy_table
-from relist.rerank.beam import BeamPolicy, ListValue
-from relist.rerank.last import LAST, LASTConfig, LASTPolicy
-from relist.rerank.list_ranking import ListRanking, Proposer
-from relist.rerank.list_scorer import ListScorer
-from relist.rerank.policy import Policy, greedy_by_score, upstream_order
-from relist.rerank.rules import RulesConfig
+from relist.rerank.generators import Context
+from relist.rerank.list_ranking import ListRanking
+from relist.rerank.registry import Models, RerankConfig, build_generators, build_ranking
 
-MODEL_DIRS = ("teacher", "evaluator", "generator", "prm", "dlcm", "seq2slate")
-LIST_RETRIEVAL = "list_retrieval"
-
-
-class BeamConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    k: int = Field(8, ge=1, description="beam width (and lists proposed to list ranking)")
-    pv: float = Field(0.2, ge=0, description="weight a of expected PV in r = a·PV + b·IPV + c·GMV")
-    ipv: float = Field(1.0, ge=0, description="weight b of expected IPV")
-    gmv: float = Field(0.0, ge=0, description="weight c of expected GMV (needs a purchase head)")
-
-    def weights(self) -> ListValue:
-        return ListValue(self.pv, self.ipv, self.gmv)
+BASELINES = ("greedy_ctr", "dlcm", "prm", "seq2slate")
 
 
 class RerankEvalConfig(BaseModel):
@@ -61,14 +45,16 @@ class RerankEvalConfig(BaseModel):
 
     n: int = Field(10, ge=1, description="list length served")
     requests: int = Field(1000, ge=1, description="test requests evaluated (the first of the test split)")
-    objective: str = Field("ipv", description="what the oracle maximises: pv, ipv, buys or gmv")
-    rules: RulesConfig = RulesConfig()
-    beam: BeamConfig = BeamConfig()
-    grn_samples: int = Field(8, ge=1, description="GRN lists sampled per request for list ranking")
-    last: LASTConfig = Field(LASTConfig(budget_ms=None), description="LAST offline: no deadline (latency is "
-                             "measured separately), the same rules as every generator")
-    grn_temperature: float = Field(1.0, gt=0)
-    seed: int = Field(0, ge=0, description="seed of GRN sampling")
+    valid_requests: int = Field(500, ge=1, description="validation requests the incumbent is chosen on")
+    rerank: RerankConfig = RerankConfig()
+    policies: list[str] = Field(
+        ["upstream", "greedy_upstream_score", "greedy_ctr", "beam", "prm", "dlcm", "seq2slate", "grn", "last"],
+        description="generators served alone (their preferred list)")
+    retrieval: dict[str, list[str] | None] = Field(
+        {"list_retrieval": None, "list_retrieval_last": ["+last"]},
+        description="list retrieval policies: name -> generators (null: rerank.ranking.generators; a list "
+                    "starting with '+' adds to them)")
+    baselines: list[str] = Field(list(BASELINES), description="what every list-wise policy must beat")
     ndcg_k: int = Field(10, ge=1)
 
 
@@ -80,7 +66,8 @@ class Served:
     evaluator_lr: dict[str, np.ndarray] = field(default_factory=dict)  # [B]
     ndcg: dict[str, np.ndarray] = field(default_factory=dict)  # [B], NaN where no logged click
     seconds: dict[str, float] = field(default_factory=dict)  # wall time to serve all requests
-    list_sources: dict[str, float] = field(default_factory=dict)  # share of served lists per generator
+    sources: dict[str, dict[str, float]] = field(default_factory=dict)  # retrieval -> share per generator
+    incumbents: dict[str, dict] = field(default_factory=dict)  # retrieval -> how its incumbent was chosen
 
 
 @dataclass
@@ -90,99 +77,61 @@ class LoggedTest:
     clicks: np.ndarray  # [B, n] 0/1, 0 beyond the real exposure
 
     @classmethod
-    def read(cls, data_dir: str | Path, limit: int | None) -> LoggedTest:
-        table = read_lists(data_dir, "test", limit)
+    def read(cls, data_dir: str | Path, limit: int | None, split: str = "test") -> LoggedTest:
+        table = read_lists(data_dir, split, limit)
         shown, _ = padded_column(table.column("shown").combine_chunks())  # lists may differ in length
         clicks, _ = padded_column(table.column("click").combine_chunks())
         seen = length_mask(table.column("exposed_len").to_numpy().astype(np.int64), shown.shape[1]).numpy()
         return cls(Requests.from_table(table), shown, clicks * seen)
 
 
-def build_policies(
-    cfg: RerankEvalConfig, data_dir: str | Path, models_dir: str | Path, store: FeatureStore | None = None
-) -> tuple[dict[str, Policy], ListScorer | None, list[str]]:
-    """Every policy the models in ``models_dir`` allow, the evaluator's scorer, and what was skipped."""
-    from relist.models.generator import load_generator
-    from relist.models.ranking.scoring import point_scores
-    from relist.models.saved import incomplete_reason, is_complete_model
-    from relist.rerank.baselines import BaselinePolicy, greedy_by_ctr
-    from relist.rerank.grn_policy import GRNPolicy
-    from relist.train.ranking import load_ranking_model
-
-    models_dir = Path(models_dir)
-    store = FeatureStore.from_dir(data_dir) if store is None else store
-    have = {name: is_complete_model(models_dir / name) for name in MODEL_DIRS}
-    skipped = [f"{name}: {incomplete_reason(models_dir / name)}" for name, ok in have.items() if not ok]
-    rules = cfg.rules.build()
-    policies: dict[str, Policy] = {"upstream": upstream_order, "greedy_upstream_score": greedy_by_score}
-    proposers: dict[str, Proposer] = {"upstream": upstream_order}
-    if have["teacher"]:
-        scores = functools.partial(point_scores, load_ranking_model(models_dir / "teacher"), store)
-        beam = BeamPolicy(scores, store, cfg.beam.k, cfg.beam.weights(), rules)
-        policies["greedy_ctr"] = greedy_by_ctr(scores, store, rules)
-        policies["beam"] = beam
-        proposers["beam"] = beam.propose
-    for name in ("prm", "dlcm", "seq2slate"):
-        if have[name]:
-            policies[name] = BaselinePolicy.load(models_dir / name, store, rules)
-    scorer = ListScorer.load(models_dir / "evaluator", store) if have["evaluator"] else None
-    if have["generator"]:
-        policies["grn"] = GRNPolicy.load(models_dir / "generator", store, rules=rules)
-        proposers["grn"] = policies["grn"]
-        if scorer is not None:
-            sampler = GRNPolicy.load(models_dir / "generator", store, rules=rules, mode="sample",
-                                     samples=cfg.grn_samples, temperature=cfg.grn_temperature, scorer=scorer,
-                                     seed=cfg.seed)
-            proposers["grn_samples"] = grn_samples(sampler)
-    if scorer is not None and len(proposers) > 1:
-        policies[LIST_RETRIEVAL] = ListRanking(proposers, scorer, store, rules)
-    if scorer is not None and have["generator"]:
-        last = LAST(load_generator(models_dir / "generator")[0], scorer, store, cfg.last.model_copy(
-            update={"rules": cfg.rules}))
-        policies["last"] = LASTPolicy(last)
-        policies[f"{LIST_RETRIEVAL}_last"] = ListRanking({**proposers, "last": policies["last"]}, scorer, store,
-                                                         rules)
-    elif scorer is None:
-        skipped.append(f"{LIST_RETRIEVAL}: needs the evaluator")
-    return policies, scorer, skipped
+def retrieval_generators(cfg: RerankEvalConfig, spec: list[str] | None) -> list[str]:
+    base = list(cfg.rerank.ranking.generators)
+    if spec is None:
+        return base
+    if spec and all(name.startswith("+") for name in spec):
+        return base + [name[1:] for name in spec]
+    return list(spec)
 
 
-def grn_samples(policy) -> Proposer:
-    """All lists a sampling GRNPolicy draws per request ([B, K, n]), before it would pick one."""
-    from relist.models.generator import candidate_features, chosen_items
-    from relist.rerank.grn_policy import rules_hook
+def build_policies(cfg: RerankEvalConfig, data_dir: str | Path, models: Models
+                   ) -> tuple[dict[str, object], list[str], dict[str, dict]]:
+    """Every policy the models allow (generators and list rankings), what was skipped, incumbent choices."""
+    generators, skipped = build_generators(cfg.policies, models, cfg.rerank)
+    policies: dict[str, object] = dict(generators)
+    incumbents = {}
+    if models.evaluator is None:
+        skipped.append("list retrieval: needs the evaluator")
+        return policies, skipped, incumbents
+    valid, _ = logged_requests(data_dir, "valid", cfg.valid_requests)
+    for name, spec in cfg.retrieval.items():
+        ranking, missing, choice = build_ranking(models, cfg.rerank, retrieval_generators(cfg, spec), (valid, cfg.n))
+        policies[name] = ranking
+        incumbents[name] = choice | {"incumbent": ranking.incumbent, "left_out": missing}
+    return policies, skipped, incumbents
 
-    @torch.no_grad()
-    def propose(requests: Requests, n: int) -> np.ndarray:
-        batch = candidate_features(policy.store, requests.user_id, requests.candidates, requests.cand_scores)
-        hook = rules_hook(policy.rules, batch) if policy.rules is not None else None
-        out = policy.model(batch, n, samples=policy.samples, temperature=policy.temperature,
-                           generator=policy.generator, allowed_fn=hook)
-        return chosen_items(batch["candidates"], out["choice"]).numpy()
 
-    return propose
-
-
-def serve(policies: dict[str, Policy], logged: LoggedTest, scorer: ListScorer | None, n: int,
-          ndcg_k: int = 10) -> Served:
+def serve(policies: dict[str, object], logged: LoggedTest, models: Models, cfg: RerankEvalConfig) -> Served:
     """Run every policy on the logged requests; score the lists (and the logged ones) offline."""
     served = Served()
     served.lists[LOGGING] = logged.shown
+    ctx = Context(models.store, cfg.rerank.rules.build(), cfg.rerank.objective)
     for name, policy in tqdm(policies.items(), desc="policies", unit="policy"):
         start = perf_counter()
         if isinstance(policy, ListRanking):
-            ranked = policy.rank(logged.requests, n)
+            ranked = policy.rank(logged.requests, cfg.n, ctx)
             lists = ranked.lists
-            names, counts = np.unique(ranked.source_names(), return_counts=True)
-            served.list_sources = {str(k): float(c) / len(lists) for k, c in zip(names, counts, strict=True)}
+            names, counts = np.unique(ranked.source.astype(str), return_counts=True)
+            served.sources[name] = {str(k): float(c) / len(lists) for k, c in zip(names, counts, strict=True)}
         else:
-            lists = policy(logged.requests, n)
+            lists = policy.propose(logged.requests, cfg.n, ctx)[:, 0]
         served.seconds[name] = perf_counter() - start
         served.lists[name] = np.asarray(lists)
     for name, lists in served.lists.items():
-        served.ndcg[name] = logged_click_ndcg(logged, lists, ndcg_k)
-        if scorer is not None:
-            served.evaluator_lr[name] = np.asarray(scorer.list_reward(logged.requests.user_id, lists))
+        served.ndcg[name] = logged_click_ndcg(logged, lists, cfg.ndcg_k)
+        if models.evaluator is not None:
+            served.evaluator_lr[name] = np.asarray(models.evaluator.list_reward(logged.requests, lists,
+                                                                                 cfg.rerank.objective))
     return served
 
 
@@ -196,14 +145,18 @@ def logged_click_ndcg(logged: LoggedTest, lists: np.ndarray, k: int) -> np.ndarr
     return ndcg_per_query(labels, scores, logged.requests.mask, k=k)
 
 
-def rerank_report(world, logged: LoggedTest, served: Served, n: int, objective: str,
-                  oracle: np.ndarray | None = None) -> dict:
+def rerank_report(world, logged: LoggedTest, served: Served, cfg: RerankEvalConfig,
+                  oracle: np.ndarray | None = None, oracle_free: np.ndarray | None = None) -> dict:
     """policy_table's true rewards (when ``world`` is known) plus the evaluator score and logged-click NDCG."""
+    objective = cfg.rerank.objective
+    goal = objective.label if objective.label in ("pv", "ipv", "buys", "gmv") else objective
     if world is None:  # real logs: offline scores only
-        report = {"requests": len(logged.requests), "list_len": n, "policies": {name: {} for name in served.lists}}
+        report = {"requests": len(logged.requests), "list_len": cfg.n,
+                  "policies": {name: {} for name in served.lists}}
     else:
         policies = {name: lists for name, lists in served.lists.items() if name != LOGGING}
-        report = policy_table(world, logged.requests, served.lists[LOGGING], policies, n, objective, oracle)
+        report = policy_table(world, logged.requests, served.lists[LOGGING], policies, cfg.n, goal, oracle,
+                              oracle_free, tuple(cfg.baselines))
     report["truth"] = world is not None
     for name, row in report["policies"].items():
         if name in served.evaluator_lr:
@@ -215,27 +168,42 @@ def rerank_report(world, logged: LoggedTest, served: Served, n: int, objective: 
             row["ndcg_logged_clicks"] = {"mean": mean, "ci95": ci, "requests": int(len(values))}
         if name in served.seconds:
             row["ms_per_request"] = 1000 * served.seconds[name] / len(logged.requests)
-    report["list_retrieval_sources"] = served.list_sources
+    report["list_retrieval_sources"] = served.sources
+    report["incumbents"] = served.incumbents
     return report
 
 
-def evaluate_rerank(cfg: RerankEvalConfig, data_dir: str | Path, models_dir: str | Path) -> dict:
+def evaluate_rerank(cfg: RerankEvalConfig, data_dir: str | Path, models_dir: str | Path,
+                    oracles: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """The full comparison on the first ``cfg.requests`` test requests of ``data_dir``.
 
     Simulated logs are judged by the simulator's true reward too; other logs by offline scores only.
+    ``oracles`` (under the rules, without) may be passed in when already computed for these requests.
     """
     from relist.sim.world import is_simulated, world_of_logs
 
     world = world_of_logs(data_dir) if is_simulated(data_dir) else None
     logged = LoggedTest.read(data_dir, cfg.requests)
-    policies, scorer, skipped = build_policies(cfg, data_dir, models_dir)
-    served = serve(policies, logged, scorer, cfg.n, cfg.ndcg_k)
-    oracle = oracle_lists(world, logged.requests, cfg.n, cfg.objective) if world is not None else None
-    report = rerank_report(world, logged, served, cfg.n, cfg.objective, oracle)
-    report |= {"data": str(data_dir), "models": str(models_dir), "skipped": skipped,
+    store = FeatureStore.from_dir(data_dir)
+    models, missing = Models.load(models_dir, store)
+    policies, skipped, incumbents = build_policies(cfg, data_dir, models)
+    served = serve(policies, logged, models, cfg)
+    served.incumbents = incumbents
+    if world is not None and oracles is None:
+        oracles = compute_oracles(world, logged.requests, cfg)
+    report = rerank_report(world, logged, served, cfg, *(oracles or (None, None)))
+    report |= {"data": str(data_dir), "models": str(models_dir), "skipped": missing + skipped,
                "config": cfg.model_dump(mode="json"),
                "sim_config": world.config.model_dump(mode="json") if world is not None else None}
     return report
+
+
+def compute_oracles(world, requests: Requests, cfg: RerankEvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle lists under the evaluation's business rules, and without any rule."""
+    objective = cfg.rerank.objective
+    goal = objective.label if objective.label in ("pv", "ipv", "buys", "gmv") else objective
+    return (oracle_lists(world, requests, cfg.n, goal, cfg.rerank.rules.build()),
+            oracle_lists(world, requests, cfg.n, goal))
 
 
 def print_rerank_report(report: dict, console: Console | None = None) -> None:
@@ -243,7 +211,7 @@ def print_rerank_report(report: dict, console: Console | None = None) -> None:
     if report.get("truth", True):
         print_policy_table(report, console=console)
     table = Table(title="Offline scores of the served lists",
-                  caption="evaluator LR: mean list reward; NDCG@10 vs logged clicks (unshown = 0)")
+                  caption="evaluator LR: members' mean list reward; NDCG@10 vs logged clicks (unshown = 0)")
     for column in ("policy", "evaluator LR", "NDCG@10 logged", "ms / request"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for name, row in report["policies"].items():
@@ -252,8 +220,9 @@ def print_rerank_report(report: dict, console: Console | None = None) -> None:
                       f"{ndcg['mean']:.3f} ±{ndcg['ci95']:.3f}" if ndcg else "-",
                       f"{row['ms_per_request']:.2f}" if "ms_per_request" in row else "-")
     console.print(table)
-    if report.get("list_retrieval_sources"):
-        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in report["list_retrieval_sources"].items())
-        console.print(f"list retrieval served lists from: {shares}")
+    for name, shares in report.get("list_retrieval_sources", {}).items():
+        text = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))
+        incumbent = report.get("incumbents", {}).get(name, {}).get("incumbent")
+        console.print(f"{name} (incumbent {incumbent}) served lists from: {text}")
     for line in report.get("skipped", []):
         console.print(f"[yellow]skipped[/yellow] {line}")

@@ -1,26 +1,47 @@
-"""DCWN, the list evaluator: click (and scroll) logits of every position of a whole list.
+"""DCWN, the list evaluator: click, scroll and purchase logits of every position of a whole list.
 
-Whether an item is clicked depends on what stands around it, so each position sees
-its own features and the user's matching interests (target attention over the
-behaviour history) plus two views of the list: a Bi-LSTM (intent drifts both ways
-while browsing a two-column feed) and self-attention (synergy regardless of distance).
-``context=False`` drops both views and the position: the same network as a
-point-wise click model, the context-blind baseline of the evaluator-validity study.
+Whether an item is clicked depends on what stands around it, so each position sees its own
+features, its upstream score and the user's matching interests (relist.models.inputs) plus three
+views of the list:
+
+* its neighbourhood: how often its category and its shop already appeared above it, whether the
+  items right before and after share them, how alike its learned vector is to theirs, and the
+  items right before and after themselves (their vectors and teacher logits: what stands beside an
+  item draws the eye to it or away from it). Repetition tires users and contrast draws the eye;
+  made explicit, these extrapolate to lists more diverse than the logged ones, where a sequence
+  model fitted to the logs does not;
+* a Bi-LSTM (intent drifts both ways while browsing a two-column feed);
+* self-attention (synergy regardless of distance).
+
+``context=False`` drops them all and the position: the same network as a point-wise click model,
+the context-blind baseline.
+
+With ``prior`` (the default) the heads start from the fine-ranking teacher's point-wise logits of
+each item (the ``ranker`` role, relist.models.ranking): the network learns how the list around an
+item moves its click, scroll and purchase logits, and where it knows nothing the evaluator falls back
+to the teacher — whose point-wise estimates extrapolate to unfamiliar lists far better than a list
+model fitted to the logged lists alone.
+
+An evaluator is trusted only as far as it has seen lists like the one it scores, so it is an
+ensemble: ``members`` DCWNs, each trained on its own bootstrap resample of the logged lists
+(relist.train.evaluator). Their spread on a list says how much they disagree there; it is small
+on lists like the logged ones and grows away from them. Outputs carry the members first:
+``{"click", "next", "buy"}`` logits [E, B, n]; ``buy`` is the purchase logit given a click.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from relist.data.features import FeatureStore
-from relist.data.padding import NEG_INF, PAD_ID
 from relist.models import saved
+from relist.models.inputs import ItemContext
 from relist.models.vocab import Vocab
+
+HEADS = ("click", "next", "buy")
 
 
 class DCWNConfig(BaseModel):
@@ -32,6 +53,10 @@ class DCWNConfig(BaseModel):
     max_len: int = Field(50, ge=1, description="longest list the position embedding covers")
     context: bool = Field(True, description="False: point-wise click model (no position, LSTM, attention)")
     dropout: float = Field(0.1, ge=0, lt=1)
+    members: int = Field(4, ge=1, description="ensemble members, each trained on its own bootstrap resample")
+    upstream: bool = Field(True, description="read each item's upstream score and rank (False: ablation)")
+    prior: bool = Field(True, description="start each head from the fine-ranking teacher's logit of the item "
+                                          "(needs the ranker role); False: learn them from the logs alone")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> DCWNConfig:
@@ -40,103 +65,104 @@ class DCWNConfig(BaseModel):
         return self
 
 
-def list_features(
-    store: FeatureStore, user_ids: np.ndarray | Tensor, items: np.ndarray | Tensor
-) -> dict[str, Tensor]:
-    """Model inputs for lists (or candidate sets) ``items`` [B, n] of users [B]: ids only go in.
-
-    Item features keep their store names (item, cate, shop, price, price_bucket), the
-    user's history items get a ``hist_`` prefix, ``mask`` marks real (non-padding) entries.
-    """
-    items = items.long() if isinstance(items, Tensor) else torch.tensor(np.asarray(items), dtype=torch.long)
-    user = store.user_features(user_ids.cpu() if isinstance(user_ids, Tensor) else np.array(user_ids))
-    batch = store.item_features(items.cpu())
-    batch |= {f"hist_{name}": value for name, value in store.item_features(user["hist"]).items()}
-    batch |= {"mask": items.cpu() != PAD_ID, "hist_mask": user["hist_mask"], "segment": user["segment"]}
-    return {name: value.to(items.device) for name, value in batch.items()}
+NEIGHBOURHOOD = 8  # features per position, see neighbourhood()
 
 
-class ItemEmbedding(nn.Module):
-    """Item id, category, shop, price bucket and standardised price -> one vector per item."""
-
-    def __init__(self, vocab: Vocab, dim: int):
-        super().__init__()
-        self.item = nn.Embedding(vocab.n_items, dim, padding_idx=PAD_ID)
-        self.cate = nn.Embedding(vocab.n_cates, dim)
-        self.shop = nn.Embedding(vocab.n_shops, dim)
-        self.price_bucket = nn.Embedding(vocab.n_price_buckets, dim)
-        self.mix = nn.Linear(4 * dim + 1, dim)
-
-    def forward(self, batch: dict[str, Tensor], prefix: str = "") -> Tensor:
-        parts = [
-            self.item(batch[f"{prefix}item"]),
-            self.cate(batch[f"{prefix}cate"]),
-            self.shop(batch[f"{prefix}shop"]),
-            self.price_bucket(batch[f"{prefix}price_bucket"]),
-            batch[f"{prefix}price"].unsqueeze(-1),
-        ]
-        return self.mix(torch.cat(parts, -1))
+def neighbourhood(batch: dict[str, Tensor], vectors: Tensor) -> Tensor:
+    """[B, n, 8] per position: log(1 + earlier items of its category), the same for its shop, whether the
+    item before / after shares its category, its shop, and the cosine of the item vectors [B, n, d] with
+    the item before and after (0 where there is none; unknown attributes, 0, never match)."""
+    mask = batch["mask"]
+    n = mask.shape[1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril(-1)
+    out = []
+    for field in ("cate", "shop"):
+        values = batch[field]
+        same = (values[:, :, None] == values[:, None, :]) & (values != 0)[:, :, None] & mask[:, None, :]
+        out.append(torch.log1p((same & earlier).sum(-1).to(vectors.dtype)))
+        out += list(_beside(same.diagonal(-1, dim1=1, dim2=2).to(vectors.dtype), n))
+    unit = nn.functional.normalize(vectors, dim=-1)
+    out += list(_beside((unit[:, 1:] * unit[:, :-1]).sum(-1), n))
+    return torch.stack(out, -1) * mask.unsqueeze(-1)
 
 
-class UserInterest(nn.Module):
-    """The user's segment and, per target item, attention over the behaviour history (DIN-style)."""
+def _shifted(x: Tensor) -> tuple[Tensor, Tensor]:
+    """What stands right before and right after each position of x [B, n, d] (zeros at the ends)."""
+    zero = x.new_zeros(x.shape[0], 1, x.shape[2])
+    return torch.cat([zero, x[:, :-1]], 1), torch.cat([x[:, 1:], zero], 1)
 
-    def __init__(self, vocab: Vocab, dim: int):
-        super().__init__()
-        self.segment = nn.Embedding(vocab.n_segments, dim)
-        self.query = nn.Linear(dim, dim, bias=False)
 
-    def forward(
-        self, targets: Tensor, history: Tensor, hist_mask: Tensor, segment: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """``targets`` [B, n, d], ``history`` [B, L, d] -> (interest [B, n, d], segment [B, d])."""
-        scores = torch.einsum("bnd,bld->bnl", self.query(targets), history) / history.shape[-1] ** 0.5
-        scores = scores.masked_fill(~hist_mask[:, None, :], NEG_INF)
-        weights = torch.softmax(scores, -1) * hist_mask[:, None, :]  # empty history -> zero interest
-        return weights @ history, self.segment(segment)
+def _beside(pairs: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """A relation of neighbours [B, n-1] (position j with j+1) as seen from each position: (before, after)."""
+    zero = pairs.new_zeros(pairs.shape[0], 1)
+    return torch.cat([zero, pairs], 1)[:, :n], torch.cat([pairs, zero], 1)[:, :n]
 
 
 class DCWN(nn.Module):
-    """Deep context-wise network: ``forward(batch)`` -> {"click": [B, n], "next": [B, n]} logits."""
+    """One deep context-wise network: ``forward(batch)`` -> {"click", "next", "buy"} logits [B, n]."""
+
+    def __init__(self, vocab: Vocab, cfg: DCWNConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, h = cfg.dim, cfg.hidden
+        self.inputs = ItemContext(vocab, d, cfg.upstream)
+        priors = len(HEADS) if cfg.prior else 0
+        width = self.inputs.width + d + priors
+        if cfg.context:
+            self.neighbours = nn.Linear(NEIGHBOURHOOD, d)
+            self.project = nn.Linear(self.inputs.width + d + priors, d)
+            self.position = nn.Embedding(cfg.max_len, d)
+            self.lstm = nn.LSTM(d, h, batch_first=True, bidirectional=True)
+            self.attention = nn.MultiheadAttention(d, cfg.heads, dropout=cfg.dropout, batch_first=True)
+            width += d + d + 2 * h + d + 2 * (d + priors)  # neighbourhood, item, LSTM, attention, beside
+        self.mlp = nn.Sequential(
+            nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(h, h), nn.ReLU()
+        )
+        self.heads = nn.Linear(h, len(HEADS))
+        if cfg.prior:  # start as the teacher: the list's effects are learned as departures from it
+            nn.init.zeros_(self.heads.weight)
+            nn.init.zeros_(self.heads.bias)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        mask = batch["mask"]
+        items, segment = self.inputs(batch)
+        parts = [items, segment.unsqueeze(1).expand(-1, items.shape[1], -1)]
+        prior = (torch.stack([batch[f"prior_{name}"] for name in HEADS], -1) * mask.unsqueeze(-1)
+                 if self.cfg.prior else items[..., :0])
+        parts.append(prior)
+        if self.cfg.context:
+            repeats = self.neighbours(neighbourhood(batch, items[..., :self.cfg.dim]))
+            index = torch.arange(items.shape[1], device=items.device).clamp_max(self.position.num_embeddings - 1)
+            positions = self.position(index)  # past max_len: the last position's row (logs of any length)
+            seq = (self.project(torch.cat([items, repeats, prior], -1)) + positions) * mask.unsqueeze(-1)
+            lstm, _ = self.lstm(seq)  # padding sits at the end and enters as zeros
+            keys_ignored = ~mask & mask.any(1, keepdim=True)  # an all-padding row attends to zeros, not NaN
+            synergy, _ = self.attention(seq, seq, seq, key_padding_mask=keys_ignored, need_weights=False)
+            before, after = _shifted(torch.cat([seq, prior], -1))
+            parts += [repeats, seq, lstm, synergy, before, after]
+        logits = self.heads(self.mlp(torch.cat(parts, -1)))
+        if self.cfg.prior:
+            logits = logits + prior
+        return {name: logits[..., i] for i, name in enumerate(HEADS)}
+
+
+class Evaluator(nn.Module):
+    """The ensemble: ``forward(batch)`` -> {"click", "next", "buy"} logits [E, B, n], one row per member."""
 
     def __init__(self, vocab: Vocab, cfg: DCWNConfig):
         super().__init__()
         self.vocab, self.cfg = vocab, cfg
-        d, h = cfg.dim, cfg.hidden
-        self.items = ItemEmbedding(vocab, d)
-        self.user = UserInterest(vocab, d)
-        width = 3 * d
-        if cfg.context:
-            self.position = nn.Embedding(cfg.max_len, d)
-            self.lstm = nn.LSTM(d, h, batch_first=True, bidirectional=True)
-            self.attention = nn.MultiheadAttention(d, cfg.heads, dropout=cfg.dropout, batch_first=True)
-            width += d + 2 * h + d
-        self.mlp = nn.Sequential(
-            nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(h, h), nn.ReLU()
-        )
-        self.click = nn.Linear(h, 1)
-        self.next = nn.Linear(h, 1)
+        self.members = nn.ModuleList(DCWN(vocab, cfg) for _ in range(cfg.members))
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        mask = batch["mask"]
-        x = self.items(batch) * mask.unsqueeze(-1)
-        interest, segment = self.user(x, self.items(batch, "hist_"), batch["hist_mask"], batch["segment"])
-        parts = [x, interest, segment.unsqueeze(1).expand_as(x)]
-        if self.cfg.context:
-            positions = torch.arange(x.shape[1], device=x.device).clamp_max(self.position.num_embeddings - 1)
-            seq = x + self.position(positions) * mask.unsqueeze(-1)  # past max_len: the last position's row
-            lstm, _ = self.lstm(seq)  # padding sits at the end and enters as zeros
-            keys_ignored = ~mask & mask.any(1, keepdim=True)  # an all-padding row attends to zeros, not NaN
-            synergy, _ = self.attention(seq, seq, seq, key_padding_mask=keys_ignored, need_weights=False)
-            parts += [seq, lstm, synergy]
-        hidden = self.mlp(torch.cat(parts, -1))
-        return {"click": self.click(hidden).squeeze(-1), "next": self.next(hidden).squeeze(-1)}
+        outs = [member(batch) for member in self.members]
+        return {name: torch.stack([out[name] for out in outs]) for name in HEADS}
 
 
 def exposure(next_logits: Tensor) -> Tensor:
     """Chance that each position is seen: 1 at the top, then the product of earlier scroll probabilities."""
     p_next = torch.sigmoid(next_logits)
-    return torch.cat([torch.ones_like(p_next[:, :1]), torch.cumprod(p_next[:, :-1], 1)], 1)
+    return torch.cat([torch.ones_like(p_next[..., :1]), torch.cumprod(p_next[..., :-1], -1)], -1)
 
 
 class EvaluatorSpec(BaseModel):
@@ -147,10 +173,12 @@ class EvaluatorSpec(BaseModel):
     vocab: Vocab
     model: DCWNConfig
     exposure_weighted: bool = Field(
-        False,
-        description="weight positions by the predicted exposure (chosen on "
-        "validation logs by relist.train.evaluator)",
+        True,
+        description="weight positions by the predicted exposure: the click head predicts clicks of seen "
+        "positions, so expected clicks are exposure x click probability",
     )
+    prior_weights: str | None = Field(None, description="sha256 of the ranker weights the prior was trained "
+                                                        "with; the same ranker must score with it")
 
 
 SPEC_FILE = "evaluator.yaml"
@@ -160,6 +188,6 @@ def save_spec(spec: EvaluatorSpec, model_dir: str | Path) -> None:
     saved.save_spec(spec, model_dir, SPEC_FILE)
 
 
-def load_evaluator(model_dir: str | Path) -> tuple[DCWN, EvaluatorSpec]:
-    """A trained DCWN (eval mode) and its spec from a directory written by ``relist train evaluator``."""
-    return saved.load_saved(model_dir, SPEC_FILE, EvaluatorSpec, lambda spec: DCWN(spec.vocab, spec.model))
+def load_evaluator(model_dir: str | Path) -> tuple[Evaluator, EvaluatorSpec]:
+    """A trained ensemble (eval mode) and its spec from a directory written by ``relist train evaluator``."""
+    return saved.load_saved(model_dir, SPEC_FILE, EvaluatorSpec, lambda spec: Evaluator(spec.vocab, spec.model))

@@ -1,9 +1,10 @@
 """GRN, the list generator: fills the n slots one by one with a pointer over the candidates.
 
-The encoder reads the m candidates with the user's interests and lets them attend to
-each other (what else is on offer); a GRU reads the items chosen so far; at each slot
-the GRU state attends to the candidates and a pointer network scores every candidate
-that is still allowed (not chosen, not padding, not breaking a business rule).
+The encoder reads the m candidates with their upstream scores and the user's interests
+(relist.models.inputs) and lets them attend to each other (what else is on offer); a GRU
+reads the items chosen so far; at each slot the GRU state attends to the candidates and a
+pointer network scores every candidate that is still allowed (not chosen, not padding,
+not breaking a business rule).
 
 Decoding is a pure function of (parameters, inputs, random generator): no state is
 kept between calls, so LAST can decode with shifted weights through
@@ -16,15 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from relist.data.features import FeatureStore
 from relist.data.padding import NEG_INF, PAD_ID, masked_mean
 from relist.models import saved
-from relist.models.evaluator import ItemEmbedding, UserInterest, list_features
+from relist.models.inputs import ItemContext
 from relist.models.vocab import Vocab
 
 
@@ -41,20 +40,6 @@ class GRNConfig(BaseModel):
         if self.hidden % self.heads:
             raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
         return self
-
-
-def candidate_features(
-    store: FeatureStore,
-    user_ids: np.ndarray | Tensor,
-    candidates: np.ndarray | Tensor,
-    cand_scores: np.ndarray | Tensor,
-) -> dict[str, Tensor]:
-    """Model inputs of requests: candidate and user features, the upstream score and the raw candidate ids."""
-    batch = list_features(store, user_ids, candidates)
-    device = batch["item"].device
-    batch["score"] = torch.as_tensor(np.array(cand_scores, dtype=np.float32)).to(device)
-    batch["candidates"] = torch.as_tensor(np.array(candidates, dtype=np.int64)).to(device)
-    return batch
 
 
 AllowedFn = Callable[[Tensor, Tensor, Tensor, int], Tensor]
@@ -78,9 +63,8 @@ class GRN(nn.Module):
         super().__init__()
         self.vocab, self.cfg = vocab, cfg
         d, h = cfg.dim, cfg.hidden
-        self.items = ItemEmbedding(vocab, d)
-        self.user = UserInterest(vocab, d)
-        self.encode_candidate = nn.Sequential(nn.Linear(3 * d + 1, h), nn.ReLU(), nn.Linear(h, h))
+        self.inputs = ItemContext(vocab, d)
+        self.encode_candidate = nn.Sequential(nn.Linear(self.inputs.width + d, h), nn.ReLU(), nn.Linear(h, h))
         self.offer = nn.MultiheadAttention(h, cfg.heads, batch_first=True)
         self.init_state = nn.Linear(2 * h, h)
         self.start = nn.Parameter(torch.zeros(h))
@@ -92,10 +76,8 @@ class GRN(nn.Module):
 
     def encode(self, batch: dict[str, Tensor]) -> Encoded:
         mask = batch["mask"]
-        x = self.items(batch)
-        interest, segment = self.user(x, self.items(batch, "hist_"), batch["hist_mask"], batch["segment"])
-        score = torch.logit(batch["score"].clamp(1e-4, 1 - 1e-4)).unsqueeze(-1)
-        enc = self.encode_candidate(torch.cat([x, interest, segment.unsqueeze(1).expand_as(x), score], -1))
+        items, segment = self.inputs(batch)
+        enc = self.encode_candidate(torch.cat([items, segment.unsqueeze(1).expand(-1, items.shape[1], -1)], -1))
         offer, _ = self.offer(
             enc, enc, enc, key_padding_mask=~mask & mask.any(1, keepdim=True), need_weights=False
         )

@@ -17,8 +17,10 @@ states and initial decoder state, as the authors' public code does; per request,
 batch of requests shares every computation), the pointer network's layers, or all
 weights (through ``torch.func.functional_call``; K shifted weight sets decode under
 ``vmap``). Steps are relative: a step of 0.1 moves the touched tensors by 10% of their
-norm. The GRN greedy list is the floor; a deadline checked between phases stops
-the search and returns the best list scored so far, flagged.
+norm. Lists are scored by the evaluator ensemble's pessimistic value (mean - beta x spread,
+relist.rerank.list_scorer), so a shift is kept only where the members agree it helps. The
+GRN greedy list is the floor; the request's budget is asked before every phase, and the
+best list scored so far is returned when time runs out (the skip is recorded in the budget).
 
 Safety under concurrency: the deployed module is only read (its parameters are taken
 detached once, shifts are fresh tensors of each call, gradients come from
@@ -34,7 +36,6 @@ import copy
 import threading
 import zlib
 from dataclasses import dataclass
-from time import perf_counter
 from typing import Literal
 
 import numpy as np
@@ -43,12 +44,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from relist.data.features import FeatureStore
 from relist.data.requests import Requests
-from relist.models.generator import GRN, AllowedFn, Encoded, candidate_features, chosen_items
-from relist.rerank.grn_policy import rules_hook
-from relist.rerank.list_scorer import ListScorer
-from relist.rerank.rules import BusinessRules, RulesConfig
+from relist.models.generator import GRN, AllowedFn, Encoded, chosen_items
+from relist.rerank.budget import Budget
+from relist.rerank.generators import Context
+from relist.rerank.grn import request_batch, rules_hook
+from relist.rerank.list_scorer import ListScorer, pessimistic
+from relist.rerank.rules import BusinessRules
 
 Shifted = dict[str, Tensor]  # name -> tensor with a leading request dimension
 POINTER = (
@@ -85,8 +87,7 @@ class LASTConfig(BaseModel):
     serve_samples: bool = Field(
         True, description="the exploration samples (already scored) may be served too"
     )
-    budget_ms: float | None = Field(10.0, gt=0, description="per call; None: no deadline")
-    rules: RulesConfig | None = RulesConfig()
+    beta: float = Field(1.0, ge=0, description="pessimism: lists are valued at mean - beta x members' std")
     batch_size: int = Field(256, ge=1, description="requests per call offline (weight shifts run one by one)")
     seed: int = 0
 
@@ -106,31 +107,8 @@ class LASTConfig(BaseModel):
 @dataclass
 class LASTResult:
     lists: np.ndarray  # [B, n] item ids served
-    reward: np.ndarray  # [B] evaluator LR of the served lists (NaN if the budget left the floor unscored)
+    reward: np.ndarray  # [B] pessimistic value of the served lists (NaN if the budget left the floor unscored)
     source: np.ndarray  # [B] where each served list came from: greedy | sample | shift | serial
-    budget_exceeded: bool
-    timings_ms: dict[str, float]
-
-
-class _Budget:
-    """A perf_counter deadline; ``allows(phase)`` also refuses a phase that would not finish in time."""
-
-    def __init__(self, budget_ms: float | None, costs: dict[str, float]):
-        self.deadline = None if budget_ms is None else perf_counter() + budget_ms / 1e3
-        self.costs, self.exceeded, self.timings = costs, False, {}
-        self._mark = perf_counter()
-
-    def allows(self, phase: str) -> bool:
-        if self.deadline is not None and perf_counter() + self.costs.get(phase, 0.0) > self.deadline:
-            self.exceeded = True
-        return not self.exceeded
-
-    def done(self, phase: str) -> None:
-        now = perf_counter()
-        spent = now - self._mark
-        self.timings[phase] = self.timings.get(phase, 0.0) + 1e3 * spent
-        self.costs[phase] = spent if phase not in self.costs else 0.8 * self.costs[phase] + 0.2 * spent
-        self._mark = now
 
 
 def branch_free_rules_hook(rules: BusinessRules, batch: dict[str, Tensor]) -> AllowedFn:
@@ -319,15 +297,16 @@ class _Best:
 
 
 class LAST:
-    """Learning at serving time over a deployed GRN and evaluator (see the module docstring)."""
+    """Learning at serving time over a deployed GRN and evaluator (see the module docstring).
 
-    def __init__(self, model: GRN, scorer: ListScorer, store: FeatureStore, cfg: LASTConfig = LASTConfig()):
-        self.model, self.scorer, self.store, self.cfg = model.eval(), scorer, store, cfg
+    As a generator, ``propose`` returns the best list it found for each request [B, 1, n].
+    """
+
+    def __init__(self, model: GRN, scorer: ListScorer, cfg: LASTConfig = LASTConfig()):
+        self.model, self.scorer, self.cfg = model.eval(), scorer, cfg
         self.params = {name: value.detach() for name, value in model.named_parameters()}
         names = {"activations": (), "pointer": POINTER, "all": tuple(self.params)}[cfg.shift]
         self.names = tuple(name for name in names if name in self.params)
-        self.rules = cfg.rules.build() if cfg.rules is not None else None
-        self._costs: dict[str, float] = {}  # phase cost estimates (EMA), for the deadline
         self._thread = threading.local()
 
     def _private_model(self) -> GRN:
@@ -336,125 +315,105 @@ class LAST:
             self._thread.model = copy.deepcopy(self.model)
         return self._thread.model
 
-    @torch.no_grad()
-    def rerank(self, requests: Requests, n: int) -> LASTResult:
-        """The best list LAST finds for each request (one request at a time for weight shifts)."""
-        budget = _Budget(self.cfg.budget_ms, self._costs)
-        batch = candidate_features(self.store, requests.user_id, requests.candidates, requests.cand_scores)
-        users = torch.tensor(requests.user_id)
-        generator = torch.Generator().manual_seed(self._seed(requests))
-        encoded = self.model.encode(batch)
-        space = (
-            _ActivationShift(self.model, batch, encoded, n, self.rules, self.cfg.temperature)
-            if self.cfg.shift == "activations"
-            else _WeightShift(
-                self._private_model(),
-                self.params,
-                self.names,
-                batch,
-                encoded,
-                n,
-                self.rules,
-                self.cfg.temperature,
-            )
-        )
-        greedy = space.decode(None, greedy=True)["choice"]  # [B, 1, n]
-        floor = chosen_items(batch["candidates"], greedy)
-        best = _Best(floor[:, 0])
-        budget.done("greedy")
-        search = self._parallel if self.cfg.mode == "parallel" else self._serial
-        search(space, batch, users, floor, generator, best, budget)
-        return LASTResult(
-            best.lists.numpy(), best.reward.numpy(), best.source, budget.exceeded, budget.timings
-        )
+    def propose(self, requests: Requests, n: int, ctx: Context) -> np.ndarray:
+        size = 1 if self.cfg.shift != "activations" else self.cfg.batch_size
+        out = [self.rerank(requests[start:start + size], n, ctx.rows(slice(start, start + size))).lists
+               for start in range(0, len(requests), size)]
+        return (np.concatenate(out) if out else np.zeros((0, n), np.int64))[:, None, :]
 
-    def _explore(self, space, batch, users, generator, best, budget, delta, floor: Tensor | None):
+    @torch.no_grad()
+    def rerank(self, requests: Requests, n: int, ctx: Context) -> LASTResult:
+        """The best list LAST finds for each request (one request at a time for weight shifts)."""
+        budget = ctx.budget
+        batch = request_batch(requests, ctx)
+        scorer = self.scorer.on_store(ctx.store)
+        generator = torch.Generator().manual_seed(self._seed(requests))
+        with budget.stage("last.greedy", len(requests)):
+            encoded = self.model.encode(batch)
+            space = (
+                _ActivationShift(self.model, batch, encoded, n, ctx.rules, self.cfg.temperature)
+                if self.cfg.shift == "activations"
+                else _WeightShift(self._private_model(), self.params, self.names, batch, encoded, n, ctx.rules,
+                                  self.cfg.temperature)
+            )
+            greedy = space.decode(None, greedy=True)["choice"]  # [B, 1, n]
+            floor = chosen_items(batch["candidates"], greedy)
+            best = _Best(floor[:, 0])
+
+        def score(lists: Tensor) -> Tensor:
+            """Pessimistic value of lists [B, L, n] -> [B, L], all in one batch."""
+            return pessimistic(scorer.values(requests, lists, ctx.objective), self.cfg.beta)
+
+        search = self._parallel if self.cfg.mode == "parallel" else self._serial
+        search(space, batch, score, floor, generator, best, budget)
+        return LASTResult(best.lists.numpy(), best.reward.numpy(), best.source)
+
+    def _explore(self, space, batch, score, generator, best, budget: Budget, delta, floor: Tensor | None):
         """Sample S lists at θ+delta and score them (with the unscored ``floor`` [B, 1, n] lists, if any).
 
-        Returns (LR of the samples [B, S], their logp and probe for the gradient, LR of the floor or None).
+        Returns (value of the samples [B, S], their logp and probe for the gradient, value of the floor or None).
         """
-        choice, logp, probe = _sample_with_grad(space, delta, self.cfg.samples, generator)
-        lists = chosen_items(batch["candidates"], choice)
-        proposals = lists if floor is None else torch.cat([floor, lists], 1)
-        lr = self._score(users, proposals)
-        lr_floor = None
-        if floor is not None:
-            lr_floor, lr = lr[:, 0], lr[:, 1:]
-            best.offer(floor, lr_floor[:, None], "greedy")
-        if self.cfg.serve_samples:
-            best.offer(lists, lr, "sample")
-        budget.done("explore")
+        with budget.stage("last.explore", len(floor) if floor is not None else 1):
+            choice, logp, probe = _sample_with_grad(space, delta, self.cfg.samples, generator)
+            lists = chosen_items(batch["candidates"], choice)
+            proposals = lists if floor is None else torch.cat([floor, lists], 1)
+            lr = score(proposals)
+            lr_floor = None
+            if floor is not None:
+                lr_floor, lr = lr[:, 0], lr[:, 1:]
+                best.offer(floor, lr_floor[:, None], "greedy")
+            if self.cfg.serve_samples:
+                best.offer(lists, lr, "sample")
         return lr, logp, probe, lr_floor
 
-    def _parallel(self, space, batch, users, floor, generator, best, budget) -> None:
-        if not budget.allows("explore"):
+    def _parallel(self, space, batch, score, floor, generator, best, budget: Budget) -> None:
+        rows = len(floor)
+        if not budget.affords("last.explore", rows):
             return
-        lr, logp, probe, lr_greedy = self._explore(space, batch, users, generator, best, budget, None, floor)
-        if not budget.allows("gradient"):
+        lr, logp, probe, lr_greedy = self._explore(space, batch, score, generator, best, budget, None, floor)
+        if not budget.affords("last.gradient", rows):
             return
-        weights = _advantage_weights(lr, lr_greedy, self.cfg.baseline, self.cfg.directions)
-        directions = _directions(space, logp, probe, weights)
-        steps = torch.tensor(self.cfg.step_sizes)
-        shifts = {
-            name: (d[:, :, None] * steps.view(1, 1, -1, *[1] * (d.dim() - 2))).flatten(1, 2)
-            for name, d in directions.items()
-        }  # [B, D·len(steps), ...]
-        budget.done("gradient")
-        if not budget.allows("decode"):
+        with budget.stage("last.gradient", rows):
+            weights = _advantage_weights(lr, lr_greedy, self.cfg.baseline, self.cfg.directions)
+            directions = _directions(space, logp, probe, weights)
+            steps = torch.tensor(self.cfg.step_sizes)
+            shifts = {
+                name: (d[:, :, None] * steps.view(1, 1, -1, *[1] * (d.dim() - 2))).flatten(1, 2)
+                for name, d in directions.items()
+            }  # [B, D·len(steps), ...]
+        if not budget.affords("last.decode", rows):
             return
-        shifted = space.decode_shifted(shifts)
-        budget.done("decode")
-        if not budget.allows("score"):
+        with budget.stage("last.decode", rows):
+            shifted = space.decode_shifted(shifts)
+        if not budget.affords("last.score", rows):
             return
-        lists = chosen_items(batch["candidates"], shifted)
-        best.offer(lists, self._score(users, lists), "shift")
-        budget.done("score")
+        with budget.stage("last.score", rows):
+            lists = chosen_items(batch["candidates"], shifted)
+            best.offer(lists, score(lists), "shift")
 
-    def _serial(self, space, batch, users, floor, generator, best, budget) -> None:
-        delta, lr_greedy = None, None
+    def _serial(self, space, batch, score, floor, generator, best, budget: Budget) -> None:
+        delta, lr_greedy, rows = None, None, len(floor)
         for _ in range(self.cfg.serial_steps):
-            if not budget.allows("explore"):
+            if not budget.affords("last.explore", rows):
                 return
-            lr, logp, probe, lr_floor = self._explore(
-                space, batch, users, generator, best, budget, delta, floor
-            )
+            lr, logp, probe, lr_floor = self._explore(space, batch, score, generator, best, budget, delta, floor)
             lr_greedy, floor = (lr_greedy if lr_floor is None else lr_floor), None
-            if not budget.allows("gradient"):
+            if not budget.affords("last.gradient", rows):
                 return
-            weights = _advantage_weights(lr, lr_greedy, self.cfg.baseline, 1)
-            step = _directions(space, logp, probe, weights)
-            delta = {
-                name: self.cfg.serial_step * d[:, 0] + (0 if delta is None else delta[name])
-                for name, d in step.items()
-            }
-            budget.done("gradient")
-            if not budget.allows("decode"):
+            with budget.stage("last.gradient", rows):
+                weights = _advantage_weights(lr, lr_greedy, self.cfg.baseline, 1)
+                step = _directions(space, logp, probe, weights)
+                delta = {
+                    name: self.cfg.serial_step * d[:, 0] + (0 if delta is None else delta[name])
+                    for name, d in step.items()
+                }
+            if not budget.affords("last.decode", rows):
                 return
-            lists = chosen_items(batch["candidates"], space.decode(delta, greedy=True)["choice"])
-            lr_greedy = self._score(users, lists)[:, 0]
-            best.offer(lists, lr_greedy[:, None], "serial")
-            budget.done("decode")
-
-    def _score(self, users: Tensor, lists: Tensor) -> Tensor:
-        """Evaluator LR of lists [B, L, n] -> [B, L], all in one batch."""
-        b, k, n = lists.shape
-        return self.scorer.list_reward(users.repeat_interleave(k), lists.reshape(b * k, n)).view(b, k)
+            with budget.stage("last.decode", rows):
+                lists = chosen_items(batch["candidates"], space.decode(delta, greedy=True)["choice"])
+                lr_greedy = score(lists)[:, 0]
+                best.offer(lists, lr_greedy[:, None], "serial")
 
     def _seed(self, requests: Requests) -> int:
         """A per-call sampling seed from the config seed and the request ids: reproducible and thread-safe."""
         return zlib.crc32(np.asarray(requests.request_id, dtype=np.int64).tobytes(), self.cfg.seed)
-
-
-class LASTPolicy:
-    """LAST as a re-ranking Policy: ``policy(requests, n) -> [B, n]`` item ids."""
-
-    def __init__(self, last: LAST):
-        self.last = last
-
-    def __call__(self, requests: Requests, n: int) -> np.ndarray:
-        size = 1 if self.last.cfg.shift != "activations" else self.last.cfg.batch_size
-        out = [
-            self.last.rerank(requests[start : start + size], n).lists
-            for start in range(0, len(requests), size)
-        ]
-        return np.concatenate(out) if out else np.zeros((0, n), np.int64)

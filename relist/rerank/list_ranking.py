@@ -1,89 +1,153 @@
-"""List ranking: the second step of list retrieval — every proposed list is scored, the best is served.
+"""List ranking: the second step of list retrieval, and the only place that chooses among lists.
 
-Several generators (beam search, GRN greedy and samples, the upstream order, ...)
-each propose lists for a request. Duplicates are dropped, all remaining lists
-of the batch are scored by the evaluator in one call, and per request the list
-with the highest list reward LR is served, together with the generator that
-proposed it. Lists that break a business rule are served only when no
-proposal keeps them all (and are then flagged).
+Generators (relist.rerank.generators) propose lists for a batch of requests, each only if the
+budget affords it. Duplicates are dropped, every remaining list is valued by the evaluator
+ensemble in one call (any objective, relist.objective), and per request one list is served:
+
+* with a **safe incumbent** (a named generator, e.g. the policy that is best on validation), a
+  challenger is served only when the members agree it beats the incumbent's list: its pessimistic
+  gain — mean minus ``beta`` standard deviations of the members' paired differences — must exceed
+  ``margin``; otherwise the incumbent's list is served. A list the incumbent dominates (every
+  member rates it no higher) is therefore never served instead of it;
+* without one (or when the incumbent did not run), the list of highest pessimistic value wins.
+
+The chosen list is then refined by evaluator-guided local search under the same criterion
+(relist.rerank.local_search). Lists that break a business rule are served only when no proposal
+keeps them all (and are then flagged). The evaluation, the server (a batch of one request under
+its time budget) and every benchmark run this one class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
+from pydantic import BaseModel, ConfigDict, Field
 
-from relist.data.features import FeatureStore
 from relist.data.requests import Requests
-from relist.rerank.list_scorer import ListScorer
-from relist.rerank.rules import BusinessRules, item_attributes
+from relist.rerank.generators import Context, Generator
+from relist.rerank.list_scorer import pessimistic
+from relist.rerank.local_search import LocalSearch, LocalSearchConfig
 
-Proposer = Callable[[Requests, int], np.ndarray]
-"""Lists proposed for a batch: [B, K, n] item ids, or [B, n] for one list per request (any Policy)."""
+AUTO = "auto"
+
+
+class ListRankingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    generators: list[str] = Field(
+        ["greedy_upstream_score", "greedy_ctr", "beam", "prm", "dlcm", "seq2slate", "grn", "grn_samples"],
+        description="generators whose lists compete, in the order they run; those whose models are missing "
+                    "are left out")
+    incumbent: str | None = Field(AUTO, description="the generator whose list is served unless another beats it "
+                                                    "pessimistically; 'auto': the best on validation requests; "
+                                                    "null: no incumbent")
+    incumbent_choices: list[str] = Field(
+        ["greedy_upstream_score", "greedy_ctr", "beam", "prm", "dlcm", "seq2slate"],
+        description="what 'auto' chooses among (generators that do not climb the evaluator)")
+    beta: float = Field(1.0, ge=0, description="pessimism: a value counts as mean - beta x members' std")
+    margin: float = Field(0.0, ge=0, description="a challenger must beat the incumbent by more than this "
+                                                 "(pessimistically, in the objective's units)")
+    refine: LocalSearchConfig = LocalSearchConfig()
 
 
 @dataclass
 class RankedLists:
     lists: np.ndarray  # [B, n] served item ids
-    reward: np.ndarray  # [B] LR of the served list
-    source: np.ndarray  # [B] index into ``generators`` of the generator that proposed it first
-    generators: list[str]
+    reward: np.ndarray  # [B] the members' mean value of the served list (NaN where nothing was scored)
+    source: np.ndarray  # [B] name of the generator that proposed the served list first (+ "+local_search")
     breaks_rules: np.ndarray  # [B] bool: no proposal kept every rule
     proposals: int  # distinct lists scored in the batch
-
-    def source_names(self) -> np.ndarray:
-        return np.asarray(self.generators)[self.source]
+    moves: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [B] local-search moves
 
 
 class ListRanking:
-    """``policy(requests, n)`` serving the highest-LR proposal; ``rank`` also says where it came from."""
+    """Serve one list per request out of every generator's proposals (see the module docstring)."""
 
-    def __init__(self, generators: Mapping[str, Proposer], scorer: ListScorer, store: FeatureStore,
-                 rules: BusinessRules | None = None):
+    def __init__(self, generators: Mapping[str, Generator], scorer, cfg: ListRankingConfig = ListRankingConfig(),
+                 incumbent: str | None = None):
+        """``scorer``: anything with ``values(requests, lists, objective) -> [E, B, K]`` (a ListScorer);
+        ``incumbent``: the resolved incumbent (``cfg.incumbent`` unless that is 'auto')."""
         if not generators:
             raise ValueError("list ranking needs at least one generator")
-        self.generators, self.scorer, self.store, self.rules = dict(generators), scorer, store, rules
+        self.generators, self.scorer, self.cfg = dict(generators), scorer, cfg
+        self.incumbent = incumbent if incumbent is not None else (None if cfg.incumbent == AUTO else cfg.incumbent)
+        self.search = LocalSearch(cfg.refine)
 
-    def __call__(self, requests: Requests, n: int) -> np.ndarray:
-        return self.rank(requests, n).lists
+    def propose(self, requests: Requests, n: int, ctx: Context) -> np.ndarray:
+        """List ranking as a generator: the served list [B, 1, n]."""
+        return self.rank(requests, n, ctx).lists[:, None]
 
-    def rank(self, requests: Requests, n: int) -> RankedLists:
-        proposals, source = self.propose(requests, n)
-        B, K, _ = proposals.shape
+    def proposals(self, requests: Requests, n: int, ctx: Context) -> tuple[np.ndarray, list[str]]:
+        """Every generator's lists side by side [B, K, n] and the generator of each of the K columns."""
+        size = len(requests) * requests.candidates.shape[1] * n
+        parts, source = [], []
+        for name, generator in self.generators.items():
+            if not ctx.budget.affords(name, size):
+                continue
+            with ctx.budget.stage(name, size):
+                lists = generator.propose(requests, n, ctx)
+            parts.append(lists)
+            source += [name] * lists.shape[1]
+        if not parts:
+            return requests.candidates[:, None, :n], ["upstream"]
+        return np.concatenate(parts, 1), source
+
+    def rank(self, requests: Requests, n: int, ctx: Context) -> RankedLists:
+        proposals, source = self.proposals(requests, n, ctx)
+        scorer = self.scorer.on_store(ctx.store)
+        b, k, _ = proposals.shape
         fresh = ~duplicates(proposals)
-        rows, cols = np.nonzero(fresh)
-        reward = np.full((B, K), -np.inf)
-        reward[rows, cols] = self.scorer.list_reward(requests.user_id[rows], proposals[rows, cols])
-        keeps = self._keeps_rules(requests, proposals) & fresh
+        keeps = ctx.keeps_rules(requests, proposals) & fresh
         any_keeps = keeps.any(1)
         eligible = np.where(any_keeps[:, None], keeps, fresh)
-        pick = np.where(eligible, reward, -np.inf).argmax(1)
-        at = np.arange(B)
-        return RankedLists(proposals[at, pick], reward[at, pick], source[pick], list(self.generators),
-                           ~any_keeps, len(rows))
+        at = np.arange(b)
+        if not ctx.budget.affords("list_ranking.score", b * k * n):
+            pick = eligible.argmax(1)  # the first eligible proposal, in generator order
+            return RankedLists(proposals[at, pick], np.full(b, np.nan), np.asarray(source)[pick], ~any_keeps, 0,
+                               np.zeros(b, np.int64))
+        with ctx.budget.stage("list_ranking.score", b * k * n):
+            values = np.asarray(scorer.values(requests, proposals, ctx.objective), dtype=np.float64)
+        incumbent = source.index(self.incumbent) if self.incumbent in source else None
+        criterion = self._criterion(values, incumbent)
+        choice = np.where(eligible, criterion, -np.inf)
+        pick = choice.argmax(1)
+        if incumbent is not None:
+            stay = eligible[:, incumbent] & ~(choice[at, pick] > self.cfg.margin)
+            pick = np.where(stay, incumbent, pick)
+        served, value = proposals[at, pick], criterion[at, pick]
+        names = np.asarray(source, dtype=object)[pick]
+        moves = np.zeros(b, np.int64)
+        if self.cfg.refine.rounds:
+            reference = None if incumbent is None else proposals[:, incumbent]
+            criterion = self._search_criterion(scorer, requests, ctx, reference)
+            served, value, moves = self.search.improve(requests, served, ctx, criterion, value)
+            names = np.where(moves > 0, names + "+local_search", names)
+        reward = np.asarray(scorer.values(requests, served, ctx.objective)).mean(0) if moves.any() \
+            else values.mean(0)[at, pick]
+        return RankedLists(served, reward, names, ~any_keeps, int(fresh.sum()), moves)
 
-    def propose(self, requests: Requests, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """All generators' lists side by side [B, K, n] and the generator index of each of the K columns."""
-        parts, source = [], []
-        for index, generate in enumerate(self.generators.values()):
-            lists = np.asarray(generate(requests, n))
-            lists = lists[:, None] if lists.ndim == 2 else lists
-            parts.append(lists)
-            source += [index] * lists.shape[1]
-        return np.concatenate(parts, 1), np.asarray(source)
+    def _criterion(self, values: np.ndarray, incumbent: int | None) -> np.ndarray:
+        """[E, B, K] member values -> what is maximised [B, K]: pessimistic gain over the incumbent, or value."""
+        if incumbent is None:
+            return pessimistic(values, self.cfg.beta)
+        gain = pessimistic(values - values[:, :, incumbent:incumbent + 1], self.cfg.beta)
+        gain[:, incumbent] = 0.0
+        return gain
 
-    def _keeps_rules(self, requests: Requests, proposals: np.ndarray) -> np.ndarray:
-        if self.rules is None:
-            return np.ones(proposals.shape[:2], bool)
-        B, K, n = proposals.shape
-        flat = proposals.reshape(B * K, n)
-        cates, shops = item_attributes(self.store, flat)
-        candidates = torch.as_tensor(np.repeat(requests.candidates, K, 0))
-        ok = self.rules.check(cates, shops, torch.as_tensor(flat), candidates)
-        return ok.numpy().reshape(B, K)
+    def _search_criterion(self, scorer, requests: Requests, ctx: Context, reference: np.ndarray | None):
+        """Local search's criterion: the same pessimistic gain over the incumbent's list (or value)."""
+
+        def criterion(rows: np.ndarray, lists: np.ndarray) -> np.ndarray:
+            objective = ctx.rows(rows).objective
+            if reference is None:
+                return pessimistic(np.asarray(scorer.values(requests[rows], lists, objective)), self.cfg.beta)
+            both = np.concatenate([reference[rows][:, None], lists], 1)
+            values = np.asarray(scorer.values(requests[rows], both, objective), dtype=np.float64)
+            return pessimistic(values[:, :, 1:] - values[:, :, :1], self.cfg.beta)
+
+        return criterion
 
 
 def duplicates(lists: np.ndarray) -> np.ndarray:

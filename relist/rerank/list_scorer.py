@@ -1,14 +1,18 @@
-"""The list reward LR of a trained evaluator: how every re-ranker compares whole lists.
+"""How every re-ranker values whole lists: the evaluator ensemble's heads turned into an objective.
 
-LR is the evaluator's expected number of clicks of a list: the per-position click
-probabilities summed over real positions, optionally each weighted by the chance the
-position is seen (the cumulative product of the evaluator's own predicted ``next``).
-Which of the two is used is part of the evaluator's spec, picked on validation logs.
-Inputs may be numpy or torch; outputs follow the type of ``lists``. No gradients.
+Each member of the evaluator gives per-position click, scroll and purchase probabilities; the
+chance that a position is seen is the product of the scroll probabilities before it (when the
+spec says the list reward is exposure-weighted, which is the default: the click head predicts
+clicks of seen positions). relist.objective turns those into the value of any objective, per
+member. The members' mean is the evaluator's estimate, their spread how far it can be trusted:
+:func:`pessimistic` (mean - beta x std) is what chooses and rewards lists wherever a list unlike
+the logged ones could otherwise win on the evaluator's errors. Inputs are numpy or torch; outputs
+follow the type of ``lists``. No gradients.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,77 +20,164 @@ import torch
 from torch import Tensor
 
 from relist.data.features import FeatureStore
-from relist.models.evaluator import DCWN, exposure, list_features, load_evaluator
+from relist.data.requests import Requests
+from relist.models.evaluator import Evaluator, exposure, load_evaluator
+from relist.models.inputs import list_inputs
+from relist.objective import Objective, terms, value
 
 Array = np.ndarray | Tensor
+IPV = Objective()
+PriorFn = Callable[[Requests, FeatureStore], dict[str, np.ndarray]]
+"""The fine-ranking teacher's logits of every candidate ("ctr", "next", optionally "buy"; [B, m] each)."""
+PRIOR_OF = {"click": "ctr", "next": "next", "buy": "buy"}
+
+
+def list_priors(prior: PriorFn, store: FeatureStore, requests: Requests, lists: np.ndarray,
+                rows: np.ndarray) -> dict[str, Tensor]:
+    """The teacher's logits of the items of lists [R, n] of ``requests[rows]``, as the evaluator's
+    ``prior_*`` inputs (0 at padding, and for a head the teacher lacks)."""
+    logits = prior(requests, store)
+    columns = requests[rows].columns_of(lists)
+    at = np.maximum(columns, 0)
+    out = {}
+    for head, name in PRIOR_OF.items():
+        values = logits.get(name)
+        gathered = (np.zeros(columns.shape) if values is None
+                    else np.where(columns >= 0, np.take_along_axis(values[rows], at, 1), 0.0))
+        out[f"prior_{head}"] = torch.as_tensor(gathered, dtype=torch.float32)
+    return out
 
 
 class ListScorer:
-    """A frozen evaluator plus the feature store that turns ids into its inputs."""
+    """A frozen evaluator ensemble plus the feature store that turns ids into its inputs."""
 
-    def __init__(
-        self, model: DCWN, store: FeatureStore, exposure_weighted: bool = False, batch_size: int = 8192
-    ):
-        self.model, self.store = model.eval(), store
+    name = "evaluator"
+
+    def __init__(self, model: Evaluator, store: FeatureStore, exposure_weighted: bool = True,
+                 batch_size: int = 4096, prior: PriorFn | None = None):
+        if model.cfg.prior and prior is None:
+            raise ValueError("this evaluator starts from the fine-ranking teacher's logits: give its prior "
+                             "(the ranker model it was trained with)")
+        self.model, self.store, self.prior = model.eval(), store, prior
         self.exposure_weighted, self.batch_size = exposure_weighted, batch_size
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @classmethod
-    def load(
-        cls, model_dir: str | Path, store: FeatureStore, exposure_weighted: bool | None = None
-    ) -> ListScorer:
-        """From a ``relist train evaluator`` directory; ``exposure_weighted`` overrides the spec's choice."""
+    def load(cls, model_dir: str | Path, store: FeatureStore, ranker_dir: str | Path | None = None) -> ListScorer:
+        """From a ``relist train evaluator`` directory; an evaluator with a prior needs the ranker it was
+        trained with (``ranker_dir``, checked by its weights' checksum)."""
+        from relist.models.ranking.scoring import point_logits
+        from relist.train.ranking import load_ranking_model, weights_digest
+
         model, spec = load_evaluator(model_dir)
-        return cls(model, store, spec.exposure_weighted if exposure_weighted is None else exposure_weighted)
+        prior = None
+        if spec.model.prior:
+            if ranker_dir is None:
+                raise ValueError(f"{model_dir}: this evaluator reads the fine-ranking teacher's logits; "
+                                 "it needs the ranker it was trained with")
+            if spec.prior_weights != weights_digest(ranker_dir):
+                raise ValueError(f"{model_dir}: trained with another ranker than {ranker_dir} "
+                                 "(weights differ); retrain the evaluator or use its ranker")
+            ranker = load_ranking_model(ranker_dir)
 
-    def per_position(self, user_ids: Array, lists: Array) -> Array:
-        """Click probability of each position of lists [B, n] (0 at padding)."""
-        return self._score(user_ids, lists)[0]
+            def prior(requests: Requests, store: FeatureStore) -> dict[str, np.ndarray]:
+                return point_logits(ranker, store, requests)
 
-    def contributions(self, user_ids: Array, lists: Array) -> Array:
-        """Each position's share of LR [B, n]: click probability, times predicted exposure if weighted."""
-        return self._score(user_ids, lists)[1]
+        return cls(model, store, spec.exposure_weighted, prior=prior)
 
-    def list_reward(self, user_ids: Array, lists: Array) -> Array:
-        """LR of each list [B, n] -> [B]."""
-        return self.contributions(user_ids, lists).sum(-1)
+    @property
+    def members(self) -> int:
+        return len(self.model.members)
 
-    def best_of(self, user_ids: Array, lists: Array) -> tuple[Array, Array]:
-        """Per request the list with the highest LR among K proposals [B, K, n]: (best [B, n], LR [B, K])."""
-        b, k, n = lists.shape
-        users = user_ids.repeat_interleave(k) if isinstance(user_ids, Tensor) else np.repeat(user_ids, k)
-        reward = self.list_reward(users, lists.reshape(b * k, n)).reshape(b, k)
-        pick = reward.argmax(1)
-        return lists[np.arange(b) if isinstance(lists, np.ndarray) else torch.arange(b), pick], reward
+    def on_store(self, store: FeatureStore) -> ListScorer:
+        """The same evaluator reading another store (e.g. a view with a request's user overrides)."""
+        return self if store is self.store else ListScorer(self.model, store, self.exposure_weighted,
+                                                           self.batch_size, self.prior)
+
+    def terms(self, requests: Requests, lists: Array, rows: np.ndarray | None = None) -> Array:
+        """Per member and position the objective terms of lists [R, n] of ``requests[rows]`` (default: one
+        list per request): [E, R, n, 4]."""
+        rows = np.arange(len(requests)) if rows is None else np.asarray(rows)
+        return self._chunked(requests, lists, rows)
+
+    def values(self, requests: Requests, lists: Array, objective: Objective | np.ndarray = IPV) -> Array:
+        """Per member the value of each list: lists [B, n] -> [E, B], or [B, K, n] -> [E, B, K].
+
+        ``objective`` is one Objective or per-request weights [B, 4].
+        """
+        proposals = lists if lists.ndim == 3 else lists[:, None]
+        b, k, n = proposals.shape
+        per_position = self.terms(requests, proposals.reshape(b * k, n), np.repeat(np.arange(b), k))
+        per_position = per_position.reshape(per_position.shape[0], b, k, n, 4)
+        weights = _weights(objective, b)
+        out = value(per_position, weights if isinstance(per_position, np.ndarray) else torch.as_tensor(weights))
+        return out if lists.ndim == 3 else out[..., 0]
+
+    def list_reward(self, requests: Requests, lists: Array, objective: Objective | np.ndarray = IPV) -> Array:
+        """The members' mean value of each list ([B, n] -> [B], [B, K, n] -> [B, K]): the evaluator's LR."""
+        return self.values(requests, lists, objective).mean(0)
+
+    def _chunked(self, requests: Requests, lists: Array, rows: np.ndarray) -> Array:
+        out = []
+        for start in range(0, len(lists), self.batch_size):
+            part = rows[start:start + self.batch_size]
+            used, local = np.unique(part, return_inverse=True)  # each request's history encoded once
+            out.append(self._score(requests[used], lists[start:start + self.batch_size], local))
+        if isinstance(lists, np.ndarray):
+            return np.concatenate(out, 1) if out else np.zeros((self.members, 0, lists.shape[1], 4))
+        return torch.cat(out, 1) if out else torch.zeros(self.members, 0, lists.shape[1], 4)
 
     @torch.no_grad()
-    def _score(self, user_ids: Array, lists: Array) -> tuple[Array, Array]:
-        """(click probabilities, LR shares) [B, n], in chunks of ``batch_size`` lists."""
-        lists_t, users_t = as_long(lists), as_long(user_ids)
-        empty = torch.zeros(0, lists_t.shape[1], device=lists_t.device)
-        chunks = [
-            self._score_chunk(
-                users_t[start : start + self.batch_size], lists_t[start : start + self.batch_size]
-            )
-            for start in range(0, len(lists_t), self.batch_size)
-        ]
-        out = (
-            tuple(torch.cat([empty, *parts]) for parts in zip(*chunks, strict=True))
-            if chunks
-            else (empty, empty)
-        )
-        return tuple(x.cpu().numpy() for x in out) if isinstance(lists, np.ndarray) else out
-
-    def _score_chunk(self, user_ids: Tensor, lists: Tensor) -> tuple[Tensor, Tensor]:
+    def _score(self, requests: Requests, lists: Array, rows: np.ndarray) -> Array:
         device = next(self.model.parameters()).device
-        batch = list_features(self.store, user_ids, lists.to(device))
+        ids = lists if isinstance(lists, Tensor) else torch.tensor(np.ascontiguousarray(lists), dtype=torch.long)
+        batch = list_inputs(self.store, requests, ids.to(device), rows)
+        if self.prior is not None:
+            batch |= {name: value.to(device) for name, value in
+                      list_priors(self.prior, self.store, requests, ids.cpu().numpy(), rows).items()}
         logits = self.model(batch)
-        p = torch.sigmoid(logits["click"]) * batch["mask"]
-        share = p * exposure(logits["next"]) if self.exposure_weighted else p
-        return p.to(lists.device), share.to(lists.device)
+        real = batch["mask"].to(logits["click"].dtype)
+        seen = exposure(logits["next"]) * real if self.exposure_weighted else real.expand_as(logits["click"])
+        out = terms(seen, torch.sigmoid(logits["click"]), torch.sigmoid(logits["buy"]), batch["raw_price"])
+        out = out.to(ids.device)
+        return out.numpy() if isinstance(lists, np.ndarray) else out
 
 
-def as_long(values: Array) -> Tensor:
-    """Ids as a long tensor (numpy arrays are copied: logs come back read-only)."""
-    return values.long() if isinstance(values, Tensor) else torch.tensor(np.asarray(values), dtype=torch.long)
+def _weights(objective: Objective | np.ndarray, b: int) -> np.ndarray:
+    """Objective weights shaped to broadcast against per-member totals [E, B, K, 4]: [4] or [B, 1, 4]."""
+    if isinstance(objective, Objective):
+        return objective.vector()
+    weights = np.asarray(objective, dtype=np.float64)
+    if weights.shape != (b, 4):
+        raise ValueError(f"per-request objective weights must be [{b}, 4], got {list(weights.shape)}")
+    return weights[:, None, :]
+
+
+def pessimistic(values: Array, beta: float) -> Array:
+    """Mean minus ``beta`` standard deviations over the members (axis 0); the mean when there is one."""
+    if values.shape[0] < 2 or beta == 0:
+        return values.mean(0)
+    std = values.std(0, ddof=1) if isinstance(values, np.ndarray) else values.std(0, correction=1)
+    return values.mean(0) - beta * std
+
+
+class UpstreamValue:
+    """List values without a learned evaluator: the upstream scores read as click probabilities and a
+    constant chance to keep scrolling (one 'member', so no spread)."""
+
+    name = "upstream_scores"
+
+    def __init__(self, p_next: float = 0.85):
+        self.p_next = p_next
+
+    def on_store(self, store: FeatureStore) -> UpstreamValue:
+        return self
+
+    def values(self, requests: Requests, lists: np.ndarray, objective: Objective | np.ndarray = IPV) -> np.ndarray:
+        proposals = lists if lists.ndim == 3 else lists[:, None]
+        score, _ = requests.upstream_of(proposals)
+        p_click = np.clip(np.nan_to_num(score, nan=0.0), 0.0, 1.0)
+        seen = (proposals != 0) * self.p_next ** np.arange(proposals.shape[-1])
+        out = value(terms(seen, p_click)[None], _weights(objective, len(proposals)))
+        return out if lists.ndim == 3 else out[..., 0]

@@ -1,49 +1,41 @@
-"""What a re-ranking policy is, and the simple ones every table starts with.
+"""The generators every table starts with: they need no trained model.
 
-A policy maps a batch of requests to one ordered list of ``n`` candidate ids
-per request. Learned policies (beam search, GRN, list retrieval, LAST) follow
-the same signature, so the evaluation never needs to know which it runs.
+* ``upstream``: the first n candidates as the upstream stage delivered them (the serving floor);
+* ``greedy_upstream_score``: slot by slot the best upstream score the business rules allow — the
+  logging policy's own choice without its exploration;
+* ``random``: a uniformly random order that keeps the rules (the exploration bucket's lists).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import zlib
 
 import numpy as np
 
 from relist.data.requests import Requests
+from relist.rerank.beam import greedy_under_rules
+from relist.rerank.generators import Context, as_proposals
 
 
-class Policy(Protocol):
-    def __call__(self, requests: Requests, n: int) -> np.ndarray:  # [B, n] item ids
-        ...
+class Upstream:
+    def propose(self, requests: Requests, n: int, ctx: Context) -> np.ndarray:
+        return as_proposals(requests.candidates[:, :n])
 
 
-def upstream_order(requests: Requests, n: int) -> np.ndarray:
-    """The first n candidates as the upstream stage delivered them."""
-    return requests.candidates[:, :n]
+class GreedyUpstreamScore:
+    def propose(self, requests: Requests, n: int, ctx: Context) -> np.ndarray:
+        order = -np.arange(requests.mask.shape[1], dtype=np.float64)[None, :]
+        scores = np.where(np.isnan(requests.cand_scores), order, requests.cand_scores)  # none sent: the order
+        return as_proposals(greedy_under_rules(scores, requests, n, ctx))
 
 
-def greedy_by_score(requests: Requests, n: int) -> np.ndarray:
-    """Sort by the upstream point-wise score: the context-blind default of a feed."""
-    scores = np.where(requests.mask, requests.cand_scores, -np.inf)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
-    return np.take_along_axis(requests.candidates, order, 1)
+class RandomOrder:
+    """A random rule-keeping order, drawn from the request ids and ``seed`` (reproducible per request)."""
 
+    def __init__(self, seed: int = 0):
+        self.seed = seed
 
-def random_order(seed: int = 0) -> Policy:
-    rng = np.random.default_rng(seed)
-
-    def policy(requests: Requests, n: int) -> np.ndarray:
-        keys = np.where(requests.mask, rng.random(requests.candidates.shape), -np.inf)
-        order = np.argsort(-keys, axis=1)[:, :n]
-        return np.take_along_axis(requests.candidates, order, 1)
-
-    return policy
-
-
-SIMPLE_POLICIES: dict[str, Policy] = {
-    "upstream": upstream_order,
-    "greedy_upstream_score": greedy_by_score,
-    "random": random_order(0),
-}
+    def propose(self, requests: Requests, n: int, ctx: Context) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, zlib.crc32(requests.request_id.tobytes())])
+        keys = rng.random(requests.candidates.shape) + 1.0
+        return as_proposals(greedy_under_rules(keys, requests, n, ctx))

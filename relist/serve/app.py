@@ -1,9 +1,13 @@
 """The FastAPI app: HTTP in, pipeline, HTTP out. Thin on purpose.
 
-Guarantees kept here: an invalid request gets 4xx naming the field (422) or
-the body (413); a valid one never gets a 5xx (a failing model or anything
-else unexpected serves the upstream order with ``fallback: true``, logged and
-counted); each response carries the one model version that produced it.
+Guarantees kept here: an invalid request gets a 4xx whose body names what is wrong, in one
+shape for every error (``{"detail": [{"loc", "field", "msg", "type"}]}``): 422 for a field,
+400 for a body that is not UTF-8 JSON, 413 for a body over the limit, 415 for a body not
+sent as JSON, 401 for the admin token, 404/409 for a version that is missing/refused. A valid
+request never gets a 5xx: a failing model, a non-finite list reward or anything else
+unexpected serves the upstream order with ``fallback: true``, logged and counted. Each
+response carries the one model version that produced it. The OpenAPI schema says what the
+served version accepts (its strategies, the candidate cap) and documents every status.
 """
 
 from __future__ import annotations
@@ -11,25 +15,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
+import math
 import os
+import random
+import sys
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
 
 import anyio
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from relist.data.ids import RequestItems, RequestUser
 from relist.serve.config import ServeConfig, load_serve_config
 from relist.serve.metrics import CONTENT_TYPE, ServeMetrics
-from relist.serve.pipeline import Pipeline, RerankResult, UnknownStrategy
-from relist.serve.registry import Registry, VersionError
+from relist.serve.pipeline import UPSTREAM, Pipeline, RerankResult, UnknownStrategy
+from relist.serve.registry import Registry, UnknownVersion, VersionError
 from relist.serve.schemas import (
+    ErrorResponse,
+    Readiness,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
@@ -38,17 +52,37 @@ from relist.serve.schemas import (
     RerankResponse,
     Strategies,
 )
-from relist.serve.stages import UPSTREAM
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("relist.access")
 
 ENV_MODEL_DIR = "RELIST_MODEL_DIR"
 ENV_CONFIG = "RELIST_SERVE_CONFIG"
 
+JSON_BODY_PATHS = frozenset({"/v1/rerank", "/v1/recommend", "/admin/reload"})  # POST bodies parsed as JSON
+CLIENT_CLOSED = 499  # a client that went away before its body arrived (nginx's code; nobody receives it)
+
+ERROR_DESCRIPTIONS = {
+    400: "the body is not UTF-8 JSON, or nests too deeply to parse",
+    401: "missing or wrong admin token (`Authorization: Bearer <token>`)",
+    404: "no such model version",
+    408: "the request's headers or body did not arrive in time (the connection is then closed)",
+    409: "the version is refused (checksums, weights or smoke request); the served version stays",
+    413: "the body is over the server's limit",
+    415: "a body not sent with `Content-Type: application/json`",
+    422: "a field is invalid; `field` names it",
+    503: "the server holds its cap of open connections; retry later",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict]:
+    return {code: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+
 
 def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
                admin_token: str | None = None) -> FastAPI:
-    """The service over ``model_dir``; loads CURRENT now (raising if it cannot be served).
+    """The service over ``model_dir``; loads CURRENT now (or the last good version, loudly, when CURRENT's is
+    refused; raising when neither can be served).
 
     ``admin_token`` defaults to the environment variable ``config.admin_token_env``; without a
     token the admin endpoints do not exist.
@@ -56,6 +90,7 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
     registry = Registry(model_dir)
     metrics = ServeMetrics()
     metrics.set_version(None, registry.pipeline.version)
+    metrics.set_refused(registry.refused_version)
     admin_token = admin_token or os.environ.get(config.admin_token_env) or None
 
     @contextlib.asynccontextmanager
@@ -69,24 +104,30 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
-    app = FastAPI(title="relist", version="1", lifespan=lifespan,
+    app = FastAPI(title="relist", version="1", lifespan=lifespan, responses=_errors(408, 503),
                   description="Whole-list re-ranking and recommendation for e-commerce feeds.")
-    app.add_middleware(_LimitBody, max_bytes=config.max_body_bytes)
-    app.add_middleware(_CountRequests, metrics=metrics)  # outermost: counts the 413s too
+    app.add_middleware(_GuardBody, max_bytes=config.max_body_bytes)
+    app.add_middleware(_Observe, metrics=metrics, sample=config.access_log_sample)  # outermost: sees 413/415
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.openapi = _served_openapi(app, registry, config)
+    app.state.registry = registry
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
-    def readyz() -> dict[str, str]:
-        """A model version is loaded and warmed up."""
-        return {"status": "ready", "model_version": registry.pipeline.version}
+    @app.get("/readyz", response_model=Readiness, tags=["ops"])
+    def readyz() -> Readiness:
+        """A model version is loaded and warmed up; ``refused_version`` is set while CURRENT names a refused one."""
+        return Readiness(status="ready", model_version=registry.pipeline.version,
+                         refused_version=registry.refused_version)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
     def prometheus() -> Response:
+        """Prometheus text exposition (requests, latency per stage, fallbacks, reloads, model version)."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     @app.post("/v1/noop", tags=["ops"])
@@ -103,29 +144,34 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
 
     # CPU-bound pipelines run in at most this many threads; more would only contend for the same cores.
     limiter = anyio.CapacityLimiter(config.pipeline_threads)
+    body_errors = _errors(400, 413, 415, 422)
 
-    @app.post("/v1/rerank", response_model=RerankResponse, tags=["serving"])
+    @app.post("/v1/rerank", response_model=RerankResponse, tags=["serving"], responses=body_errors)
     async def rerank(body: RerankRequest) -> RerankResponse:
         """Re-rank the candidates of one request into the best list the time budget allows."""
         if len(body.candidates) > config.max_candidates:
             raise _field_error(("body", "candidates"), f"at most {config.max_candidates} candidates per "
                                                        f"request (got {len(body.candidates)})", "too_long")
         pipeline = registry.pipeline  # one read: the whole request runs on this version
-        request_items = RequestItems.of(pipeline.store.ids.items, [c.id for c in body.candidates])  # raw -> internal
+        candidates, repeats = body.unique_candidates()
+        if repeats:
+            metrics.duplicates.inc(repeats)
+        request_items = RequestItems.of(pipeline.store.ids.items, [c.id for c in candidates])  # raw -> internal
         ids, user = request_items.internal, _internal_user(pipeline, body.user, metrics, request_items.unknown)
-        scored = body.candidates[0].score is not None  # the schema checked: all or none
-        scores = np.array([c.score for c in body.candidates], np.float32) if scored else None
+        scored = candidates[0].score is not None  # the schema checked: all or none
+        scores = np.array([c.score for c in candidates], np.float32) if scored else None
 
         def attempt(budget_ms: float) -> RerankResult:
-            cates, shops = [c.category for c in body.candidates], [c.shop for c in body.candidates]
+            cates, shops = [c.category for c in candidates], [c.shop for c in candidates]
             inp = pipeline.request_input(user, ids, scores, body.n, cates, shops, body.request_id)
             return pipeline.rerank(inp, body.strategy, budget_ms)
 
         result = await _serve("rerank", pipeline, attempt, body.budget_ms or config.default_budget_ms,
                               floor=(ids[:body.n], UPSTREAM), metrics=metrics, limiter=limiter)
-        return RerankResponse(**_response_fields(pipeline, body.request_id, result, request_items))
+        return RerankResponse(**_response_fields(pipeline, body.request_id, result, request_items),
+                              duplicate_candidates=repeats)
 
-    @app.post("/v1/recommend", response_model=RecommendResponse, tags=["serving"])
+    @app.post("/v1/recommend", response_model=RecommendResponse, tags=["serving"], responses=body_errors)
     async def recommend(body: RecommendRequest) -> RecommendResponse:
         """The whole pipeline for a user: recall from the served catalogue, ranking, then re-ranking."""
         pipeline = registry.pipeline
@@ -145,23 +191,31 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
                                  candidates_considered=considered)
 
     if admin_token:
-        def check_token(authorization: str = Header("", description="Bearer <admin token>")) -> None:
-            given = authorization.removeprefix("Bearer ").strip()
+        bearer = HTTPBearer(auto_error=False, description=f"the admin token (environment variable "
+                                                          f"{config.admin_token_env})")
+
+        def check_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+            given = credentials.credentials if credentials is not None else ""
             if not hmac.compare_digest(given.encode(), admin_token.encode()):
-                raise HTTPException(401, "missing or wrong admin token ('Authorization: Bearer <token>')")
+                raise HTTPException(401, _detail(("header", "authorization"), "missing or wrong admin token "
+                                                 "('Authorization: Bearer <token>')", "unauthorized"),
+                                    headers={"WWW-Authenticate": "Bearer"})
 
         @app.post("/admin/reload", response_model=ReloadResponse, tags=["admin"],
-                  dependencies=[Depends(check_token)])
+                  dependencies=[Depends(check_token)], responses=_errors(400, 401, 404, 409, 413, 415, 422))
         def reload(body: ReloadRequest | None = None) -> ReloadResponse:
             """Load a version (default: the one CURRENT names) and swap it in; a bad one is refused (409)."""
             try:
                 old, new = registry.reload(body.version if body else None)
             except VersionError as err:
                 metrics.reloads.labels("refused").inc()
-                raise HTTPException(409, f"version refused, still serving "
-                                         f"{registry.pipeline.version}: {err}") from err
+                status, kind = (404, "unknown_version") if isinstance(err, UnknownVersion) else (409, "refused")
+                raise HTTPException(status, _detail(("body", "version"), f"version refused, still serving "
+                                                    f"{registry.pipeline.version}: "
+                                                    f"{_public(err, registry.model_dir)}", kind)) from err
             metrics.reloads.labels("ok").inc()
             metrics.set_version(old.version, new.version)
+            metrics.set_refused(registry.refused_version)
             return ReloadResponse(model_version=new.version, previous_version=old.version,
                                   changed=old is not new)
 
@@ -173,8 +227,8 @@ async def _serve(endpoint: str, pipeline: Pipeline, attempt: Callable[[float], R
                  limiter: anyio.CapacityLimiter) -> RerankResult:
     """Run ``attempt(budget left)`` in a pipeline thread; the wait for one counts against the budget (an
     overloaded server degrades to cheaper lists instead of falling behind). An unknown strategy is the
-    client's error (422); any other error serves ``floor`` (items, generator name) flagged as a fallback:
-    never a 5xx for a valid request."""
+    client's error (422); any other error, and a list reward that is not finite, serves ``floor`` (items,
+    generator name) flagged as a fallback: never a 5xx for a valid request."""
     arrived = perf_counter()
 
     def run() -> RerankResult:
@@ -191,6 +245,13 @@ async def _serve(endpoint: str, pipeline: Pipeline, attempt: Callable[[float], R
     except Exception as err:
         log.exception("%s on model version %s failed", endpoint, pipeline.version)
         result = RerankResult(floor[0], None, floor[1], fallback=True, error=f"{type(err).__name__}: {err}")
+    else:
+        if result.list_reward is not None and not math.isfinite(result.list_reward):
+            log.error("%s on model version %s: generator %s got list reward %s; serving the floor",
+                      endpoint, pipeline.version, result.generator, result.list_reward)
+            result = RerankResult(floor[0], None, floor[1], fallback=True, timings_ms=result.timings_ms,
+                                  error=f"non-finite list reward {result.list_reward}",
+                                  failed_stage=result.generator)
     metrics.observe_result(endpoint, result)
     return result
 
@@ -217,6 +278,11 @@ def _response_fields(pipeline: Pipeline, request_id: int | None, result: RerankR
                 unknown_items=int((~pipeline.store.known_items(items)).sum()))
 
 
+def _detail(loc: tuple[str | int, ...], msg: str, kind: str) -> list[dict]:
+    """One error in the service's shape (relist.serve.schemas.ErrorResponse's ``detail``)."""
+    return [{"loc": list(loc), "field": ".".join(map(str, loc[1:])) or str(loc[0]), "msg": msg, "type": kind}]
+
+
 def _field_error(loc: tuple[str, ...], msg: str, kind: str) -> RequestValidationError:
     return RequestValidationError([{"type": kind, "loc": loc, "msg": msg}])
 
@@ -229,10 +295,81 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 def _located(error: dict) -> dict:
     loc = list(error["loc"])
     if error["type"] == "json_invalid":  # loc holds the character position, not a field
-        return {"loc": ["body"], "field": "body", "msg": f"{error['msg']} at character {loc[-1]}",
-                "type": error["type"]}
+        reason = error.get("ctx", {}).get("error", error["msg"])
+        return {"loc": ["body"], "field": "body", "msg": f"the body is not valid JSON: {reason} at character "
+                                                          f"{loc[-1]}", "type": error["type"]}
     field = ".".join(map(str, loc[1:])) or "body"
     return {"loc": loc, "field": field, "msg": error["msg"], "type": error["type"]}
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Every HTTP error in the one error shape; FastAPI's bare 400 for an unparsable body says why."""
+    detail = exc.detail
+    if isinstance(exc.__cause__, ClientDisconnect):
+        return await _client_gone(request, exc.__cause__)
+    if exc.status_code == 400 and not isinstance(detail, list):
+        detail = _detail(("body",), _unparsable(exc.__cause__), "body_unparsable")
+    elif not isinstance(detail, list):
+        where = {404: "path", 405: "method"}.get(exc.status_code, "request")
+        detail = _detail((where,), str(detail), f"http_{exc.status_code}")
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _unparsable(cause: BaseException | None) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid UTF-8 (byte {cause.start}: {cause.reason})"
+    if isinstance(cause, RecursionError):
+        return "the body nests arrays or objects too deeply to parse"
+    return f"the body cannot be parsed ({type(cause).__name__ if cause else 'unknown cause'})"
+
+
+async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    return Response(status_code=CLIENT_CLOSED)  # nobody reads it: counted and logged as 499
+
+
+def _public(err: Exception, model_dir: Path) -> str:
+    """An error message without the server's absolute paths: relative to the model directory."""
+    text = str(err)
+    for root in {str(model_dir.resolve()), str(model_dir)}:
+        text = text.replace(root + os.sep, "").replace(root, "model_dir")
+    return text
+
+
+def _served_openapi(app: FastAPI, registry: Registry, config: ServeConfig) -> Callable[[], dict]:
+    """``app.openapi`` for the served version: its strategies as an enum, this server's candidate cap, and
+    integer bounds written as integers (FastAPI writes them as floats: 9.223372036854776e+18)."""
+    generate = app.openapi
+    built_for: list[tuple[str, ...]] = []
+
+    def openapi() -> dict:
+        served = (registry.pipeline.version, *registry.pipeline.strategies)
+        if app.openapi_schema is None or built_for != [served]:
+            app.openapi_schema = None
+            schema = generate()
+            _exact_integer_bounds(schema)
+            components = schema["components"]["schemas"]
+            for name in ("RerankRequest", "RecommendRequest"):
+                for branch in components[name]["properties"]["strategy"]["anyOf"]:
+                    if branch.get("type") == "string":
+                        branch["enum"] = list(served[1:])
+            components["RerankRequest"]["properties"]["candidates"]["maxItems"] = config.max_candidates
+            app.openapi_schema, built_for[:] = schema, [served]
+        return app.openapi_schema
+
+    return openapi
+
+
+def _exact_integer_bounds(node: object) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                if isinstance(node.get(key), float) and node[key].is_integer():
+                    node[key] = int(node[key])
+        for value in node.values():
+            _exact_integer_bounds(value)
+    elif isinstance(node, list):
+        for value in node:
+            _exact_integer_bounds(value)
 
 
 async def _watch_pointer(registry: Registry, metrics: ServeMetrics, config: ServeConfig) -> None:
@@ -244,6 +381,7 @@ async def _watch_pointer(registry: Registry, metrics: ServeMetrics, config: Serv
         except VersionError as err:
             log.error("refused new model version: %s", err)
             metrics.reloads.labels("refused").inc()
+            metrics.set_refused(registry.refused_version)
             continue
         except Exception:  # the watcher must outlive any surprise
             log.exception("watching %s failed", registry.model_dir)
@@ -251,10 +389,12 @@ async def _watch_pointer(registry: Registry, metrics: ServeMetrics, config: Serv
         if swapped is not None:
             metrics.reloads.labels("ok").inc()
             metrics.set_version(swapped[0].version, swapped[1].version)
+            metrics.set_refused(registry.refused_version)
 
 
-class _LimitBody:
-    """413 for bodies over ``max_bytes``: by Content-Length up front, else while the body streams in."""
+class _GuardBody:
+    """What a request body must be before the app reads it: JSON on the JSON routes (415), and at most
+    ``max_bytes`` (413: by Content-Length up front, else while the body streams in)."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -262,7 +402,17 @@ class _LimitBody:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        has_body = b"transfer-encoding" in headers or (length is not None and length.strip() not in (b"", b"0"))
+        if has_body and scope["method"] == "POST" and scope["path"] in JSON_BODY_PATHS:
+            content_type = headers.get(b"content-type")
+            if not _is_json(content_type):
+                got = f"got '{content_type.decode('latin-1')}'" if content_type else "no Content-Type header"
+                response = JSONResponse({"detail": _detail(("header", "content-type"), "send the body as JSON "
+                                                           f"with 'Content-Type: application/json' ({got})",
+                                                           "unsupported_media_type")}, status_code=415)
+                return await response(scope, receive, send)
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             response = JSONResponse({"detail": self._message(int(length))}, status_code=413)
             return await response(scope, receive, send)
@@ -279,15 +429,23 @@ class _LimitBody:
         return await self.app(scope, limited, send)
 
     def _message(self, size: int) -> list[dict]:
-        return [{"loc": ["body"], "field": "body", "type": "too_large",
-                 "msg": f"request body of {size} bytes is over the limit of {self.max_bytes} bytes"}]
+        return _detail(("body",), f"request body of {size} bytes is over the limit of {self.max_bytes} bytes",
+                       "too_large")
 
 
-class _CountRequests:
-    """Requests by endpoint and status, and their latency (known routes only, to bound label values)."""
+def _is_json(content_type: bytes | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(b";")[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
-    def __init__(self, app, metrics: ServeMetrics):
-        self.app, self.metrics = app, metrics
+
+class _Observe:
+    """Requests by endpoint and status and their latency (known routes only, to bound label values), and a
+    sampled access log: one JSON line per logged request on logger ``relist.access``."""
+
+    def __init__(self, app, metrics: ServeMetrics, sample: float):
+        self.app, self.metrics, self.sample = app, metrics, sample
         self.routes = {"/v1/rerank": "rerank", "/v1/recommend": "recommend", "/v1/noop": "noop",
                        "/admin/reload": "reload"}
 
@@ -307,13 +465,31 @@ class _CountRequests:
         try:
             await self.app(scope, receive, record_status)
         finally:
+            seconds = perf_counter() - start
             self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(perf_counter() - start)
+            self.metrics.latency.labels(endpoint).observe(seconds)
+            if self.sample and random.random() < self.sample:
+                client = scope.get("client")
+                access_log.info(json.dumps({
+                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "method": scope["method"],
+                    "path": scope["path"], "status": status, "ms": round(seconds * 1e3, 3),
+                    "client": client[0] if client else None}))
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """The service's logs on stderr; access lines (when sampled in) are bare JSON, one per line."""
+    logging.basicConfig(level=level)
+    access_log.setLevel(logging.INFO)  # sampled in by ServeConfig.access_log_sample, whatever the root level
+    if not access_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_log.addHandler(handler)
+        access_log.propagate = False
 
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers: model dir and config path come from the environment."""
     config = load_serve_config(os.environ.get(ENV_CONFIG))
     torch.set_num_threads(config.torch_threads)
-    logging.basicConfig(level=logging.INFO)
+    configure_logging()
     return create_app(os.environ[ENV_MODEL_DIR], config)

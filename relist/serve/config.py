@@ -6,8 +6,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relist.rerank.last import LASTConfig
+from relist.rerank.list_ranking import ListRankingConfig
+from relist.rerank.registry import RerankConfig
 from relist.serve.schemas import MAX_BUDGET_MS, SCHEMA_MAX_CANDIDATES
+
+SERVED_GENERATORS = ["upstream", "greedy_upstream_score", "beam_upstream", "greedy_ctr", "beam", "prm", "dlcm",
+                     "seq2slate", "grn", "grn_samples", "last"]
 
 
 class PipelineConfig(BaseModel):
@@ -15,22 +19,22 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    stages: list[str] = Field(["greedy_upstream_score", "beam_upstream", "beam", "grn", "last"],
-                              description="generators after the upstream floor, in the order they run; "
-                                          "one whose models the version lacks is left out")
-    p_next: float = Field(0.85, gt=0, le=1, description="assumed chance to keep scrolling (no model)")
-    beam_width: int = Field(8, ge=1)
-    list_value: dict[str, float] = Field({"pv": 0.0, "ipv": 1.0, "gmv": 0.0},
-                                         description="beam list value weights r = pv·PV + ipv·IPV + gmv·GMV")
-    cate_window: int = Field(2, ge=0, description="business rule: no category repeat within this many slots")
-    max_per_shop: int | None = Field(None, ge=1)
-    last: LASTConfig = Field(LASTConfig(rules=None),
-                             description="stage 'last'; its budget_ms caps what is left of the request's "
-                                         "budget (None: no cap); its rules: cate_window, max_per_shop above")
+    rerank: RerankConfig = Field(
+        RerankConfig(ranking=ListRankingConfig(generators=SERVED_GENERATORS)),
+        description="generators, list ranking (incumbent, pessimism, local search), rules and the objective: the "
+                    "same settings as `relist eval rerank`; generators whose models the version lacks are left out")
     recall_size: int = Field(1000, ge=1, description="/v1/recommend: items recalled from the catalogue")
     coarse_keep: int = Field(200, ge=1, description="/v1/recommend: items the coarse ranker passes on")
     rerank_candidates: int = Field(50, ge=1,
                                    description="/v1/recommend: items the fine ranker hands to re-ranking")
+
+    @classmethod
+    def of(cls, generators: list[str], **ranking: object) -> PipelineConfig:
+        """The default pipeline with these generators (and list-ranking settings, e.g. ``incumbent=None``)."""
+        default = cls().rerank
+        updated = default.ranking.model_copy(update={"generators": list(generators), **ranking})
+        return cls(rerank=default.model_copy(update={"ranking": ListRankingConfig.model_validate(
+            updated.model_dump())}))
 
 
 class ServeConfig(BaseModel):
@@ -51,6 +55,17 @@ class ServeConfig(BaseModel):
                                              "are off without it")
     watch_pointer: bool = Field(True, description="reload when model_dir/CURRENT names another version")
     watch_interval_s: float = Field(1.0, gt=0)
+    # Slow or idle connections (relist.serve.http_server): each one holds a socket and a slot of the cap.
+    header_timeout_s: float = Field(5.0, gt=0, description="a connection sends a request's headers within this "
+                                                           "long of connecting (or of its first byte), else 408 "
+                                                           "and closed")
+    body_timeout_s: float = Field(10.0, gt=0, description="the whole request body arrives within this long of "
+                                                          "its headers, else 408 and closed")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(256, ge=1, description="open connections per worker; beyond it a request gets "
+                                                        "503 and a new connection is closed at once")
+    access_log_sample: float = Field(0.0, ge=0, le=1, description="share of requests logged as one JSON line on "
+                                                                  "logger relist.access (0: off, 1: all)")
     pipeline: PipelineConfig = Field(PipelineConfig(), description="pipeline written into versions by "
                                                                     "`relist export`")
 

@@ -42,17 +42,24 @@ class ServeMetrics:
                                ["stage"], registry=r)
         self.served_by = Counter("relist_served_lists", "Served lists by the generator that produced them",
                                  ["generator"], registry=r)
+        self.duplicates = Counter("relist_duplicate_candidates", "Candidates left out of /v1/rerank requests "
+                                  "because their id came earlier in the request", registry=r)
         self.reloads = Counter("relist_reloads", "Model reload attempts by outcome", ["outcome"], registry=r)
         self.unknown_ids = Counter("relist_unknown_ids", "Request ids the served catalogue does not know (read "
                                    "as the shared unknown row)", ["kind"], registry=r)
         self.version = Gauge("relist_model_version", "1 for the model version being served", ["version"],
                              registry=r, multiprocess_mode="livemax")
+        self.refused = Gauge("relist_current_refused", "1 while model_dir/CURRENT names a version that was "
+                             "refused (an older, good version is served)", registry=r, multiprocess_mode="livemax")
 
     def set_version(self, old: str | None, new: str) -> None:
         """The served version reads 1 and the one it replaced 0 (removing a label would not reach workers)."""
         if old is not None and old != new:
             self.version.labels(old).set(0)
         self.version.labels(new).set(1)
+
+    def set_refused(self, refused_version: str | None) -> None:
+        self.refused.set(0 if refused_version is None else 1)
 
     def observe_result(self, endpoint: str, result) -> None:
         """Record one pipeline result (relist.serve.pipeline.RerankResult)."""

@@ -1,47 +1,61 @@
-"""What the server runs for one request: named stages under a time budget, the best list wins.
+"""What the server runs for one request: list ranking over the version's generators, under a budget.
 
-Stages (relist.serve.stages) propose lists; the scorer rates every list a stage
-proposes (the evaluator's LR when the model version has one); the best list so far
-is kept, a list that keeps the business rules always ranking above one that breaks
-them. The upstream order is the floor: it is always there, it wins ties, and it is
-what a request gets when a model fails. A stage that would overrun the request's
-time budget is skipped before it starts (relist.serve.budget).
+A request becomes a batch of one (:class:`RerankInput`): its candidates, upstream scores, the
+category and shop overrides the business rules read, the store view carrying its user overrides,
+and its objective. The one :class:`~relist.rerank.list_ranking.ListRanking` of relist chooses the
+list — the same code the offline evaluation runs — with the request's time budget: a generator
+that would overrun it is skipped before it starts, and the upstream order (always proposed first)
+is the floor. When a model fails, the upstream order is served and the response says so.
 
-A :class:`Pipeline` is immutable once built (its cost estimates aside), so a hot
-reload swaps one reference and a request in flight finishes on the version it
-started with.
+A :class:`Pipeline` is immutable once built (its cost estimates aside), so a hot reload swaps one
+reference and a request in flight finishes on the version it started with.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from time import perf_counter
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from relist.data.features import FeatureStore
+from relist.data.logs import logged_requests
 from relist.data.padding import PAD_ID
 from relist.data.requests import Requests
-from relist.rerank.rules import BusinessRules
-from relist.serve.budget import Budget, StageCosts
+from relist.objective import Objective
+from relist.rerank.budget import Budget, StageCosts
+from relist.rerank.generators import Context
+from relist.rerank.list_ranking import AUTO, ListRanking
+from relist.rerank.registry import Models, build_ranking
 from relist.serve.config import PipelineConfig
-from relist.serve.stages import (
-    UPSTREAM,
-    EvaluatorScorer,
-    Models,
-    Ranker,
-    RerankInput,
-    Stage,
-    UpstreamScorer,
-    build_rankers,
-    build_scorer,
-    build_stages,
-)
 
 log = logging.getLogger(__name__)
+UPSTREAM = "upstream"
+VALID_REQUESTS, N_VALID = 500, 10  # what an 'auto' incumbent is chosen on at export
+
+Ranker = Callable[[FeatureStore, int, np.ndarray], np.ndarray]  # (store, user, ids) -> click probabilities
+
+
+@dataclass(frozen=True)
+class RerankInput:
+    """One request as the pipeline sees it: a single-row :class:`Requests` plus what it overrides."""
+
+    requests: Requests  # one row; scores are the upstream scores (NaN where the request sent none)
+    n: int  # list length actually served: min(requested n, candidates)
+    cates: np.ndarray  # [1, m] store convention (0 = unknown), request overrides applied
+    shops: np.ndarray  # [1, m]
+    store: FeatureStore  # the version's store, or a view of it carrying this request's user overrides
+    objective: Objective | None = None  # the request's objective weights (None: the version's)
+
+    @property
+    def m(self) -> int:
+        return self.requests.candidates.shape[1]
 
 
 @dataclass
@@ -58,16 +72,6 @@ class RerankResult:
     failed_stage: str | None = None
 
 
-RULE_PENALTY = 1e9  # a list that breaks a rule ranks below every list that keeps them all
-
-
-def _better(new: tuple[bool, float], old: tuple[bool, float | None]) -> bool:
-    """(keeps the rules, LR) ordering; an unscored old list loses to anything; ties keep the old one."""
-    if old[1] is None:
-        return True
-    return new[0] > old[0] or (new[0] == old[0] and new[1] > old[1])
-
-
 class UnknownStrategy(ValueError):
     def __init__(self, name: str, available: list[str]):
         self.name, self.available = name, available
@@ -77,103 +81,97 @@ class UnknownStrategy(ValueError):
 
 @dataclass(frozen=True)
 class Pipeline:
-    """One model version, ready to serve: its catalogue, stages and scorer."""
+    """One model version, ready to serve: its catalogue, models and list ranking."""
 
     version: str
     store: FeatureStore
-    stages: dict[str, Stage]  # UPSTREAM first
-    scorer: UpstreamScorer | EvaluatorScorer
+    models: Models
     config: PipelineConfig
+    ranking: ListRanking  # every generator of the version, upstream first
     rankers: dict[str, Ranker]  # "coarse" and/or "fine", for /v1/recommend
-    rules: BusinessRules
     popularity: np.ndarray  # [n_items + 1] clicks in the users' histories, for /v1/recommend's recall
     costs: StageCosts = field(default_factory=StageCosts)
 
     @property
     def strategies(self) -> list[str]:
-        return list(self.stages)
+        return list(self.ranking.generators)
+
+    @property
+    def scorer(self):
+        return self.ranking.scorer
+
+    def _ranking_for(self, strategy: str | None) -> ListRanking:
+        """All generators, or one forced generator (with the upstream floor, no incumbent, no refinement)."""
+        if strategy is None:
+            return self.ranking
+        if strategy not in self.ranking.generators:
+            raise UnknownStrategy(strategy, self.strategies)
+        names = list(dict.fromkeys([UPSTREAM, strategy]))
+        cfg = self.ranking.cfg.model_copy(update={"refine": self.ranking.cfg.refine.model_copy(update={"rounds": 0})})
+        return ListRanking({name: self.ranking.generators[name] for name in names}, self.ranking.scorer, cfg,
+                           strategy)
 
     def rerank(self, inp: RerankInput, strategy: str | None = None,
                budget_ms: float = float("inf")) -> RerankResult:
-        """The best list the budget allows; the upstream order when a stage fails."""
-        if strategy is not None and strategy not in self.stages:
-            raise UnknownStrategy(strategy, self.strategies)
-        budget = Budget(budget_ms)
-        inp = dataclasses.replace(inp, budget=budget)
-        names = self.strategies if strategy is None else list(dict.fromkeys([UPSTREAM, strategy]))
+        """The best list the budget allows; the upstream order when a model fails."""
+        ranking = self._ranking_for(strategy)
+        budget = Budget(budget_ms, self.costs)
+        objective = inp.objective or self.config.rerank.objective
+        ctx = Context(inp.store, self.config.rerank.rules.build(), objective, budget, inp.cates, inp.shops)
         upstream = inp.requests.candidates[0, :inp.n]
-        upstream_breaks = not inp.keeps_rules(upstream[None, :], self.rules)[0]
-        result = RerankResult(upstream, None, UPSTREAM, breaks_rules=upstream_breaks)
-        for name in names:
-            if not budget.affords(self.costs.expected_ms(name, inp.m, inp.n)):
-                result.skipped.append(name)
-                continue
-            start = perf_counter()
-            try:
-                lists = self.stages[name](inp)
-                rewards = self.scorer(inp, lists)
-            except Exception as err:  # any model error: serve the floor, never fail the request
-                log.exception("stage %s of model version %s failed", name, self.version)
-                return RerankResult(upstream, None, UPSTREAM, fallback=True, breaks_rules=upstream_breaks,
-                                    skipped=result.skipped, timings_ms=result.timings_ms,
-                                    error=f"{type(err).__name__}: {err}", failed_stage=name)
-            ms = (perf_counter() - start) * 1e3
-            result.timings_ms[name] = ms
-            self.costs.record(name, inp.m, inp.n, ms)
-            keeps = inp.keeps_rules(lists, self.rules)
-            best = int(np.argmax(np.where(keeps, rewards, rewards - RULE_PENALTY)))
-            if name == strategy or _better((keeps[best], rewards[best]), (not result.breaks_rules,
-                                                                           result.list_reward)):
-                result.items, result.list_reward, result.generator = lists[best], float(rewards[best]), name
-                result.breaks_rules = not keeps[best]
-        result.budget_exceeded = bool(result.skipped) or budget.remaining_ms() < 0
-        result.timings_ms["total"] = budget.elapsed_ms()
-        return result
+        try:
+            ranked = ranking.rank(inp.requests, inp.n, ctx)
+        except Exception as err:  # any model error: serve the floor, never fail the request
+            log.exception("re-ranking on model version %s failed", self.version)
+            breaks = not ctx.keeps_rules(inp.requests, upstream[None, None, :])[0, 0]
+            return RerankResult(upstream, None, UPSTREAM, fallback=True, breaks_rules=breaks,
+                                skipped=budget.skipped, timings_ms=dict(budget.timings_ms),
+                                error=f"{type(err).__name__}: {err}", failed_stage=_failed_stage(budget, ranking))
+        reward = float(ranked.reward[0])
+        return RerankResult(ranked.lists[0], reward if math.isfinite(reward) else None, str(ranked.source[0]),
+                            breaks_rules=bool(ranked.breaks_rules[0]), budget_exceeded=budget.exceeded,
+                            skipped=list(budget.skipped), timings_ms={**budget.timings_ms,
+                                                                      "total": budget.elapsed_ms()})
 
     def recommend(self, user: UserLike | None, n: int, strategy: str | None = None,
-                  budget_ms: float = float("inf"), request_id: int | None = None) -> tuple[RerankResult, int]:
+                  budget_ms: float = float("inf"), request_id: int | None = None,
+                  objective: Objective | None = None) -> tuple[RerankResult, int]:
         """Recall from the catalogue, coarse and fine ranking (where the version has the models), re-ranking.
 
         Returns the result and how many candidates reached re-ranking. A ranker that fails or would
         overrun the budget is passed over (the order so far stands); a failure sets ``fallback``.
         """
-        if strategy is not None and strategy not in self.stages:
+        if strategy is not None and strategy not in self.ranking.generators:
             raise UnknownStrategy(strategy, self.strategies)
-        budget = Budget(budget_ms)
+        budget = Budget(budget_ms, self.costs)
         store, user_id = _user_view(self.store, user)
-        timings, skipped, failure = {}, [], None
-        start = perf_counter()
-        ids, scores = self.recall(store, user_id, self.config.recall_size)
-        timings["recall"] = (perf_counter() - start) * 1e3
+        failure = None
+        with budget.stage("recall"):
+            ids, scores = self.recall(store, user_id, self.config.recall_size)
         for name, keep in (("coarse", self.config.coarse_keep), ("fine", self.config.rerank_candidates)):
             rank = self.rankers.get(name)
-            if rank is not None and failure is None:
-                if budget.affords(self.costs.expected_ms(name, len(ids), 1)):
-                    start = perf_counter()
-                    try:
+            if rank is not None and failure is None and budget.affords(name, len(ids)):
+                try:
+                    with budget.stage(name, len(ids)):
                         scores = rank(store, user_id, ids)
-                    except Exception as err:  # keep the order so far, never fail the request
-                        log.exception("ranker %s of model version %s failed", name, self.version)
-                        failure = (name, f"{type(err).__name__}: {err}")
-                    else:
-                        order = np.argsort(-scores, kind="stable")
-                        ids, scores = ids[order], scores[order]
-                        timings[name] = (perf_counter() - start) * 1e3
-                        self.costs.record(name, len(ids), 1, timings[name])
+                except Exception as err:  # keep the order so far, never fail the request
+                    log.exception("ranker %s of model version %s failed", name, self.version)
+                    failure = (name, f"{type(err).__name__}: {err}")
                 else:
-                    skipped.append(name)
+                    order = np.argsort(-scores, kind="stable")
+                    ids, scores = ids[order], scores[order]
             ids, scores = ids[:keep], scores[:keep]
-        inp = self._input(store, user_id, ids, scores, n, None, None, request_id)
+        inp = self._input(store, user_id, ids, scores, n, None, None, request_id, objective)
         result = self.rerank(inp, strategy, budget.remaining_ms())
-        result.timings_ms = {**timings, **result.timings_ms, "total": budget.elapsed_ms()}
-        result.skipped = skipped + result.skipped
-        result.budget_exceeded = result.budget_exceeded or bool(skipped)
+        result.timings_ms = {**budget.timings_ms, **result.timings_ms, "total": budget.elapsed_ms()}
+        result.skipped = budget.skipped + result.skipped
+        result.budget_exceeded = result.budget_exceeded or bool(budget.skipped)
         if failure is not None and not result.fallback:
             result.fallback, (result.failed_stage, result.error) = True, failure
         return result, len(ids)
 
     def warm_up(self, rounds: int = 3) -> None:
-        """Run every ranker and stage on a synthetic request: fails loudly on a broken model and fills
+        """Run every ranker and generator on a synthetic request: fails loudly on a broken model and fills
         the cost estimates (the first round pays lazy initialisation and is not recorded)."""
         for round_ in range(rounds + 1):
             costs = self.costs if round_ else StageCosts()
@@ -181,27 +179,30 @@ class Pipeline:
             if result.fallback:
                 raise RuntimeError(f"model version {self.version}: {result.failed_stage} fails on a "
                                    f"warm-up request: {result.error}")
+            if result.list_reward is not None and not math.isfinite(result.list_reward):
+                raise RuntimeError(f"model version {self.version}: its list reward is not finite on a warm-up "
+                                   "request")
 
     def request_input(self, user: UserLike | None, ids: np.ndarray, scores: np.ndarray | None, n: int,
                       cates: list[int | None] | None = None, shops: list[int | None] | None = None,
-                      request_id: int | None = None) -> RerankInput:
-        """A /v1/rerank request's input; missing scores stand in as a decreasing function of the order."""
+                      request_id: int | None = None, objective: Objective | None = None) -> RerankInput:
+        """A /v1/rerank request's input; missing scores are NaN (models know a missing score)."""
         store, user_id = _user_view(self.store, user)
-        return self._input(store, user_id, ids, scores, n, cates, shops, request_id)
+        return self._input(store, user_id, ids, scores, n, cates, shops, request_id, objective)
 
     def _input(self, store: FeatureStore, user_id: int, ids: np.ndarray, scores: np.ndarray | None, n: int,
                cates: list[int | None] | None, shops: list[int | None] | None,
-               request_id: int | None) -> RerankInput:
+               request_id: int | None, objective: Objective | None) -> RerankInput:
         ids = np.asarray(ids, dtype=np.int64)
         m = len(ids)
         if scores is None:
-            scores = (m - np.arange(m)) / m
+            scores = np.full(m, np.nan, np.float32)
         features = self.store.item_features(ids)
         cate = _override(features["cate"].numpy(), cates)
         shop = _override(features["shop"].numpy(), shops)
         requests = Requests.from_arrays([request_id or 0], [user_id], ids[None, :],
                                         np.asarray(scores, np.float32)[None, :])
-        return RerankInput(requests, min(n, m), cate[None, :], shop[None, :], store)
+        return RerankInput(requests, min(n, m), cate[None, :], shop[None, :], store, objective)
 
     def recall(self, store: FeatureStore, user_id: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Catalogue items for a user: popular items of the categories in their history, then popular ones.
@@ -218,6 +219,13 @@ class Pipeline:
         key = np.where(np.isin(items, hist), -1.0, popularity + in_cates * (popularity.max() + 1))
         top = np.argsort(-key, kind="stable")[:size]
         return items[top], popularity[top] / max(float(popularity.max()), 1.0)
+
+
+def _failed_stage(budget: Budget, ranking: ListRanking) -> str:
+    """The generator (or step) that was running when a failure happened: the first not yet timed."""
+    steps = [*ranking.generators, "list_ranking.score", "local_search.round"]
+    done = set(budget.timings_ms) | set(budget.skipped)
+    return next((step for step in steps if step not in done), "list_ranking")
 
 
 class UserLike(Protocol):
@@ -257,14 +265,56 @@ def _user_view(store: FeatureStore, user: UserLike | None) -> tuple[FeatureStore
     return view, 1
 
 
+def _coarse_ranker(coarse) -> Ranker:
+    """The DSSM's serving form: one user-tower pass against the precomputed item matrix."""
+
+    def rank(store: FeatureStore, user_id: int, ids: np.ndarray) -> np.ndarray:
+        view = coarse if coarse.store is store else copy.copy(coarse)
+        view.store = store  # the item matrix is shared; only the user tower reads the request's overrides
+        return 1.0 / (1.0 + np.exp(-np.asarray(view.score(user_id, ids), np.float64)))
+
+    return rank
+
+
+def _fine_ranker(models: Models) -> Ranker:
+    """The fine-ranking teacher's click probability of each item (no upstream score: none exists here)."""
+
+    def rank(store: FeatureStore, user_id: int, ids: np.ndarray) -> np.ndarray:
+        requests = Requests.from_arrays([0], [user_id], ids[None, :], np.full((1, len(ids)), np.nan, np.float32))
+        return models.point_scores(requests, store)["ctr"][0]
+
+    return rank
+
+
+def with_incumbent(config: PipelineConfig, data_dir: str | Path, models_dir: str | Path) -> PipelineConfig:
+    """The config with an 'auto' incumbent resolved on ``data_dir``'s validation requests (what export stores)."""
+    ranking = config.rerank.ranking
+    if ranking.incumbent != AUTO or not (Path(data_dir) / "lists" / "valid").is_dir():
+        return config
+    store = FeatureStore.from_dir(data_dir)
+    models, _ = Models.load(models_dir, store)
+    if models.evaluator is None:
+        return config
+    valid, _ = logged_requests(data_dir, "valid", VALID_REQUESTS)
+    names = list(dict.fromkeys([UPSTREAM, *ranking.generators]))
+    chosen, _, _ = build_ranking(models, config.rerank, names, (valid, N_VALID))
+    ranking = ranking.model_copy(update={"incumbent": chosen.incumbent})
+    return config.model_copy(update={"rerank": config.rerank.model_copy(update={"ranking": ranking})})
+
+
 def build_pipeline(version: str, store: FeatureStore, config: PipelineConfig, models: Models) -> Pipeline:
-    """Assemble and warm up a pipeline; raises on a stage name no builder knows or a model that fails."""
-    stages, left_out = build_stages(config, models)
+    """Assemble and warm up a pipeline; raises on a generator name no builder knows or a model that fails."""
+    names = list(dict.fromkeys([UPSTREAM, *config.rerank.ranking.generators]))
+    ranking, left_out, _ = build_ranking(models, config.rerank, names)
     if left_out:
-        log.warning("model version %s lacks the models of stages %s; they are not served", version, left_out)
+        log.warning("model version %s lacks the models of generators %s; they are not served", version, left_out)
+    rankers = {}
+    if models.coarse is not None:
+        rankers["coarse"] = _coarse_ranker(models.coarse)
+    if models.ranker is not None:
+        rankers["fine"] = _fine_ranker(models)
     popularity = np.bincount(store.user_hist[store.user_hist_mask].ravel(), minlength=store.n_items + 1)
-    pipeline = Pipeline(version, store, stages, build_scorer(config, models), config, build_rankers(models),
-                        BusinessRules(cate_window=config.cate_window, max_per_shop=config.max_per_shop),
+    pipeline = Pipeline(version, store, models, config, ranking, rankers,
                         popularity[: store.n_items + 1].astype(np.float64))
     pipeline.warm_up()
     return pipeline

@@ -4,6 +4,7 @@ Layout::
 
     model_dir/
       CURRENT                      # the served version's name (replaced atomically)
+      LAST_GOOD                    # the last version CURRENT named that a server loaded (written by servers)
       versions/<name>/
         manifest.json              # version, created, pipeline config, every file's sha256 and size
         items.parquet users.parquet  # the catalogue the FeatureStore is built from
@@ -12,8 +13,13 @@ Layout::
 A version is written to a hidden temporary directory and renamed into place, so
 a reader never sees half of one. Loading verifies every checksum before it
 reads a byte of a model, and weights go through safetensors only (no pickle).
-A version that fails to verify, load or warm up raises :class:`VersionError`
-and the :class:`Registry` keeps serving the one it had.
+A version that fails to verify, load, warm up or its smoke checks (relist.serve.smoke:
+finite weights, one request per model) raises :class:`VersionError` and the
+:class:`Registry` keeps serving the one it had. At start, when CURRENT names a
+version that is refused, the registry serves LAST_GOOD instead and says so loudly
+(a log line at ERROR, ``refused_version`` in /readyz, a gauge); with no good version
+to fall back to, it refuses to start with one line naming the versions that verify.
+A restarted server therefore never crash-loops on a bad pointer it had survived.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,22 +38,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relist.data.features import FeatureStore
 from relist.data.ids import VOCABULARY
+from relist.rerank.registry import ROLES, Models, load_role
 from relist.serve.config import PipelineConfig
-from relist.serve.pipeline import Pipeline, build_pipeline
-from relist.serve.stages import Models
+from relist.serve.pipeline import Pipeline, build_pipeline, with_incumbent
+from relist.serve.schemas import VERSION_NAME
+from relist.serve.smoke import ModelCheckError, check_finite_weights, smoke_test
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+LAST_GOOD = "LAST_GOOD"
+UNREADABLE_POINTER = "(CURRENT unreadable)"  # the refused "version" when CURRENT cannot be read
 VERSIONS = "versions"
 CATALOGUE = ("items.parquet", "users.parquet")
 MODEL_SUFFIXES = (".safetensors", ".yaml", ".yml", ".json")  # never pickles: .pt/.pth/.pkl are not packed
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME = re.compile(VERSION_NAME)
 
 
 class VersionError(RuntimeError):
     """A model version that cannot be served; the message names the version and what is wrong."""
+
+
+class UnknownVersion(VersionError):
+    """A version name with no version directory."""
 
 
 class FileEntry(BaseModel):
@@ -66,37 +80,6 @@ class Manifest(BaseModel):
     pipeline: PipelineConfig
     models: dict[str, str] = Field(description="role -> directory inside the version")
     files: dict[str, FileEntry] = Field(description="relative path -> checksum; every file of the version")
-
-
-def _evaluator(path: Path, store: FeatureStore):
-    from relist.rerank.list_scorer import ListScorer
-
-    return ListScorer.load(path, store)
-
-
-def _generator(path: Path, store: FeatureStore):
-    from relist.models.generator import load_generator
-
-    return load_generator(path)[0]
-
-
-def _ranker(path: Path, store: FeatureStore):
-    from relist.train.ranking import load_ranking_model
-
-    return load_ranking_model(path)
-
-
-def _coarse(path: Path, store: FeatureStore):
-    from relist.models.ranking.scoring import CoarseScorer
-
-    return CoarseScorer(_ranker(path, store), store)
-
-
-# Role (a field of relist.serve.stages.Models) -> how its directory becomes a loaded model.
-# Every loader reads weights through safetensors and specs through yaml.safe_load.
-ROLE_LOADERS: dict[str, Callable[[Path, FeatureStore], object]] = {
-    "evaluator": _evaluator, "generator": _generator, "ranker": _ranker, "coarse": _coarse,
-}
 
 
 def sha256_of(path: Path) -> str:
@@ -118,16 +101,16 @@ def export_version(model_dir: str | Path, name: str, data_dir: str | Path,
                    pipeline: PipelineConfig | None = None, activate: bool = False) -> Path:
     """Pack a catalogue (``data_dir``'s items/users) and trained model directories into a new version.
 
-    ``models`` maps a role (see ``ROLE_LOADERS``) to a training output directory; its top-level
+    ``models`` maps a role (relist.rerank.registry.ROLES) to a training output directory; its top-level
     weights and configs are copied. The version appears atomically; with ``activate`` it becomes
     CURRENT. The packed version is loaded once before it is published, so a broken one never is.
     """
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     check_name(name)
     models = dict(models or {})
-    unknown = set(models) - set(ROLE_LOADERS)
+    unknown = set(models) - set(ROLES)
     if unknown:
-        raise VersionError(f"unknown model roles {sorted(unknown)} (known: {sorted(ROLE_LOADERS)})")
+        raise VersionError(f"unknown model roles {sorted(unknown)} (known: {sorted(ROLES)})")
     final = model_dir / VERSIONS / name
     if final.exists():
         raise VersionError(f"{final}: version '{name}' already exists (versions are immutable)")
@@ -143,12 +126,16 @@ def export_version(model_dir: str | Path, name: str, data_dir: str | Path,
             files = [p for p in sorted(Path(src).iterdir()) if p.is_file() and p.suffix in MODEL_SUFFIXES]
             if not any(p.suffix == ".safetensors" for p in files):
                 raise VersionError(f"{src}: no .safetensors weights for role '{role}'")
+            for p in files:
+                if p.suffix == ".safetensors":
+                    _check_weights(p)
             (tmp / "models" / role).mkdir(parents=True)
             for p in files:
                 shutil.copy2(p, tmp / "models" / role / p.name)
         manifest = Manifest(
             version=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
-            pipeline=pipeline or PipelineConfig(), models={role: f"models/{role}" for role in models},
+            pipeline=with_incumbent(pipeline or PipelineConfig(), data_dir, tmp / "models"),
+            models={role: f"models/{role}" for role in models},
             files={str(p.relative_to(tmp)): FileEntry(sha256=sha256_of(p), bytes=p.stat().st_size)
                    for p in sorted(tmp.rglob("*")) if p.is_file()},
         )
@@ -167,7 +154,7 @@ def set_current(model_dir: str | Path, name: str) -> None:
     model_dir = Path(model_dir)
     check_name(name)
     if not (model_dir / VERSIONS / name / MANIFEST).is_file():
-        raise VersionError(f"{model_dir / VERSIONS / name}: no such version")
+        raise UnknownVersion(f"{model_dir / VERSIONS / name}: no such version")
     tmp = model_dir / f".{CURRENT}.{os.getpid()}.{threading.get_ident()}.tmp"
     with tmp.open("w") as f:
         f.write(name + "\n")
@@ -220,67 +207,160 @@ def verify(version_dir: Path, name: str | None = None) -> Manifest:
 
 
 def load_version(version_dir: str | Path, name: str | None = None) -> Pipeline:
-    """Verify, load and warm up a version; any failure is a :class:`VersionError` naming the version."""
+    """Verify, load, warm up and smoke-test a version; any failure is a :class:`VersionError` naming it."""
     version_dir = Path(version_dir)
     manifest = verify(version_dir, name)
     try:
+        for rel in manifest.files:
+            if rel.endswith(".safetensors"):
+                check_finite_weights(version_dir / rel, rel)
         store = FeatureStore.from_dir(version_dir)  # with its vocabulary.parquet, if any
         loaded = {}
         for role, rel in manifest.models.items():
-            if role not in ROLE_LOADERS:
+            if role not in ROLES:
                 raise VersionError(f"unknown model role '{role}'")
-            loaded[role] = ROLE_LOADERS[role](version_dir / rel, store)
-        return build_pipeline(manifest.version, store, manifest.pipeline, Models(**loaded))
-    except VersionError as err:
+            loaded[role] = load_role(role, version_dir / rel, store, version_dir / "models" / "ranker")
+        pipeline = build_pipeline(manifest.version, store, manifest.pipeline, Models(store, **loaded))
+        smoke_test(pipeline)
+        return pipeline
+    except (VersionError, ModelCheckError) as err:
         raise VersionError(f"{version_dir}: {err}") from err
     except Exception as err:  # a model file that verifies but does not load or run
         raise VersionError(f"{version_dir}: cannot be served: {type(err).__name__}: {err}") from err
 
 
+def _check_weights(path: Path) -> None:
+    try:
+        check_finite_weights(path)
+    except ModelCheckError as err:
+        raise VersionError(str(err)) from None
+
+
+def last_good_name(model_dir: str | Path) -> str | None:
+    """The version LAST_GOOD names, or None (never written, unreadable, or not a valid name)."""
+    try:
+        return check_name((Path(model_dir) / LAST_GOOD).read_text().strip())
+    except (OSError, VersionError):
+        return None
+
+
+def record_good(model_dir: str | Path, name: str) -> None:
+    """Remember ``name`` as the last good version (atomic; best effort: a read-only model dir only warns)."""
+    model_dir = Path(model_dir)
+    if last_good_name(model_dir) == name:
+        return
+    tmp = model_dir / f".{LAST_GOOD}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        tmp.write_text(name + "\n")
+        os.replace(tmp, model_dir / LAST_GOOD)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot record %s as the last good version in %s (%s): a restart after a refused "
+                    "CURRENT will not be able to fall back to it", name, model_dir / LAST_GOOD, err.strerror)
+
+
+def verified_versions(model_dir: str | Path) -> list[str]:
+    """Names of the versions whose files pass their checksums (not loaded: that is what serving does)."""
+    good = []
+    for version_dir in sorted((Path(model_dir) / VERSIONS).glob("[!.]*")):
+        try:
+            verify(version_dir)
+        except VersionError:
+            continue
+        good.append(version_dir.name)
+    return good
+
+
 class Registry:
-    """The served pipeline of a model directory, swapped as one reference on reload."""
+    """The served pipeline of a model directory, swapped as one reference on reload.
+
+    ``refused_version`` is the version CURRENT names while it is refused (at start, or by the pointer
+    watcher) and the served one is older; None when the served version is what CURRENT names.
+    """
 
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)
         self._lock = threading.Lock()
         self._refused: tuple[str, float] | None = None  # pointer value + mtime that failed, not retried
-        self.pipeline: Pipeline = load_version(self.model_dir / VERSIONS / current_name(self.model_dir))
+        self.refused_version: str | None = None
+        self.pipeline: Pipeline = self._open()
+
+    def _open(self) -> Pipeline:
+        """What CURRENT names; if that is refused, LAST_GOOD with a loud warning; else one clear error."""
+        pointer = self._pointer_state()
+        try:
+            name = current_name(self.model_dir)
+            pipeline = load_version(self.model_dir / VERSIONS / name)
+        except VersionError as err:
+            good = last_good_name(self.model_dir)
+            if good is None or good == (pointer[0] if pointer else None):
+                raise VersionError(f"cannot start: {err}; {self._good_versions_hint()}") from None
+            try:
+                pipeline = load_version(self.model_dir / VERSIONS / good)
+            except VersionError as good_err:
+                raise VersionError(f"cannot start: {err}; the last good version does not load either: "
+                                   f"{good_err}; {self._good_versions_hint()}") from None
+            self._refused = pointer
+            self.refused_version = pointer[0] if pointer else UNREADABLE_POINTER
+            log.error("CURRENT names a version that is refused (%s). SERVING THE LAST GOOD VERSION '%s' INSTEAD; "
+                      "point CURRENT at a good version to clear this.", err, good)
+            return pipeline
+        record_good(self.model_dir, name)
+        return pipeline
+
+    def _good_versions_hint(self) -> str:
+        good = verified_versions(self.model_dir)
+        if not good:
+            return f"no version in {self.model_dir / VERSIONS} passes its checksums (export one)"
+        return (f"versions that pass their checksums: {', '.join(good)} (point CURRENT at one: "
+                f"`echo {good[-1]} > {self.model_dir / CURRENT}`)")
+
+    def _pointer_state(self) -> tuple[str, float] | None:
+        pointer = self.model_dir / CURRENT
+        try:
+            return pointer.read_text().strip(), pointer.stat().st_mtime
+        except OSError:
+            return None
 
     def reload(self, name: str | None = None) -> tuple[Pipeline, Pipeline]:
         """Load ``name`` (default: what CURRENT says) and serve it; returns (old, new) pipelines.
 
         With a name, CURRENT is moved to it after it loaded, so every replica watching the
-        pointer follows. Raises :class:`VersionError` and changes nothing when it does not load.
+        pointer follows. Raises :class:`VersionError` (:class:`UnknownVersion` for a name with no
+        version) and changes nothing when it does not load.
         """
         with self._lock:
             target = check_name(name) if name is not None else current_name(self.model_dir)
             old = self.pipeline
-            if target == old.version and name is None:
+            if target == old.version:
+                if name is not None:  # moves CURRENT back to the served version: clears a refusal
+                    set_current(self.model_dir, target)
+                    self._refused, self.refused_version = None, None
                 return old, old
+            if not (self.model_dir / VERSIONS / target).is_dir():
+                raise UnknownVersion(f"no version '{target}' in {self.model_dir / VERSIONS}")
             new = load_version(self.model_dir / VERSIONS / target)
             if name is not None:
                 set_current(self.model_dir, target)
             self.pipeline = new
+            self._refused, self.refused_version = None, None
+            record_good(self.model_dir, target)
             log.info("model version %s -> %s", old.version, new.version)
             return old, new
 
     def pointer_changed(self) -> bool:
         """Whether CURRENT names another version than the served one (and not one already refused)."""
-        pointer = self.model_dir / CURRENT
-        try:
-            name, mtime = pointer.read_text().strip(), pointer.stat().st_mtime
-        except OSError:
-            return False
-        return name != self.pipeline.version and (name, mtime) != self._refused
+        state = self._pointer_state()
+        return state is not None and state[0] != self.pipeline.version and state != self._refused
 
     def follow_pointer(self) -> tuple[Pipeline, Pipeline] | None:
         """Reload when CURRENT changed; a refused pointer value is not retried until it changes again."""
         if not self.pointer_changed():
             return None
-        pointer = self.model_dir / CURRENT
+        state = self._pointer_state()
         try:
             return self.reload()
         except VersionError:
-            self._refused = (pointer.read_text().strip(), pointer.stat().st_mtime)
+            self._refused = state
+            self.refused_version = state[0] if state else UNREADABLE_POINTER
             raise
-

@@ -3,25 +3,49 @@
 Validation happens here, once, so every 422 names the field that is wrong
 (pydantic's ``loc``) and the pipeline only ever sees well-formed requests.
 Models are strict (``"5"`` is not a number) and reject unknown fields, so a
-typo in a client is an error instead of a silently ignored option.
+typo in a client is an error instead of a silently ignored option. What the
+JSON Schema can state, it states (so a schema-driven client or fuzzer sees the
+same contract as the server, and no request valid by the schema is refused for
+a rule it does not state).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-INT64_MAX = 2**63 - 1
-INT64_MIN = -(2**63)
+INT64_END = 2**63  # ids are < this (an exclusive bound: exact as a JSON Schema number, unlike 2**63 - 1)
 INT32_MAX = 2**31 - 1
 MAX_HISTORY = 200
 # A hard ceiling in the schema; the served limit (ServeConfig.max_candidates) is at most this.
 SCHEMA_MAX_CANDIDATES = 10_000
 MAX_BUDGET_MS = 60_000.0
+VERSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # a model version's name (also a directory name)
 
-ItemId = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX, description="item id: the catalogue's own (any int64)")]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integers include 3.0: accept a float with no fractional part as the integer it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def json_int(**bounds: int) -> Any:
+    """An integer field type: strict (no strings, no booleans) but for integral floats; ``bounds`` are
+    Field's (ge, lt, ...), placed before the validator so the JSON Schema states them."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
+
+
+Int64 = json_int(ge=0, lt=INT64_END)
+Int32 = json_int(ge=0, le=INT32_MAX)
+AnyInt64 = json_int(ge=-INT64_END, lt=INT64_END)  # the catalogue's own ids: any int64 (relist.data.ids)
+ItemId = Annotated[AnyInt64, Field(description="item id: the catalogue's own, any int64")]
+# Scores and prices become float32 (max ~3.4e38: larger ones would turn into inf); no real one is near this.
+MAX_MAGNITUDE = 1e30
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
+# Scores for every candidate or for none, said in JSON Schema (the validator below says it with an index).
+_ALL_OR_NO_SCORES = {"anyOf": [{"items": {"required": ["score"], "properties": {"score": {"type": "number"}}}},
+                               {"items": {"properties": {"score": {"type": "null"}}}}]}
 
 
 class _Body(BaseModel):
@@ -31,9 +55,9 @@ class _Body(BaseModel):
 class User(_Body):
     """The user of a request; any part may be missing (unknown users get neutral defaults)."""
 
-    id: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX,
-                           description="user id: the catalogue's own (any int64); unknown ids get neutral features")
-    segment: int | None = Field(None, ge=0, le=INT32_MAX, description="profile segment (overrides stored)")
+    id: AnyInt64 | None = Field(None, description="user id: the catalogue's own, any int64; unknown ids get "
+                                                  "neutral features")
+    segment: Int32 | None = Field(None, description="profile segment (overrides stored)")
     history: list[ItemId] | None = Field(
         None, max_length=MAX_HISTORY, description="recently clicked item ids, most recent first "
                                                   "(replaces the stored history)")
@@ -41,38 +65,42 @@ class User(_Body):
 
 class Candidate(_Body):
     id: ItemId
-    category: int | None = Field(None, ge=0, le=INT32_MAX,
-                                 description="category id, overrides the catalogue's (business rules)")
-    shop: int | None = Field(None, ge=0, le=INT32_MAX, description="shop id, overrides the catalogue's")
+    category: Int32 | None = Field(None, description="category id, overrides the catalogue's (business rules)")
+    shop: Int32 | None = Field(None, description="shop id, overrides the catalogue's")
     price: FiniteFloat | None = Field(None, ge=0, description="price (validated; no model reads it yet)")
     score: FiniteFloat | None = Field(None, description="upstream point-wise score, e.g. a CTR in [0, 1]")
 
 
 class _ServeOptions(_Body):
-    n: int = Field(10, ge=1, le=1000, description="list length; a shorter list is served when fewer "
+    n: json_int(ge=1, le=1000) = Field(10, description="list length; a shorter list is served when fewer "
                                                    "candidates exist")
-    strategy: str | None = Field(None, max_length=64,
-                                 description="force one generator (see GET /v1/strategies); default: every "
-                                             "generator runs and the best list wins")
+    strategy: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                                 description="force one generator (see GET /v1/strategies; the served schema "
+                                             "lists the served version's); default: every generator runs "
+                                             "and the best list wins")
     budget_ms: FiniteFloat | None = Field(None, gt=0, le=MAX_BUDGET_MS,
                                           description="time budget of the request (default: server config)")
 
 
 class RerankRequest(_ServeOptions):
-    request_id: int | None = Field(None, ge=0, le=INT64_MAX)
+    request_id: Int64 | None = None
     user: User = Field(default_factory=User)
     candidates: list[Candidate] = Field(min_length=1, max_length=SCHEMA_MAX_CANDIDATES,
-                                        description="candidates in upstream order")
+                                        json_schema_extra=_ALL_OR_NO_SCORES,
+                                        description="candidates in upstream order; either every candidate has "
+                                                    "a score or none has. A repeated id counts once, at its "
+                                                    "first occurrence (see duplicate_candidates)")
+
+    def unique_candidates(self) -> tuple[list[Candidate], int]:
+        """The candidates with each id at its first occurrence only, and how many repeats were left out."""
+        first: dict[int, Candidate] = {}
+        for candidate in self.candidates:
+            first.setdefault(candidate.id, candidate)
+        return list(first.values()), len(self.candidates) - len(first)
 
     @field_validator("candidates")
     @classmethod
-    def _unique_and_consistent(cls, candidates: list[Candidate]) -> list[Candidate]:
-        seen: dict[int, int] = {}
-        for index, candidate in enumerate(candidates):
-            if candidate.id in seen:
-                raise ValueError(f"duplicate candidate id {candidate.id} at candidates[{index}] "
-                                 f"(first at candidates[{seen[candidate.id]}])")
-            seen[candidate.id] = index
+    def _all_or_no_scores(cls, candidates: list[Candidate]) -> list[Candidate]:
         scored = [c.score is not None for c in candidates]
         if any(scored) and not all(scored):
             index = scored.index(False)
@@ -82,7 +110,7 @@ class RerankRequest(_ServeOptions):
 
 
 class RecommendRequest(_ServeOptions):
-    request_id: int | None = Field(None, ge=0, le=INT64_MAX)
+    request_id: Int64 | None = None
     user: User
 
 
@@ -101,6 +129,8 @@ class RerankResponse(BaseModel):
     skipped_stages: list[str]
     timings_ms: dict[str, float] = Field(description="per stage, plus 'total'")
     unknown_items: int = Field(description="served items the catalogue does not know (neutral features)")
+    duplicate_candidates: int = Field(0, description="candidates left out because their id came earlier in "
+                                                     "the request (each id counts once)")
 
 
 class RecommendResponse(RerankResponse):
@@ -114,7 +144,7 @@ class Strategies(BaseModel):
 
 
 class ReloadRequest(_Body):
-    version: str | None = Field(None, max_length=200,
+    version: str | None = Field(None, pattern=VERSION_NAME,
                                 description="activate this version (default: re-read CURRENT)")
 
 
@@ -122,3 +152,23 @@ class ReloadResponse(BaseModel):
     model_version: str
     previous_version: str
     changed: bool
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="'ready' once a version is loaded and warmed up")
+    model_version: str
+    refused_version: str | None = Field(description="the version CURRENT names when it was refused (the one "
+                                                    "served is then the last good one); null when they agree")
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="where: ['body', 'candidates', 3, 'id'], ['header', ...], ...")
+    field: str = Field(description="the same as one dotted name: 'candidates.3.id', 'body', 'authorization'")
+    msg: str = Field(description="what is wrong, in words")
+    type: str = Field(description="a stable machine-readable kind, e.g. 'missing', 'too_large', 'timeout'")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service answers has this body: one item per problem found."""
+
+    detail: list[ErrorItem]

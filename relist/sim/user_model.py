@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from relist.objective import OBJECTIVES, Objective, terms, value
 from relist.sim.world import World
-
-OBJECTIVES = ("pv", "ipv", "buys", "gmv")
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -68,10 +67,13 @@ class Outcomes:
     def gmv(self) -> np.ndarray:
         return (self.exposure * self.p_click * self.p_buy * self.price).sum(-1)
 
-    def metric(self, name: str) -> np.ndarray:
-        if name not in OBJECTIVES:
-            raise ValueError(f"unknown objective {name!r}; choose from {OBJECTIVES}")
-        return getattr(self, name)
+    def metric(self, objective: str | Objective) -> np.ndarray:
+        """One objective (pv, ipv, buys, gmv) or a weighted mix of them, per list."""
+        if isinstance(objective, str) and objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
+        if isinstance(objective, str):
+            return getattr(self, objective)
+        return value(terms(self.exposure, self.p_click, self.p_buy, self.price), objective.vector())
 
 
 def outcomes(world: World, users: np.ndarray, lists: np.ndarray) -> Outcomes:
@@ -115,6 +117,6 @@ def outcomes(world: World, users: np.ndarray, lists: np.ndarray) -> Outcomes:
     return Outcomes(p_click, p_next, p_buy, exposure, world.price[lists].astype(np.float64))
 
 
-def expected(world: World, users: np.ndarray, lists: np.ndarray, objective: str = "ipv") -> np.ndarray:
-    """Exact expected value of ``objective`` (pv, ipv, buys, gmv) for each list."""
+def expected(world: World, users: np.ndarray, lists: np.ndarray, objective: str | Objective = "ipv") -> np.ndarray:
+    """Exact expected value of ``objective`` (pv, ipv, buys, gmv, or a mix) for each list."""
     return outcomes(world, users, lists).metric(objective)

@@ -1,9 +1,12 @@
-"""Training the DCWN evaluator on logged lists with the real-exposure mask.
+"""Training the DCWN evaluator ensemble on logged lists with the real-exposure mask.
 
-Only positions the user actually saw (``j < exposed_len``) carry labels: an unseen
-item was not rejected, it was never judged. Checkpoints are picked on the valid
-split's click log-loss, and the list-reward weighting (plain sum vs predicted
-exposure) on how well each predicts the clicks of the valid split's logged lists.
+Only positions the user actually saw (``j < exposed_len``) carry click and scroll labels: an
+unseen item was not rejected, it was never judged; purchases are learned on clicked positions
+(the buy head is the chance of a purchase given a click). Each member learns from its own
+bootstrap resample: a list enters member e's loss with a Poisson(1) weight drawn from its request
+id, so the resample is the same in every epoch, on every rank and after a resume. A share of the
+lists is shown without upstream scores, so the evaluator still works for requests that send none.
+Checkpoints are picked on the valid split's click log-loss of the members' mean.
 """
 
 from __future__ import annotations
@@ -17,27 +20,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from relist.data.features import FeatureStore
-from relist.data.logs import read_lists, split_path
+from relist.data.logs import read_lists, split_path, upstream_score_sample
 from relist.data.padding import length_mask
-from relist.data.stream import ParquetStream, decode
+from relist.data.requests import Requests
+from relist.data.stream import ParquetStream, table_arrays
 from relist.eval.metrics import auc, pearson
-from relist.models.evaluator import (
-    DCWN,
-    DCWNConfig,
-    EvaluatorSpec,
-    Vocab,
-    exposure,
-    list_features,
-    load_evaluator,
-    save_spec,
-)
+from relist.models.evaluator import DCWNConfig, Evaluator, EvaluatorSpec, exposure, save_spec
+from relist.models.inputs import list_inputs
 from relist.models.saved import builds_model_folder
-from relist.train.config import TrainConfig, save_config
+from relist.models.vocab import Vocab
+from relist.rerank.list_scorer import PriorFn, list_priors
+from relist.train.config import ConfigError, TrainConfig, save_config
 from relist.train.distributed import init_from_env
 from relist.train.trainer import FitResult, fit, to_device
 
 CONFIG_FILE = "evaluator_train.yaml"
-LABELS = ("user_id", "shown", "click", "next", "exposed_len")
+LABELS = ("request_id", "user_id", "candidates", "cand_scores", "shown", "click", "next", "buy", "exposed_len")
 
 
 class EvaluatorTrainConfig(BaseModel):
@@ -46,101 +44,154 @@ class EvaluatorTrainConfig(BaseModel):
     model: DCWNConfig = DCWNConfig()
     train: TrainConfig = TrainConfig(monitor="click_logloss", monitor_mode="min")
     next_weight: float = Field(0.5, ge=0, description="weight of the scroll (next) head's loss")
+    buy_weight: float = Field(0.5, ge=0, description="weight of the purchase head's loss (on clicks)")
+    score_dropout: float = Field(0.1, ge=0, le=1, description="share of train lists seen without upstream "
+                                                              "scores, for requests that send none")
     valid_lists: int | None = Field(None, ge=1, description="valid lists used per validation (None: all)")
 
 
-def labelled_batch(store: FeatureStore, raw: dict[str, np.ndarray]) -> dict[str, Tensor]:
-    """Features of logged lists plus click/next labels and the exposure mask."""
-    shown = torch.as_tensor(raw["shown"])
-    batch = list_features(store, raw["user_id"], shown)
+def bootstrap_weights(request_ids: np.ndarray, members: int, seed: int) -> np.ndarray:
+    """[E, B] Poisson(1) counts of each list in each member's resample, a function of (id, member, seed).
+
+    One member trains on every list once (no resampling).
+    """
+    if members == 1:
+        return np.ones((1, len(request_ids)))
+    x = (np.asarray(request_ids, dtype=np.uint64)[None, :] * np.uint64(members)
+         + np.arange(members, dtype=np.uint64)[:, None] + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15))
+    with np.errstate(over="ignore"):  # splitmix64: wrapping arithmetic is the point
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    uniform = (x >> np.uint64(11)).astype(np.float64) / 2.0**53
+    cdf = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, k + 1)) for k in range(12)])
+    return np.searchsorted(cdf, uniform).astype(np.float64)
+
+
+def labelled_batch(store: FeatureStore, raw: dict[str, np.ndarray], members: int = 1, seed: int = 0,
+                   score_dropout: float = 0.0, prior: PriorFn | None = None) -> dict[str, Tensor]:
+    """Features of logged lists plus click/next/buy labels, the exposure mask and bootstrap weights
+    (and the teacher's logits of the shown items, when the evaluator starts from them)."""
+    requests = Requests.from_stream(raw)
+    shown = np.where(raw["shown_mask"], raw["shown"], 0) if "shown_mask" in raw else raw["shown"]
+    if score_dropout > 0:
+        dropped = torch.rand(len(requests)).numpy() < score_dropout
+        requests.cand_scores = np.where(dropped[:, None], np.nan, requests.cand_scores).astype(np.float32)
+    batch = list_inputs(store, requests, shown)
+    if prior is not None:
+        batch |= list_priors(prior, store, requests, shown, np.arange(len(requests)))
     batch["exposed"] = length_mask(torch.as_tensor(raw["exposed_len"]).long(), shown.shape[1]) & batch["mask"]
-    batch["click"] = torch.as_tensor(raw["click"]).float()
-    batch["next"] = torch.as_tensor(raw["next"]).float()
+    for label in ("click", "next", "buy"):
+        values = raw.get(label, np.zeros_like(raw["click"]))
+        batch[label] = torch.as_tensor(values).float()
+    batch["has_buy"] = torch.tensor("buy" in raw)
+    batch["weight"] = torch.as_tensor(bootstrap_weights(raw["request_id"], members, seed), dtype=torch.float32)
     return batch
 
 
-def evaluator_loss(next_weight: float):
-    """Binary cross-entropy of clicks (and scrolls) on exposed positions only."""
+def _weighted_bce(logits: Tensor, labels: Tensor, where: Tensor, weight: Tensor) -> Tensor:
+    """Per member the bootstrap-weighted BCE over ``where`` positions; logits [E, B, n], weight [E, B]."""
+    w = weight[:, :, None] * where[None].to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, labels.expand_as(logits), reduction="none")
+    return ((bce * w).sum((1, 2)) / w.sum((1, 2)).clamp_min(1e-6)).mean()
+
+
+def evaluator_loss(next_weight: float, buy_weight: float):
+    """Bootstrap-weighted cross-entropy of clicks and scrolls on exposed positions, purchases on clicks."""
 
     def loss_fn(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        seen = batch["exposed"]
-        click = F.binary_cross_entropy_with_logits(outputs["click"][seen], batch["click"][seen])
-        scroll = F.binary_cross_entropy_with_logits(outputs["next"][seen], batch["next"][seen])
-        return {"loss": click + next_weight * scroll, "click": click, "next": scroll}
+        seen, weight = batch["exposed"], batch["weight"]
+        click = _weighted_bce(outputs["click"], batch["click"], seen, weight)
+        scroll = _weighted_bce(outputs["next"], batch["next"], seen, weight)
+        clicked = seen & (batch["click"] > 0) & batch["has_buy"]
+        buy = _weighted_bce(outputs["buy"], batch["buy"], clicked, weight)
+        return {"loss": click + next_weight * scroll + buy_weight * buy, "click": click, "next": scroll,
+                "buy": buy}
 
     return loss_fn
 
 
-def train_batches(data_dir: Path, store: FeatureStore, batch_size: int):
+def train_batches(data_dir: Path, store: FeatureStore, cfg: EvaluatorTrainConfig, prior: PriorFn | None):
+    columns = _columns(data_dir)
+
     def batches(epoch: int, rank: int, world_size: int):
-        stream = ParquetStream(
-            split_path(data_dir, "train"), LABELS, batch_size, rank, world_size, seed=epoch
-        )
-        return (labelled_batch(store, raw) for raw in stream)
+        stream = ParquetStream(split_path(data_dir, "train"), columns, cfg.train.batch_size, rank, world_size,
+                               seed=epoch)
+        return (labelled_batch(store, raw, cfg.model.members, cfg.train.seed, cfg.score_dropout, prior)
+                for raw in stream)
 
     return batches
 
 
-def valid_batch(data_dir: Path, store: FeatureStore, limit: int | None) -> dict[str, Tensor]:
-    table = read_lists(data_dir, "valid", limit).select(list(LABELS))
-    raw = decode(table)  # list columns padded: logged lists may differ in length
-    return labelled_batch(store, raw)
+def _columns(data_dir: Path) -> list[str]:
+    """The label columns the logs have (``buy`` is optional in the schema)."""
+    import pyarrow.dataset as ds
+
+    logged = ds.dataset(split_path(data_dir, "train"), format="parquet").schema.names
+    return [name for name in LABELS if name != "buy" or name in logged]
 
 
-def exposure_metrics(model: DCWN, batch: dict[str, Tensor]) -> dict[str, float]:
-    """Click/scroll quality on exposed positions, and how well each LR predicts a logged list's clicks."""
+def read_raw(data_dir: Path, split: str, columns: list[str], limit: int | None) -> dict[str, np.ndarray]:
+    """The first ``limit`` lists of a split (validated) as the padded arrays a stream batch holds."""
+    return table_arrays(read_lists(data_dir, split, limit).select(columns))
+
+
+def exposure_metrics(model: Evaluator, batch: dict[str, Tensor]) -> dict[str, float]:
+    """Click/scroll quality of the members' mean on exposed positions, and how well LR predicts clicks."""
     batch = to_device(batch, next(model.parameters()).device)
     logits = {name: value.cpu() for name, value in model(batch).items()}
     batch = {name: value.cpu() for name, value in batch.items()}
     seen = batch["exposed"]
-    p_click = torch.sigmoid(logits["click"]) * batch["mask"]
+    p_click = torch.sigmoid(logits["click"]).mean(0) * batch["mask"]
+    p_next = torch.sigmoid(logits["next"]).mean(0)
     clicks = (batch["click"] * seen).sum(1).numpy()
-    lr_sum = p_click.sum(1).numpy()
-    lr_exposure = (p_click * exposure(logits["next"])).sum(1).numpy()
+    lr = (torch.sigmoid(logits["click"]) * exposure(logits["next"])).mean(0).mul(batch["mask"]).sum(1).numpy()
     return {
-        "click_logloss": F.binary_cross_entropy_with_logits(
-            logits["click"][seen], batch["click"][seen]
-        ).item(),
-        "click_auc": auc(batch["click"][seen].numpy(), logits["click"][seen].numpy()),
-        "next_auc": (auc(batch["next"][seen].numpy(), logits["next"][seen].numpy())
+        "click_logloss": F.binary_cross_entropy(p_click[seen].clamp(1e-6, 1 - 1e-6), batch["click"][seen]).item(),
+        "click_auc": auc(batch["click"][seen].numpy(), p_click[seen].numpy()),
+        "next_auc": (auc(batch["next"][seen].numpy(), p_next[seen].numpy())
                      if batch["next"][seen].unique().numel() > 1 else float("nan")),  # LETOR: always 1
-        "lr_sum_pearson": pearson(lr_sum, clicks),
-        "lr_exposure_pearson": pearson(lr_exposure, clicks),
+        "lr_pearson": pearson(lr, clicks),
+        "member_spread": float(torch.sigmoid(logits["click"]).std(0)[seen].mean()) if len(logits["click"]) > 1
+        else 0.0,
     }
 
 
 @builds_model_folder
 def train_evaluator(
-    cfg: EvaluatorTrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False
+    cfg: EvaluatorTrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
+    ranker_dir: str | Path | None = None,
 ) -> tuple[FitResult, EvaluatorSpec]:
-    """Fit a DCWN on ``data_dir``'s train split; weights, curves and ``evaluator.yaml`` go to ``out_dir``."""
+    """Fit a DCWN ensemble on ``data_dir``'s train split; weights, curves and ``evaluator.yaml`` go to ``out_dir``.
+
+    With ``cfg.model.prior`` the heads start from the fine-ranking teacher in ``ranker_dir``.
+    """
+    from relist.models.ranking.scoring import point_logits
+    from relist.train.ranking import load_ranking_model, weights_digest
+
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     store = FeatureStore.from_dir(data_dir)
-    vocab = Vocab.of(store)
+    columns = _columns(data_dir)
+    vocab = Vocab.of(store, upstream_score_sample(data_dir))
+    prior, digest = None, None
+    if cfg.model.prior:
+        if ranker_dir is None:
+            raise ConfigError("model.prior: true needs the trained fine-ranking teacher (--ranker DIR); "
+                              "or set model.prior: false")
+        ranker, digest = load_ranking_model(ranker_dir), weights_digest(ranker_dir)
+
+        def prior(requests: Requests, store: FeatureStore) -> dict[str, np.ndarray]:
+            return point_logits(ranker, store, requests)
+
     torch.manual_seed(cfg.train.seed)
-    model = DCWN(vocab, cfg.model)
-    valid = valid_batch(data_dir, store, cfg.valid_lists)
-    result = fit(
-        model,
-        evaluator_loss(cfg.next_weight),
-        train_batches(data_dir, store, cfg.train.batch_size),
-        lambda m: exposure_metrics(m, valid),
-        cfg.train,
-        out_dir,
-        resume,
-    )
+    model = Evaluator(vocab, cfg.model)
+    valid = labelled_batch(store, read_raw(data_dir, "valid", columns, cfg.valid_lists), cfg.model.members,
+                           prior=prior)
+    result = fit(model, evaluator_loss(cfg.next_weight, cfg.buy_weight), train_batches(data_dir, store, cfg, prior),
+                 lambda m: exposure_metrics(m, valid), cfg.train, out_dir, resume)
     env = init_from_env(cfg.train.device)
-    spec = None
-    if env.rank == 0:  # one writer; the others wait for its choice of LR weighting
+    spec = EvaluatorSpec(vocab=vocab, model=cfg.model, prior_weights=digest)
+    if env.rank == 0:  # one writer
         save_config(cfg, out_dir / CONFIG_FILE)
-        save_spec(EvaluatorSpec(vocab=vocab, model=cfg.model), out_dir)
-        best, _ = load_evaluator(out_dir)
-        with torch.no_grad():
-            scores = exposure_metrics(best, valid)
-        spec = EvaluatorSpec(
-            vocab=vocab,
-            model=cfg.model,
-            exposure_weighted=scores["lr_exposure_pearson"] > scores["lr_sum_pearson"],
-        )
         save_spec(spec, out_dir)
-    return result, env.broadcast(spec)
+    return result, spec

@@ -1,17 +1,20 @@
-"""Training the GRN by policy gradient against a frozen evaluator.
+"""Training the GRN by policy gradient against a frozen evaluator ensemble.
 
-Each request gets K sampled lists. Slot t of a list earns a reward from the
-evaluator (a ListScorer), never from the simulator:
+Each request gets K sampled lists. Slot t of a list earns a reward from the evaluator (a
+ListScorer), never from the simulator, in the units of the configured objective:
 
-* ``self``: the item's own share of the list reward (its click probability there, times
-  its predicted exposure when the evaluator's LR is exposure-weighted);
-* ``advantage``: self reward + differential reward, the change the item causes in the
-  other items' shares. Together that is LR(list) - LR(list without the item), where
-  "without" removes the item and lets the items after it move up one slot (what the
-  user would have seen had it not been generated), the freed last slot left empty.
+* ``self``: the item's own share of the list's value (its click probability there times its
+  predicted exposure, for IPV);
+* ``advantage``: self reward + differential reward, the change the item causes in the other
+  items' shares. Together that is value(list) - value(list without the item), where "without"
+  removes the item and lets the items after it move up one slot, the freed last slot left empty.
 
-The baseline of a slot is the mean reward of that slot over the request's K samples,
-and REINFORCE weighs each slot's log-probability by its reward minus the baseline.
+Every member of the ensemble gives its own reward; a slot is paid the members' mean minus
+``beta`` standard deviations, so the generator is not paid for what only some members believe —
+the lists unlike the logged ones where the evaluator is unsure. A behaviour term keeps it near
+lists the logs vouch for: with ``imitation > 0`` the loss also raises the log-probability of the
+request's greedy-by-upstream-score list (the logging policy's own choice), weighted by
+``imitation``. The baseline of a slot is the mean reward of that slot over the request's K samples.
 """
 
 from __future__ import annotations
@@ -19,59 +22,80 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from relist.data.features import FeatureStore
-from relist.data.logs import logged_requests, split_path
+from relist.data.logs import logged_requests, split_path, upstream_score_sample
+from relist.data.padding import PAD_ID
+from relist.data.requests import Requests
 from relist.data.stream import ParquetStream
-from relist.models.generator import GRN, GeneratorSpec, GRNConfig, candidate_features, chosen_items, save_spec
+from relist.models.generator import GRN, GeneratorSpec, GRNConfig, chosen_items, save_spec
+from relist.models.inputs import list_inputs
 from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
-from relist.rerank.grn_policy import rules_hook
+from relist.objective import Objective
+from relist.rerank.generators import Context
+from relist.rerank.grn import rules_hook
 from relist.rerank.list_scorer import ListScorer
-from relist.rerank.rules import RulesConfig
+from relist.rerank.policy import GreedyUpstreamScore
+from relist.rerank.rules import BusinessRules, RulesConfig
 from relist.train.config import TrainConfig, save_config
 from relist.train.distributed import is_main
 from relist.train.trainer import FitResult, fit, to_device
 
 CONFIG_FILE = "generator_train.yaml"
 Reward = Literal["advantage", "self"]
-REQUEST_COLUMNS = ("user_id", "candidates", "cand_scores")
+REQUEST_COLUMNS = ("request_id", "user_id", "candidates", "cand_scores")
 
 
 class GeneratorTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: GRNConfig = GRNConfig()
-    train: TrainConfig = TrainConfig(batch_size=64, monitor="lr", monitor_mode="max")
+    train: TrainConfig = TrainConfig(batch_size=64, monitor="value", monitor_mode="max")
     reward: Reward = Field("advantage", description="advantage: self + differential reward; self: ablation")
+    objective: Objective = Field(Objective(), description="what the reward values")
+    beta: float = Field(1.0, ge=0, description="pessimism: a slot's reward is the members' mean - beta x std")
+    imitation: float = Field(0.1, ge=0, description="weight of the log-likelihood of the greedy-by-upstream-"
+                                                   "score list (behaviour term); 0: pure policy gradient")
     samples: int = Field(8, ge=2, description="lists sampled per request (their mean is the baseline)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature during training")
-    rules: RulesConfig | None = RulesConfig()
+    rules: RulesConfig = RulesConfig()
     valid_requests: int = Field(
-        2000, ge=1, description="valid requests whose greedy-list LR picks the checkpoint"
+        2000, ge=1, description="valid requests whose greedy lists' pessimistic value picks the checkpoint"
     )
 
 
 class SampledGRN(GRN):
-    """The GRN as the trainer calls it: ``forward(batch)`` samples K lists under the rules.
+    """The GRN as the trainer calls it: ``forward(batch)`` samples K lists under the rules, and scores the
+    batch's ``reference`` lists (teacher-forced) when it has them.
 
     A subclass rather than a wrapper, so checkpoints load straight into a plain GRN.
     """
 
-    def __init__(
-        self, vocab: Vocab, cfg: GRNConfig, samples: int, temperature: float, rules: RulesConfig | None
-    ):
+    def __init__(self, vocab: Vocab, cfg: GRNConfig, samples: int, temperature: float, rules: BusinessRules):
         super().__init__(vocab, cfg)
-        self.samples, self.temperature = samples, temperature
-        self.rules = None if rules is None else rules.build()
+        self.samples, self.temperature, self.rules = samples, temperature, rules
 
     def forward(self, batch: dict[str, Tensor], **kwargs) -> dict[str, Tensor]:
-        hook = rules_hook(self.rules, batch) if self.rules is not None else None
+        hook = rules_hook(self.rules, batch)
         settings = {"samples": self.samples, "temperature": self.temperature, "allowed_fn": hook} | kwargs
-        return super().forward(batch, **settings)
+        out = super().forward(batch, **settings)
+        if "reference" in batch and not kwargs:
+            forced = super().forward(batch, batch["reference"].shape[-1], samples=1, allowed_fn=hook,
+                                     forced=batch["reference"])
+            out["reference_step_logp"] = forced["step_logp"][:, 0]
+        return out
+
+
+def requests_of(batch: dict[str, Tensor]) -> Requests:
+    """The requests a training batch was made from (the scorer reads them)."""
+    candidates = batch["candidates"].cpu().numpy()
+    return Requests(batch["request_id"].cpu().numpy(), batch["user_id"].cpu().numpy(), candidates,
+                    batch["cand_scores"].cpu().numpy(), candidates != PAD_ID)
 
 
 def without_each(lists: Tensor) -> Tensor:
@@ -83,58 +107,82 @@ def without_each(lists: Tensor) -> Tensor:
     return padded[:, index.to(lists.device)]
 
 
-def step_rewards(scorer: ListScorer, user_ids: Tensor, lists: Tensor, reward: Reward) -> Tensor:
-    """Reward of every slot of lists [N, n] (0 at empty slots)."""
-    own = scorer.contributions(user_ids, lists)
+def step_rewards(scorer: ListScorer, requests: Requests, lists: Tensor, reward: Reward,
+                 objective: Objective = Objective(), rows: np.ndarray | None = None) -> Tensor:
+    """Every member's reward of every slot of lists [N, n] of ``requests[rows]`` (default: one list per
+    request): [E, N, n], 0 at empty slots."""
+    weights = torch.as_tensor(objective.vector(), dtype=torch.float32)
+    rows = np.arange(len(lists)) if rows is None else rows
+    own = (scorer.terms(requests, lists, rows) * weights).sum(-1)  # [E, N, n]
     if reward == "self":
         return own
     n = lists.shape[1]
-    total = own.sum(1, keepdim=True)
-    rest = scorer.list_reward(user_ids.repeat_interleave(n), without_each(lists).reshape(-1, n)).view(-1, n)
-    return (total - rest) * (lists != 0)
+    rest = scorer.terms(requests, without_each(lists).reshape(-1, n), np.repeat(rows, n))
+    rest = (rest * weights).sum((-1, -2))
+    total = own.sum(-1, keepdim=True)
+    return (total - rest.view(-1, len(lists), n)) * (lists != PAD_ID)
 
 
-def policy_gradient_loss(scorer: ListScorer, reward: Reward):
-    """REINFORCE with a per-slot mean-of-K baseline; the loss closes over the frozen evaluator."""
+def policy_gradient_loss(scorer: ListScorer, cfg: GeneratorTrainConfig):
+    """REINFORCE with a per-slot mean-of-K baseline on pessimistic rewards, plus the behaviour term."""
 
     def loss_fn(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b, k, n = outputs["choice"].shape
         lists = chosen_items(batch["candidates"], outputs["choice"]).view(b * k, n)
-        users = batch["user_id"].repeat_interleave(k)
-        rewards = step_rewards(scorer, users, lists, reward).view(b, k, n)
+        members = step_rewards(scorer, requests_of(batch), lists.cpu(), cfg.reward, cfg.objective,
+                               np.repeat(np.arange(b), k)).to(lists.device)
+        spread = members.std(0, correction=1) if len(members) > 1 else torch.zeros_like(members[0])
+        rewards = (members.mean(0) - cfg.beta * spread).view(b, k, n)
         advantage = rewards - rewards.mean(1, keepdim=True)
-        loss = -(advantage * outputs["step_logp"]).sum(-1).mean()
-        return {
-            "loss": loss,
-            "sample_lr": scorer.list_reward(users, lists).mean(),
-            "reward": rewards.sum(-1).mean(),
-        }
+        pg = -(advantage * outputs["step_logp"]).sum(-1).mean()
+        terms = {"reward": rewards.sum(-1).mean(), "spread": spread.sum(-1).mean()}
+        loss = pg
+        if "reference_step_logp" in outputs:
+            step = outputs["reference_step_logp"]
+            allowed = step > -1e6  # a reference slot the rules (as decoded) refuse is not imitated
+            imitation = -(step * allowed).sum(-1).mean()
+            loss = loss + cfg.imitation * imitation
+            terms["imitation_nll"] = imitation
+        return {"loss": loss, "policy_gradient": pg} | terms
 
     return loss_fn
 
 
-def request_batches(data_dir: Path, store: FeatureStore, batch_size: int):
+def request_inputs(store: FeatureStore, requests: Requests, rules: BusinessRules, n: int,
+                   imitation: bool) -> dict[str, Tensor]:
+    """The GRN's inputs of requests plus what the loss reads: ids, raw upstream scores, reference columns."""
+    batch = list_inputs(store, requests)
+    batch |= {name: torch.tensor(getattr(requests, name)) for name in ("request_id", "user_id", "cand_scores")}
+    if imitation:
+        reference = GreedyUpstreamScore().propose(requests, n, Context(store, rules))
+        batch["reference"] = torch.as_tensor(requests.columns_of(reference))
+    return batch
+
+
+def request_batches(data_dir: Path, store: FeatureStore, cfg: GeneratorTrainConfig):
+    rules = cfg.rules.build()
+
     def batches(epoch: int, rank: int, world_size: int):
-        stream = ParquetStream(
-            split_path(data_dir, "train"), REQUEST_COLUMNS, batch_size, rank, world_size, seed=epoch
-        )
+        stream = ParquetStream(split_path(data_dir, "train"), REQUEST_COLUMNS, cfg.train.batch_size, rank,
+                               world_size, seed=epoch)
         for raw in stream:
-            batch = candidate_features(store, raw["user_id"], raw["candidates"], raw["cand_scores"])
-            yield batch | {"user_id": torch.tensor(raw["user_id"])}
+            yield request_inputs(store, Requests.from_stream(raw), rules, cfg.model.list_len, cfg.imitation > 0)
 
     return batches
 
 
-def greedy_lr(scorer: ListScorer, batch: dict[str, Tensor], rules: RulesConfig | None):
-    """Validation: mean evaluator LR of the greedy lists (simulator truth never picks a checkpoint)."""
-    built = None if rules is None else rules.build()
+def greedy_value(scorer: ListScorer, requests: Requests, store: FeatureStore, cfg: GeneratorTrainConfig):
+    """Validation: the pessimistic value of the greedy lists (simulator truth never picks a checkpoint)."""
+    rules = cfg.rules.build()
+    batch = request_inputs(store, requests, rules, cfg.model.list_len, False)
 
     def validate(model: GRN) -> dict[str, float]:
         on_device = to_device(batch, next(model.parameters()).device)
-        hook = rules_hook(built, on_device) if built is not None else None
-        out = model(on_device, samples=1, greedy=True, allowed_fn=hook)
+        out = GRN.forward(model, on_device, samples=1, greedy=True, allowed_fn=rules_hook(rules, on_device))
         lists = chosen_items(batch["candidates"], out["choice"].cpu())[:, 0]
-        return {"lr": scorer.list_reward(batch["user_id"], lists).mean().item()}
+        values = scorer.values(requests, lists, cfg.objective)
+        spread = values.std(0, correction=1) if len(values) > 1 else torch.zeros_like(values[0])
+        return {"value": (values.mean(0) - cfg.beta * spread).mean().item(), "lr": values.mean().item()}
 
     return validate
 
@@ -146,26 +194,19 @@ def train_generator(
     evaluator_dir: str | Path,
     out_dir: str | Path,
     resume: bool = False,
+    ranker_dir: str | Path | None = None,
 ) -> FitResult:
-    """Fit a GRN on ``data_dir``'s train requests against the evaluator in ``evaluator_dir``."""
+    """Fit a GRN on ``data_dir``'s train requests against the evaluator in ``evaluator_dir`` (which reads the
+    teacher in ``ranker_dir`` when it was trained on top of one)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     store = FeatureStore.from_dir(data_dir)
-    scorer = ListScorer.load(evaluator_dir, store)
-    vocab = Vocab.of(store)
+    scorer = ListScorer.load(evaluator_dir, store, ranker_dir)
+    vocab = Vocab.of(store, upstream_score_sample(data_dir))
     torch.manual_seed(cfg.train.seed)
-    model = SampledGRN(vocab, cfg.model, cfg.samples, cfg.temperature, cfg.rules)
+    model = SampledGRN(vocab, cfg.model, cfg.samples, cfg.temperature, cfg.rules.build())
     requests, _ = logged_requests(data_dir, "valid", cfg.valid_requests)
-    valid = candidate_features(store, requests.user_id, requests.candidates, requests.cand_scores)
-    valid["user_id"] = torch.tensor(requests.user_id)
-    result = fit(
-        model,
-        policy_gradient_loss(scorer, cfg.reward),
-        request_batches(data_dir, store, cfg.train.batch_size),
-        greedy_lr(scorer, valid, cfg.rules),
-        cfg.train,
-        out_dir,
-        resume,
-    )
+    result = fit(model, policy_gradient_loss(scorer, cfg), request_batches(data_dir, store, cfg),
+                 greedy_value(scorer, requests, store, cfg), cfg.train, out_dir, resume)
     if is_main():
         save_config(cfg, out_dir / CONFIG_FILE)
         save_spec(GeneratorSpec(vocab=vocab, model=cfg.model), out_dir)

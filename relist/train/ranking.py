@@ -103,6 +103,13 @@ def load_ranking_model(run_dir: str | Path) -> nn.Module:
     return (model.student if isinstance(model, SyncDistill) else model).eval()
 
 
+def weights_digest(run_dir: str | Path) -> str:
+    """sha256 of a run's best weights: what a model trained on top of it records, to be served with it."""
+    import hashlib
+
+    return hashlib.sha256((Path(run_dir) / BEST).read_bytes()).hexdigest()
+
+
 @builds_model_folder
 def train_ranking(
     cfg: RankingConfig,

@@ -5,6 +5,10 @@ The loop knows nothing about models: a model maps a batch to named logits and a 
 wrong around them: early stopping on a validation metric, files that are never half-written,
 resume that reproduces the uninterrupted run bit for bit, and DDP.
 
+Every weights file and training state carries a checksum of its tensors (and, for the state,
+of every value), checked whenever it is read: damaged bytes under an intact header would load
+without complaint and surface an epoch later as a NaN loss blamed on the learning rate.
+
 Exact resume without saving generator states: every epoch starts by seeding torch, numpy and
 ``random`` from ``(seed, epoch, rank)``, so a resumed epoch draws the same numbers as the original
 on any number of ranks.  ``train_batches`` should likewise depend only on its arguments.
@@ -13,6 +17,7 @@ on any number of ranks.  ``train_batches`` should likewise depend only on its ar
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 import random
@@ -43,6 +48,7 @@ STATE = Path("checkpoints") / "last_state.pt"
 LOG = "train_log.csv"
 CURVES = "training_curves.png"
 CONFIG = "train_config.yaml"
+DIGEST = "tensors_sha256"  # metadata key of a weights file / entry of a training state holding its checksum
 
 
 class CheckpointError(RuntimeError):
@@ -227,13 +233,44 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Tenso
     return {name: torch.as_tensor(value).to(device, non_blocking=True) for name, value in batch.items()}
 
 
+def digest(value: Any) -> str:
+    """sha256 of a nest of dicts, lists and tensors (names, dtypes, shapes and bytes; other leaves by repr)."""
+    hasher = hashlib.sha256()
+    _feed(hasher, value)
+    return hasher.hexdigest()
+
+
+def _feed(hasher, value: Any) -> None:
+    if isinstance(value, Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        hasher.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        hasher.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    elif isinstance(value, Mapping):
+        hasher.update(b"{")
+        for key in sorted(value, key=str):
+            hasher.update(repr(key).encode() + b":")
+            _feed(hasher, value[key])
+        hasher.update(b"}")
+    elif isinstance(value, list | tuple):
+        hasher.update(b"[")
+        for item in value:
+            _feed(hasher, item)
+            hasher.update(b",")
+        hasher.update(b"]")
+    else:
+        hasher.update(repr(value).encode())
+
+
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write the model's state as safetensors, atomically (a reader never sees half a file)."""
+    """Write the model's state as safetensors with its checksum, atomically (a reader never sees half a
+    file)."""
+    metadata = {**(metadata or {}), DIGEST: digest(model.state_dict())}
     _atomic_write(Path(path), lambda tmp: save_model(model, str(tmp), metadata=metadata))
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
-    """Load safetensors weights into ``model`` (strict) and return the file's metadata."""
+    """Load safetensors weights into ``model`` (strict) and return the file's metadata (less the checksum,
+    which the tensors must match; files written before checksums existed carry none)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
@@ -245,6 +282,10 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: corrupt safetensors file ({err})") from err
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the model: {err}") from err
+    stored = metadata.pop(DIGEST, None)
+    if stored is not None and digest(model.state_dict()) != stored:
+        raise CheckpointError(f"{path}: damaged weights: the tensor bytes fail the file's sha256 checksum "
+                              "(the header is intact; the file changed after it was written)")
     return metadata
 
 
@@ -252,6 +293,7 @@ def _save_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Opt
     """Weights then state, each atomic; the epoch in both lets a resume detect a torn pair."""
     save_weights(model, out_dir / LAST, {"epoch": str(progress.epoch)})
     state = {"progress": asdict(progress), "optimizer": optimizer.state_dict()}
+    state[DIGEST] = digest(state)
     _atomic_write(out_dir / STATE, lambda tmp: torch.save(state, tmp))
 
 
@@ -261,10 +303,17 @@ def _load_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Opt
         raise CheckpointError(f"{path}: no training state to resume from")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        stored = state.pop(DIGEST, None)
+    except Exception as err:  # torch.load raises many types for one cause
+        raise CheckpointError(f"{path}: corrupt or incompatible training state ({err!r})") from err
+    if stored is not None and digest(state) != stored:
+        raise CheckpointError(f"{path}: damaged training state: its tensors or values fail the sha256 checksum "
+                              "stored with them (the file changed after it was written)")
+    try:
         progress = _Progress(**state["progress"])
         optimizer.load_state_dict(state["optimizer"])
-    except Exception as err:  # torch.load and load_state_dict raise many types for one cause
-        raise CheckpointError(f"{path}: corrupt or incompatible training state ({err!r})") from err
+    except Exception as err:  # load_state_dict raises many types for one cause
+        raise CheckpointError(f"{path}: incompatible training state ({err!r})") from err
     weights_epoch = load_weights(model, out_dir / LAST).get("epoch")
     if weights_epoch != str(progress.epoch):
         raise CheckpointError(

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from relist.data.features import FeatureStore
 from relist.data.padding import PAD_ID
-from relist.models.evaluator import ItemEmbedding, UserInterest
-from relist.models.generator import candidate_features
+from relist.data.requests import Requests
+from relist.models.inputs import ItemEmbedding, UserInterest, list_inputs
 from relist.models.vocab import Vocab
 
 
@@ -81,7 +81,7 @@ def initial_list_inputs(
 ) -> dict[str, Tensor]:
     """Model inputs of initial lists [B, L], already in initial order (``dense`` [B, L, F]: dense models)."""
     if dense is None:
-        return candidate_features(store, user_ids, items, scores)
+        return list_inputs(store, Requests.from_arrays(np.zeros(len(items)), user_ids, items, scores))
     items_t = torch.as_tensor(items, dtype=torch.long)
     as_float = {"score": scores, "dense": dense}
     return {"candidates": items_t, "mask": items_t != PAD_ID} | {

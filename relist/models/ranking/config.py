@@ -19,6 +19,10 @@ class TeacherConfig(BaseModel):
     cross_layers: int = Field(2, ge=0)
     hidden: tuple[int, ...] = (128, 64)
     dropout: float = Field(0.0, ge=0, lt=1)
+    upstream: bool = Field(True, description="read the item's upstream score and its rank in the request")
+    position_bias: bool = Field(True, description="PAL-style: a position term learned in training, left out "
+                                                  "at scoring, so clicks are not credited to the slot")
+    max_position: int = Field(64, ge=1, description="positions with their own bias (later ones share the last)")
 
 
 class StudentConfig(BaseModel):

@@ -27,10 +27,20 @@ def _soft(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
 
 
 def hard_loss(tasks: tuple[str, ...] = ("ctr",)) -> LossFn:
-    """Sum of per-task BCE over the tasks whose labels the batch carries."""
+    """Sum of per-task BCE over the tasks whose labels the batch carries.
+
+    The purchase head learns on clicked samples only: it is the chance of a purchase given a click,
+    as every list objective (relist.objective) reads it.
+    """
+
+    def term(task: str, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        if task != "buy":
+            return _bce(outputs[task], batch[LABELS[task]])
+        clicked = batch["click"] > 0
+        return _bce(outputs[task][clicked], batch["buy"][clicked]) if clicked.any() else outputs[task].sum() * 0
 
     def loss_fn(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        terms = {task: _bce(outputs[task], batch[LABELS[task]]) for task in tasks if LABELS[task] in batch}
+        terms = {task: term(task, outputs, batch) for task in tasks if LABELS[task] in batch}
         return {"loss": sum(terms.values())} | terms
 
     return loss_fn

@@ -19,15 +19,17 @@ import pyarrow.dataset as ds
 
 from relist.data.features import FeatureStore
 from relist.data.loaders.amazon import load_amazon_ctr
-from relist.data.logs import split_path
+from relist.data.logs import split_path, upstream_score_sample
+from relist.data.requests import Requests
 from relist.data.schema import SchemaError
 from relist.data.stream import ParquetStream
 from relist.models.vocab import Vocab
 
 Samples = dict[str, np.ndarray]
-FEATURES = ("segment", "hist", "hist_cate", "hist_mask", "item", "cate", "shop", "price_bucket")
+FEATURES = ("segment", "hist", "hist_cate", "hist_mask", "item", "cate", "shop", "price_bucket",
+            "score", "score_rank", "has_score", "position")
 LABELS = ("click", "next", "buy")
-LIST_COLUMNS = ("user_id", "shown", "exposed_len", "click", "next")  # and "buy" where logged
+LIST_COLUMNS = ("user_id", "candidates", "cand_scores", "shown", "exposed_len", "click", "next")  # + "buy"
 LISTS_PER_READ = 4096
 
 
@@ -50,7 +52,7 @@ def load_ranking_data(
     data_dir = Path(data_dir)
     if is_log_dir(data_dir):
         store = FeatureStore.from_dir(data_dir)
-        vocab = Vocab.of(store)
+        vocab = Vocab.of(store, upstream_score_sample(data_dir))
         return RankingData(vocab, {s: samples_from_logs(data_dir, s, store) for s in splits}, store)
     if (data_dir / "ctr_split").is_dir():
         amazon = load_amazon_ctr(data_dir, splits)
@@ -88,12 +90,18 @@ def stream_lists(
 
 
 def samples_from_lists(lists: dict[str, np.ndarray], store: FeatureStore) -> Samples:
-    """One sample per exposed position of a batch of lists (as :func:`stream_lists` yields them)."""
+    """One sample per exposed position of a batch of lists (as :func:`stream_lists` yields them).
+
+    Each sample carries the item's upstream score and rank in its request, and its position.
+    """
     width = lists["shown"].shape[1]
     exposed = lists["shown_mask"] & (np.arange(width) < lists["exposed_len"][:, None])
     rows, position = np.nonzero(exposed)  # row-major: lists in order, positions within each
     users, items = lists["user_id"][rows], lists["shown"][rows, position]
-    samples: Samples = {"user": users, "position": position}
+    requests = Requests.from_stream(lists | {"request_id": np.zeros(len(lists["user_id"]), np.int64)})
+    score, rank = requests.upstream_of(np.where(lists["shown_mask"], lists["shown"], 0))
+    samples: Samples = {"user": users, "position": position} | upstream_features(score[rows, position],
+                                                                                 rank[rows, position])
     for name, value in (store.user_features(users) | store.item_features(items)).items():
         samples[name] = value.numpy()
     for label in LABELS:
@@ -106,6 +114,13 @@ def samples_from_logs(data_dir: str | Path, split: str, store: FeatureStore) -> 
     """A whole split in memory (evaluation, validation), expanded read by read as training streams it."""
     stream = stream_lists(data_dir, split, LISTS_PER_READ)
     return concat_samples([samples_from_lists(lists, store) for lists in stream])
+
+
+def upstream_features(score: np.ndarray, rank: np.ndarray) -> Samples:
+    """The upstream score columns of samples (relist.models.inputs conventions: NaN score = none)."""
+    has = np.isfinite(score)
+    return {"score": np.where(has, score, 0.0).astype(np.float32),
+            "score_rank": np.where(has, rank, 0.0).astype(np.float32), "has_score": has}
 
 
 def samples_from_ctr(split: dict[str, np.ndarray]) -> Samples:
@@ -122,7 +137,8 @@ def samples_from_ctr(split: dict[str, np.ndarray]) -> Samples:
         "shop": zeros,
         "price_bucket": zeros,
         "click": split["label"],
-    }
+        "position": zeros,
+    } | upstream_features(np.full(len(zeros), np.nan), np.zeros(len(zeros)))
 
 
 def iterate_batches(samples: Samples, batch_size: int, order: np.ndarray | None = None) -> Iterator[Samples]:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from relist.data.features import FeatureStore
 from relist.data.requests import Requests
 from relist.models.ranking.dssm import DSSM
-from relist.models.ranking.samples import FEATURES, Samples, iterate_batches
+from relist.models.ranking.samples import FEATURES, Samples, iterate_batches, upstream_features
 
 
 @torch.no_grad()
@@ -25,37 +25,53 @@ def predict_logits(model: nn.Module, samples: Samples, batch_size: int = 8192) -
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
-def request_inputs(store: FeatureStore, user_ids: np.ndarray, item_ids: np.ndarray) -> dict[str, Tensor]:
-    """Model inputs for every (user_ids[b], item_ids[b, j]) pair, flattened to B*m rows."""
-    user_ids, item_ids = np.asarray(user_ids), np.asarray(item_ids)
-    per_row = np.repeat(user_ids, item_ids.shape[1])
-    return store.user_features(per_row) | store.item_features(item_ids.reshape(-1))
+def request_inputs(store: FeatureStore, requests: Requests) -> dict[str, Tensor]:
+    """Model inputs for every (user, candidate) pair of the requests, flattened to B*m rows.
+
+    Each pair carries the candidate's upstream score and rank; its position is 0 (scoring leaves
+    the position out).
+    """
+    per_row = np.repeat(requests.user_id, requests.candidates.shape[1])
+    score, rank = requests.upstream_of(requests.candidates)
+    upstream = upstream_features(score.reshape(-1), rank.reshape(-1)) | {"position": np.zeros(len(per_row))}
+    return (store.user_features(per_row) | store.item_features(requests.candidates.reshape(-1))
+            | {name: torch.as_tensor(value) for name, value in upstream.items()})
 
 
 @torch.no_grad()
-def point_scores(
+def point_logits(
     model: nn.Module, store: FeatureStore, requests: Requests, max_pairs: int = 8192
 ) -> dict[str, np.ndarray]:
-    """Click and keep-scrolling probabilities of every candidate, [B, m] each (0 at padding).
+    """Click, keep-scrolling and (where the model has the head) purchase-given-click logits of every
+    candidate, [B, m] each ("ctr", "next", "buy"; 0 at padding).
 
-    ``model`` is a trained teacher with ``ctr`` and ``next`` heads; re-ranking's beam search consumes
-    these. Requests are scored in chunks of at most ``max_pairs`` (user, candidate) pairs to bound memory.
+    ``model`` is a trained teacher with ``ctr`` and ``next`` heads. Requests are scored in chunks of at
+    most ``max_pairs`` (user, candidate) pairs to bound memory.
     """
     model.eval()
     m = requests.candidates.shape[1]
     step = max(1, max_pairs // max(m, 1))
-    probs: dict[str, list[np.ndarray]] = {"ctr": [], "next": []}
+    parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(requests), step):
         chunk = requests[start : start + step]
-        logits = model(request_inputs(store, chunk.user_id, chunk.candidates))
+        logits = model(request_inputs(store, chunk))
         missing = {"ctr", "next"} - set(logits)
         if missing:
-            raise ValueError(
-                f"point_scores needs a model with ctr and next heads; it lacks {sorted(missing)}"
-            )
-        for name, parts in probs.items():
-            parts.append(torch.sigmoid(logits[name]).numpy().reshape(chunk.candidates.shape))
-    return {name: np.where(requests.mask, np.concatenate(parts), 0.0) for name, parts in probs.items()}
+            raise ValueError(f"point scores need a model with ctr and next heads; it lacks {sorted(missing)}")
+        for name in ("ctr", "next", "buy"):
+            if name in logits:
+                parts.setdefault(name, []).append(logits[name].numpy().reshape(chunk.candidates.shape))
+    return {name: np.where(requests.mask, np.concatenate(chunks), 0.0) if chunks else np.zeros((0, m))
+            for name, chunks in parts.items()} if parts else {"ctr": np.zeros((0, m)), "next": np.zeros((0, m))}
+
+
+def point_scores(
+    model: nn.Module, store: FeatureStore, requests: Requests, max_pairs: int = 8192
+) -> dict[str, np.ndarray]:
+    """Click and keep-scrolling probabilities of every candidate, [B, m] each (0 at padding), and the
+    purchase probability given a click ("buy") where the model has that head; beam search consumes these."""
+    return {name: np.where(requests.mask, 1.0 / (1.0 + np.exp(-logits)), 0.0)
+            for name, logits in point_logits(model, store, requests, max_pairs).items()}
 
 
 class CoarseScorer:

@@ -3,7 +3,10 @@
 DIN-style target attention pools the behaviours that matter for *this*
 item; DCN cross layers and a deep MLP cross the target's fields with that
 interest and the user profile; one linear head per task (click, keeps
-scrolling, purchase) shares the representation (multi-task).
+scrolling, purchase) shares the representation (multi-task). The item's upstream
+score and its rank in the request are read too (``upstream``), and a position
+term per task absorbs where the item stood while training (``position_bias``,
+PAL-style): at scoring time it is left out, so the score is the item's own.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from relist.data.padding import masked_mean
+from relist.models.inputs import UpstreamScore
 from relist.models.ranking.config import TeacherConfig
 from relist.models.ranking.embeddings import FeatureEmbeddings
 from relist.models.ranking.layers import MLP, CrossNetwork, TargetAttention
@@ -25,10 +29,16 @@ class FineRankTeacher(nn.Module):
         super().__init__()
         self.embeddings = embeddings if embeddings is not None else FeatureEmbeddings(vocab, dim)
         self.attention = TargetAttention(2 * dim, cfg.attention_hidden)
-        width = 4 * dim + 3 * (2 * dim) + dim  # item fields, interest, mean history, interest*target, segment
+        self.upstream = UpstreamScore(vocab.score, dim) if cfg.upstream else None
+        # item fields, interest, mean history, interest*target, segment (+ upstream score)
+        width = 4 * dim + 3 * (2 * dim) + dim + (dim if cfg.upstream else 0)
         self.cross = CrossNetwork(width, cfg.cross_layers)
         self.deep = nn.Sequential(MLP(width, cfg.hidden[:-1], cfg.hidden[-1], cfg.dropout), nn.ReLU())
         self.heads = nn.ModuleDict({task: nn.Linear(width + cfg.hidden[-1], 1) for task in cfg.tasks})
+        self.position = (nn.Embedding(cfg.max_position, len(cfg.tasks)) if cfg.position_bias else None)
+        if self.position is not None:
+            nn.init.zeros_(self.position.weight)
+        self.max_position = cfg.max_position
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         emb = self.embeddings
@@ -36,15 +46,19 @@ class FineRankTeacher(nn.Module):
         items, cates = emb.behaviours(batch)
         history, mask = torch.cat([items, cates], -1), batch["hist_mask"]
         interest = self.attention(target, history, mask)
-        x0 = torch.cat(
-            [
-                emb.item_fields(batch).flatten(-2),
-                interest,
-                masked_mean(history, mask, dim=-2),
-                interest * target,
-                emb.segment_of(batch),
-            ],
-            -1,
-        )
+        parts = [
+            emb.item_fields(batch).flatten(-2),
+            interest,
+            masked_mean(history, mask, dim=-2),
+            interest * target,
+            emb.segment_of(batch),
+        ]
+        if self.upstream is not None:
+            parts.append(self.upstream(batch))
+        x0 = torch.cat(parts, -1)
         shared = torch.cat([self.cross(x0), self.deep(x0)], -1)
-        return {task: head(shared).squeeze(-1) for task, head in self.heads.items()}
+        logits = {task: head(shared).squeeze(-1) for task, head in self.heads.items()}
+        if self.position is not None and self.training:
+            bias = self.position(batch["position"].long().clamp(0, self.max_position - 1))
+            logits = {task: logit + bias[:, i] for i, (task, logit) in enumerate(logits.items())}
+        return logits

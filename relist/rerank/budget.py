@@ -1,0 +1,90 @@
+"""Per-request time budgets: skip a piece of work *before* it would overrun, not after.
+
+Work that has started cannot be interrupted cheaply, so the decision is made up front from
+what that piece cost on recent requests. One :class:`Budget` is made per request (or per batch
+of requests served together) and handed to every stage: list ranking asks it before each
+generator runs, LAST before each of its phases, local search before each round. Costs grow with
+the size of the work, so :class:`StageCosts` keeps each estimate per unit of size (e.g. lists x
+positions) and scales it to the work at hand.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from time import perf_counter
+
+
+class StageCosts:
+    """Running estimate of each stage's cost: an exponential moving average of ms per unit of size.
+
+    A stage never measured is assumed free, so the warm-up request of a new model version (which
+    runs every stage) is what first fills the estimates. A skipped stage is not measured, so one
+    slow spell would keep it skipped for good; the estimate therefore fades with the time since the
+    stage last ran (``half_life_s``), and a stage skipped for long is tried again. Fading with time,
+    not with the number of skips, means a flood of tiny-budget requests cannot talk a slow stage
+    into running.
+    """
+
+    def __init__(self, smoothing: float = 0.2, half_life_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.smoothing, self.half_life_s, self.clock = smoothing, half_life_s, clock
+        self._unit_ms: dict[str, tuple[float, float]] = {}  # stage -> (ms per unit, when last measured)
+        self._lock = threading.Lock()
+
+    def expected_ms(self, stage: str, size: float = 1.0) -> float:
+        unit, measured = self._unit_ms.get(stage, (0.0, 0.0))
+        return unit * size * 0.5 ** ((self.clock() - measured) / self.half_life_s)
+
+    def record(self, stage: str, size: float, ms: float) -> None:
+        unit = ms / max(size, 1.0)
+        with self._lock:
+            old = self._unit_ms.get(stage)
+            if old is not None:
+                unit = old[0] + self.smoothing * (unit - old[0])
+            self._unit_ms[stage] = (unit, self.clock())
+
+
+class Budget:
+    """A deadline from the moment the work began, what each stage took, and what was skipped for time."""
+
+    def __init__(self, ms: float = math.inf, costs: StageCosts | None = None):
+        self.ms = ms
+        self.costs = StageCosts() if costs is None else costs
+        self.start = perf_counter()
+        self.timings_ms: dict[str, float] = {}
+        self.skipped: list[str] = []
+
+    @property
+    def unlimited(self) -> bool:
+        return math.isinf(self.ms)
+
+    def elapsed_ms(self) -> float:
+        return (perf_counter() - self.start) * 1e3
+
+    def remaining_ms(self) -> float:
+        return self.ms - self.elapsed_ms()
+
+    @property
+    def exceeded(self) -> bool:
+        """Something was skipped for time, or the deadline has passed."""
+        return bool(self.skipped) or self.remaining_ms() < 0
+
+    def affords(self, stage: str, size: float = 1.0) -> bool:
+        """Whether ``stage`` is expected to finish in time; a refusal is recorded as a skip."""
+        if self.unlimited or self.costs.expected_ms(stage, size) <= self.remaining_ms():
+            return True
+        self.skipped.append(stage)
+        return False
+
+    @contextmanager
+    def stage(self, name: str, size: float = 1.0) -> Iterator[None]:
+        """Time a piece of work: its cost estimate and the budget's timings are updated when it ends."""
+        start = perf_counter()
+        yield
+        ms = (perf_counter() - start) * 1e3
+        self.timings_ms[name] = self.timings_ms.get(name, 0.0) + ms
+        self.costs.record(name, size, ms)
