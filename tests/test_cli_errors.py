@@ -30,11 +30,11 @@ def cases(tmp, logs):
         "data split": (["data", "split", "--src", missing, "--out", tmp / "split"], str(missing)),
         "train ranking": (["train", "ranking", "--config", CONFIGS / "ranking_dssm.yaml", "--data", missing,
                            "--out", tmp / "r"], str(missing)),
-        "train evaluator": (["train", "evaluator", "--data", logs, "--out", tmp / "e", "--resume"],
-                            "no training state"),  # a CheckpointError
+        "train evaluator": (["train", "evaluator", "--data", logs, "--out", tmp / "e"], "--ranker"),  # ConfigError
         "train generator": (["train", "generator", "--data", logs, "--evaluator", missing, "--out", tmp / "g"],
                             str(missing)),
-        "train baseline": (["train", "baseline", "--data", missing, "--out", tmp / "b"], str(missing)),
+        "train baseline": (["train", "baseline", "--data", logs, "--out", tmp / "b", "--resume"],
+                           "no training state"),  # a CheckpointError
         "eval policies": (["eval", "policies", "--data", missing], "sim_config.yaml"),
         "eval ranking": (["eval", "ranking", "--model", missing, "--data", logs], str(missing)),
         "eval rerank": (["eval", "rerank", "--data", missing, "--models", tmp], str(missing)),

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from relist.eval.rerank import RerankEvalConfig, build_policies
+from relist.data.features import FeatureStore
 from relist.models.saved import is_complete_model, partial_dir
+from relist.rerank.registry import Models
 from relist.train import baselines as baseline_training
 from relist.train.baselines import BaselineTrainConfig, train_baseline
 from relist.train.config import TrainConfig
@@ -52,11 +53,13 @@ def test_the_folder_appears_only_when_complete_and_a_crash_leaves_none(logs, tmp
     assert [row["epoch"] for row in resumed.history] == [0, 1] and is_complete_model(again)
 
 
-def test_policies_skip_and_report_folders_that_are_not_complete_models(logs, tmp_path):
+def test_readers_skip_and_report_folders_that_are_not_complete_models(logs, tmp_path):
     models = tmp_path / "models"
     train_baseline(CFG, logs, models / "prm")
-    (models / "dlcm").mkdir()
+    (models / "dlcm").mkdir()  # weights without a spec: the half-trained baseline folder
     (models / "dlcm" / "model.safetensors").write_bytes((models / "prm" / "model.safetensors").read_bytes())
-    policies, _, skipped = build_policies(RerankEvalConfig(), logs, models)
-    assert "prm" in policies and "dlcm" not in policies
-    assert any(line.startswith("dlcm:") and "not a complete model" in line for line in skipped), skipped
+    loaded, missing = Models.load(models, FeatureStore.from_dir(logs), roles=("prm", "dlcm", "seq2slate"))
+    assert loaded.prm is not None and loaded.dlcm is None and loaded.seq2slate is None
+    assert missing == [f"dlcm: {models / 'dlcm'} is not a complete model (no spec file "
+                       "evaluator.yaml / generator.yaml / baseline.yaml / ranking_config.yaml)",
+                       f"seq2slate: no {models / 'seq2slate'}"]

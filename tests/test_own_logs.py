@@ -16,15 +16,17 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from conftest import train_roles
 from fastapi.testclient import TestClient
 
 from relist.cli import main
 from relist.data.features import FeatureStore
 from relist.data.ids import IdMap, RequestItems
 from relist.data.logs import SPLITS, not_ready_reason, read_lists
-from relist.data.split import find_sources, split_logs
+from relist.data.split import find_sources, ready_logs_in, split_logs
 from relist.demo.pipeline import DemoSizes, run_demo
 from relist.serve.app import create_app
+from relist.serve.registry import export_version
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import build_world
@@ -153,7 +155,7 @@ def test_validate_summarises_and_names_every_refused_row(own, tmp_path, capsys):
     assert not (tmp_path / "split").exists()  # nothing half-written
 
 
-def test_demo_on_own_logs_reports_and_serves_in_the_users_ids(own, tmp_path):
+def test_demo_on_own_logs_splits_them_and_reports(own, tmp_path):
     out = tmp_path / "demo"
     records = run_demo(out, data=own, sizes=TINY)
     split = records["logs"]["split"]
@@ -161,13 +163,21 @@ def test_demo_on_own_logs_reports_and_serves_in_the_users_ids(own, tmp_path):
     assert (out / "logs" / "vocabulary.parquet").is_file()
     assert "offline scores" in (out / "report" / "report.html").read_text()
     assert not {"models/dssm", "models/dssm_plain"} & set(records)  # coarse students only --with-coarse
-    assert json.loads((out / "rerank" / "rerank.json").read_text())["policies"]["grn"]["evaluator_lr"]
-
     version = out / "model_dir" / "versions" / (out / "model_dir" / "CURRENT").read_text().strip()
     assert (version / "vocabulary.parquet").is_file()
-    client = TestClient(create_app(out / "model_dir"))
+
+
+def test_a_version_trained_on_own_logs_answers_in_the_users_ids(own, tmp_path):
+    ready = ready_logs_in(own, tmp_path)
+    assert ready == tmp_path / "logs.split" and ready_logs_in(own, tmp_path) == ready  # made once, reused
+    models = train_roles(ready, tmp_path / "models", ("ranker", "evaluator", "generator"))
+    export_version(tmp_path / "model_dir", "v1", ready, {role: models / role for role in
+                                                         ("ranker", "evaluator", "generator")}, activate=True)
+    assert (tmp_path / "model_dir" / "versions" / "v1" / "vocabulary.parquet").is_file()
+    client = TestClient(create_app(tmp_path / "model_dir"))
     test = pq.read_table(own / "lists.parquet").slice(2400, 1).to_pylist()[0]  # a test list, user's ids
     candidates = [*test["candidates"][:29], 10**12]  # and one item the catalogue does not know
+    assert 0 in pq.read_table(own / "items.parquet")["item_id"].to_pylist()  # item 0 is a real item here
     body = {"user": {"id": test["user_id"]}, "candidates": [{"id": i} for i in candidates], "n": 10}
     r = client.post("/v1/rerank", json=body)
     assert r.status_code == 200, r.text
@@ -180,8 +190,11 @@ def test_demo_on_own_logs_reports_and_serves_in_the_users_ids(own, tmp_path):
     assert r.status_code == 200, r.text
     catalogue = set(pq.read_table(own / "items.parquet")["item_id"].to_pylist())
     assert set(r.json()["items"]) <= catalogue and len(r.json()["items"]) == 10
+    r = client.post("/v1/rerank", json={"user": {"id": 10**15}, "candidates": [{"id": 0}, {"id": -1}]})
+    assert r.status_code == 200 and sorted(r.json()["items"]) == [-1, 0], r.text  # 0: item, -1: unknown
     metrics = client.get("/metrics").text
-    assert 'relist_unknown_ids_total{kind="item"} 2.0' in metrics  # one per request that named it
+    assert 'relist_unknown_ids_total{kind="item"} 3.0' in metrics  # one per request that named one
+    assert 'relist_unknown_ids_total{kind="user"} 1.0' in metrics
 
 
 def test_request_ids_round_trip_and_unknown_ones_stay_distinct():
