@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-console = Console()
+console = Console(soft_wrap=True)  # paths and row numbers stay on one line (greppable)
 data_app = typer.Typer(help="Check and split your own logs (DESIGN §4 tables, any int64 ids).", no_args_is_help=True)
 
 LISTS_HELP = ("A log directory (items.parquet, optional users.parquet, and lists.parquet or lists/ shards, split "
