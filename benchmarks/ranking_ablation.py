@@ -125,6 +125,11 @@ def main() -> None:
     parser.add_argument("--sim-requests", type=int, default=50_000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ranking_ablation"))
     parser.add_argument("--amazon", type=Path, default=AMAZON, help="Amazon grocery root (with ctr_split/)")
+    parser.add_argument("--teacher-config", type=Path, default=CONFIGS / "ranking_teacher.yaml",
+                        help="teacher (ceiling and distillation source), e.g. ranking_teacher_amazon.yaml")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="student variants to run (plain DSSM always runs: it is the reference)")
+    parser.add_argument("--entry", default=None, help="key of this table in the JSON (default: --dataset)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = args.work / args.dataset
@@ -139,38 +144,41 @@ def main() -> None:
     else:
         data_dir = args.amazon
     data = load_ranking_data(data_dir)
-    teacher_base = load_config(CONFIGS / "ranking_teacher.yaml", RankingConfig)
+    teacher_base = load_config(args.teacher_config, RankingConfig)
     student_base = load_config(CONFIGS / "ranking_dssm.yaml", RankingConfig)
     if args.dataset == "amazon":  # no scroll labels: the teacher has the click head only
         teacher_base = teacher_base.model_copy(
             update={"teacher": teacher_base.teacher.model_copy(update={"tasks": ("ctr",)})}
         )
         student_base = student_base.model_copy(update={"teacher": teacher_base.teacher})
-    per_seed: dict[str, list[dict]] = {name: [] for name in ["teacher", *VARIANTS]}
+    variants = {name: change for name, change in VARIANTS.items() if name == "dssm" or name in args.variants}
+    per_seed: dict[str, list[dict]] = {name: [] for name in ["teacher", *variants]}
     configs = {}
     for seed in range(args.seeds):
         teacher_run = work / f"seed{seed}" / "teacher"
         cfg = variant_config(teacher_base, {}, seed, args.teacher_epochs, teacher_run)
         per_seed["teacher"].append(run(cfg, data_dir, data, teacher_run))
         configs["teacher"] = cfg.model_dump(mode="json")
-        for name, change in VARIANTS.items():
+        for name, change in variants.items():
             cfg = variant_config(student_base, change, seed, args.student_epochs, teacher_run)
             slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
             per_seed[name].append(run(cfg, data_dir, data, work / f"seed{seed}" / slug))
             configs[name] = cfg.model_dump(mode="json")
             print(f"seed {seed} {name}: test GAUC {per_seed[name][-1]['test_gauc']:.4f}", flush=True)
     rows = summarise(per_seed)
-    print_table(args.dataset, rows)
+    print_table(args.entry or args.dataset, rows)
     entry = {
         "data": str(data_dir),
         "samples": {s: len(v["item"]) for s, v in data.splits.items()},
         "seeds": args.seeds,
         "rows": rows,
         "configs": configs,
+        "teacher_config": str(args.teacher_config.name),
         "command": f"python benchmarks/ranking_ablation.py --dataset {args.dataset} --seeds {args.seeds} "
-        f"--student-epochs {args.student_epochs} --teacher-epochs {args.teacher_epochs}",
+        f"--student-epochs {args.student_epochs} --teacher-epochs {args.teacher_epochs} "
+        f"--teacher-config {args.teacher_config}",
     }
-    print(f"wrote {merge_into_results(args.dataset, entry)}")
+    print(f"wrote {merge_into_results(args.entry or args.dataset, entry)}")
 
 
 if __name__ == "__main__":

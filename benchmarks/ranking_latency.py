@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from _common import write_result
 
+from relist.data.requests import Requests
 from relist.models.ranking import CoarseScorer
 from relist.models.ranking.samples import load_ranking_data
 from relist.models.ranking.scoring import request_inputs
@@ -81,7 +82,8 @@ def main() -> None:
 
     @torch.no_grad()
     def teacher_call():
-        return teacher(request_inputs(data.store, np.array([user]), candidates[None, :]))["ctr"]
+        return teacher(request_inputs(data.store, Requests.from_arrays([0], [user], candidates[None, :],
+                                                                       np.full((1, len(candidates)), np.nan))))["ctr"]
 
     latency = {"teacher": timings_ms(teacher_call, args.repeats)}
     for name in ("dssm", "dssm_full"):

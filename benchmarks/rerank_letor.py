@@ -1,197 +1,254 @@
-"""Re-rankers on real lists: LETOR 4.0 MQ2008, the five standard folds, NDCG@1/3/5/10.
+"""Re-rankers on top of LambdaMART on real learning-to-rank lists (LETOR format; default MQ2008, 5 folds).
 
-Per fold (train = three subsets, vali = one, test = one; relist.data.loaders.letor.FOLDS):
+Per fold (train / vali / test as the data set defines them; relist.data.loaders.letor.load_letor_folds):
 
-* initial ranker: a point-wise MLP (46 features -> 32 -> 1) trained on the fold's train split with
-  PRM's list-wise softmax loss, epoch picked by vali NDCG@10. Its order of each query's documents is the
-  initial list; its score is an input of every re-ranker.
-* PRM, DLCM, Seq2Slate: relist.models.baselines with dense inputs, trained on the train split's initial
-  lists with graded labels (checkpoint by vali NDCG@10), re-rank the whole initial list.
-* evaluator-guided list retrieval: the lists proposed by the initial ranker, PRM, DLCM and Seq2Slate are
-  scored by an evaluator and the highest-scored one is kept. DCWN reads item ids, which mean nothing here
-  (every query-document pair is a new item), so the LETOR evaluator is a separate PRM-architecture model
-  trained on the train split with each list in a random order (so it judges a list's content, not the
-  initial ranker's order); a list's score is the evaluator's expected DCG@10: the softmax of its
-  per-position scores, discounted by 1/log2(rank + 1).
+* initial ranker: LightGBM LambdaMART (relist.train.initial), its settings chosen on vali NDCG@10; the
+  train lists are scored out of fold (3 parts), so the re-rankers learn from scores like those they get
+  at test time. Its order is every re-ranker's initial list and its score (standardised on train) an input.
+* PRM, DLCM, Seq2Slate (relist.models.baselines, dense inputs, ``residual``: they start from the LambdaMART
+  order and learn a correction), trained by steps on the train lists with early stopping on vali NDCG@10;
+  the step is chosen on vali (the learning rate too when LEARNING_RATES lists several).
+* evaluator-guided list retrieval: the lists of LambdaMART, PRM, DLCM and Seq2Slate are scored by an
+  evaluator and the highest-scored is kept. DCWN reads item ids, which mean nothing here (every
+  query-document pair is a new item), so the evaluator is a PRM-architecture model trained on the train
+  lists shown in random orders (it judges a list's content, not LambdaMART's order); a list's value is its
+  expected DCG@10 under the softmax of the evaluator's per-position scores.
+* random order: the mean over 10 shuffles of each query (the floor no re-ranker may fall below).
 
-NDCG: gain 2^rel - 1, discount 1/log2(rank + 1), queries without a relevant document excluded (the
-README's recommended convention, under which LambdaMART scores .702 and random .464 NDCG@10).
+NDCG: gain 2^rel - 1, discount 1/log2(rank + 1), queries without a relevant document excluded. Every policy
+is compared with LambdaMART on the same test queries: mean per-query difference with its 95% t-interval,
+pooled over the folds. Finished folds are cached under ``--work/<fingerprint>/`` where the fingerprint
+hashes the data files' bytes and these settings, so other data or other settings never reuse them; each
+fold's seed comes from its name, so a fold gives the same result run alone or with the others.
 
-    python benchmarks/rerank_letor.py
+    python benchmarks/rerank_letor.py                       # MQ2008 from ../shared/data
+    python benchmarks/rerank_letor.py --data DIR --out benchmarks/results/rerank_letor_other.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import write_result
+from _common import RESULTS
 
 from relist.data.loaders.letor import load_letor_folds
-from relist.eval.metrics import mean_ci, ndcg_of_order, ndcg_per_query
+from relist.eval.metrics import mean_ci, ndcg_of_order
+from relist.eval.provenance import stamp
 from relist.models.baselines.inputs import BaselineConfig, initial_order
-from relist.models.baselines.pointwise import PointwiseMLP
 from relist.train.baselines import (
     BaselineTrainConfig,
+    StepSchedule,
     dense_batch,
     dense_lists,
     fit_baseline,
-    listwise_loss,
     ranking_scores,
     reorder,
+    step_rounds,
 )
-from relist.train.config import TrainConfig
-from relist.train.trainer import fit, load_weights
+from relist.train.initial import InitialConfig, initial_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 KS = (1, 3, 5, 10)
-REFERENCE = {"LambdaMART (README)": 0.702, "random (README)": 0.464}
+CI_KS = (5, 10)
+RERANKERS = ("prm", "dlcm", "seq2slate")
+LEARNING_RATES = (3e-4,)
+SCHEDULE = StepSchedule(batch_size=16, max_steps=3000, eval_every=25, patience=6)
+INITIAL = InitialConfig(kind="lambdamart", cross_fit=3)
+SHUFFLES = 10
+REFERENCE = {"LightGBM LambdaMART (data README)": 0.702, "random (data README)": 0.464}
 
 
-def train_config(seed: int) -> TrainConfig:
-    return TrainConfig(epochs=20, batch_size=32, lr=3e-3, grad_clip=5.0, seed=seed, patience=3,
-                       monitor="ndcg10", monitor_mode="max", num_threads=1)
+def settings() -> dict:
+    return {"initial": INITIAL.model_dump(mode="json"), "schedule": SCHEDULE.model_dump(mode="json"),
+            "learning_rates": LEARNING_RATES, "rerankers": RERANKERS, "shuffles": SHUFFLES, "version": 2}
 
 
-def query_batches(lists: dict[str, np.ndarray], scores: np.ndarray, batch_size: int,
-                  shuffle_items: bool = False):
-    """Shuffled batches of queries; ``shuffle_items`` also shows each list in a random order."""
-
-    def batches(epoch: int, rank: int, world_size: int):
-        rng = np.random.default_rng(epoch)
-        rows = rng.permutation(len(scores))[rank::world_size]
-        for start in range(0, len(rows), batch_size):
-            part = rows[start:start + batch_size]
-            order = None
-            if shuffle_items:
-                order = initial_order(rng.random(scores[part].shape), lists["mask"][part])
-            yield dense_batch(lists, scores, part, order)
-
-    return batches
+def fingerprint(data: Path) -> str:
+    """Hash of every data file's bytes (path relative to ``data``) and of the benchmark's settings."""
+    digest = hashlib.sha256(json.dumps(settings(), sort_keys=True).encode())
+    for path in sorted(p for p in data.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(data)).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
 
 
-def ndcg_table(labels: np.ndarray, mask: np.ndarray, order: np.ndarray) -> dict[str, float]:
-    return {f"ndcg{k}": float(np.nanmean(ndcg_of_order(labels, order, mask, k))) for k in KS}
+def fold_seed(name: str) -> int:
+    return zlib.crc32(name.encode()) % 100_000
 
 
-def expected_dcg(evaluator, lists, scores, order, k: int = 10) -> np.ndarray:
-    """The evaluator's expected DCG@k of each query's list in ``order``: softmax mass times discount."""
-    batch = dense_batch(lists, scores, slice(None), order)
+def ndcg(lists: dict, order: np.ndarray, k: int) -> np.ndarray:
+    return ndcg_of_order(lists["labels"], order, lists["mask"], k)
+
+
+def expected_dcg(evaluator, batch: dict, k: int = 10) -> np.ndarray:
+    """The evaluator's expected DCG@k of each list in ``batch``: its softmax mass times the discount."""
     with torch.no_grad():
         logits = evaluator(batch)["score"].masked_fill(~batch["mask"], -1e9)
     share = torch.softmax(logits, 1).numpy()
-    discount = np.where(np.arange(share.shape[1]) < k, 1.0 / np.log2(np.arange(share.shape[1]) + 2), 0.0)
-    return share @ discount
+    ranks = np.arange(share.shape[1])
+    return share @ np.where(ranks < k, 1.0 / np.log2(ranks + 2), 0.0)
 
 
-def run_fold(fold, seed: int, work: Path) -> dict:
-    torch.manual_seed(seed)
-    parts = {"train": fold.train, "vali": fold.vali, "test": fold.test}
-    lists = {name: dense_lists(fold.items, table) for name, table in parts.items()}
-    n_features = lists["train"]["dense"].shape[2]
-    zeros = {name: np.zeros(value["mask"].shape, np.float32) for name, value in lists.items()}
-
-    # 1. The initial ranker, point-wise on the 46 features.
-    mlp = PointwiseMLP(n_features)
-    vali_plain = dense_batch(lists["vali"], zeros["vali"])
-
-    def validate_mlp(model):
-        scores = model(vali_plain)["score"].masked_fill(~vali_plain["mask"], -1e9)
-        return {"ndcg10": float(np.nanmean(ndcg_per_query(vali_plain["labels"].numpy(), scores.numpy(),
-                                                          vali_plain["mask"].numpy(), 10)))}
-
-    batches = query_batches(lists["train"], zeros["train"], 32)
-    fit(mlp, listwise_loss, batches, validate_mlp, train_config(seed), work / "initial")
-    load_weights(mlp, work / "initial" / "model.safetensors")
-    mlp.eval()
-    initial = {}
-    with torch.no_grad():
-        for name, value in lists.items():
-            initial[name] = mlp(dense_batch(value, zeros[name]))["score"].numpy()
-    # Every re-ranker reads each query's documents in the initial ranker's order.
-    ordered = {name: reorder(value | {"score": initial[name]}, initial_order(initial[name], value["mask"]))
-               for name, value in lists.items()}
-    scores = {name: value.pop("score") for name, value in ordered.items()}
+def train_reranker(kind: str, ordered: dict, scores: dict, seed: int, work: Path, shuffle: bool = False):
+    """The re-ranker of ``kind`` with the learning rate of best vali NDCG@10; (model, lr, vali NDCG@10)."""
+    n_features = ordered["train"]["dense"].shape[2]
     vali = dense_batch(ordered["vali"], scores["vali"])
-    test = dense_batch(ordered["test"], scores["test"])
+    train = ordered["train"]
 
-    # 2. The re-rankers, and 3. the evaluator (a PRM shown lists in random orders).
-    models = {}
-    for kind in ("prm", "dlcm", "seq2slate", "evaluator"):
+    def make_batch(rows: np.ndarray) -> dict:
+        order = None
+        if shuffle:  # each list shown in a random order, drawn from the rows themselves (replayable)
+            rng = np.random.default_rng([seed, *rows[:4].tolist()])
+            order = initial_order(rng.random(train["mask"][rows].shape), train["mask"][rows])
+        return dense_batch(train, scores["train"], rows, order)
+
+    best = None
+    for lr in LEARNING_RATES:
+        schedule = SCHEDULE.model_copy(update={"lr": lr})
+        model_cfg = BaselineConfig(kind=kind, n_dense=n_features, residual=not shuffle)
+        cfg = BaselineTrainConfig(model=model_cfg, train=schedule.train_config(seed))
+        batches = step_rounds(len(train["mask"]), schedule, make_batch, seed)
+        model, result = fit_baseline(cfg, None, batches, vali, work / f"{kind}_lr{lr:g}")
+        if best is None or result.best_metric > best[2]:
+            best = (model, lr, result.best_metric, result.best_epoch * SCHEDULE.eval_every + SCHEDULE.eval_every)
+    return best
+
+
+def run_fold(fold, work: Path) -> dict:
+    seed = fold_seed(fold.name)
+    torch.manual_seed(seed)
+    parts = {name: dense_lists(fold.items, getattr(fold, name)) for name in ("train", "vali", "test")}
+    initial_cfg = INITIAL.model_copy(update={"seed": seed})
+    ranker, raw = initial_scores(initial_cfg, parts, work / "initial", valid="vali")
+    real = raw["train"][parts["train"]["mask"]]
+    mu, sd = real.mean(), real.std() + 1e-9
+    ordered, scores = {}, {}
+    for name, lists in parts.items():  # every re-ranker reads each query's documents in LambdaMART's order
+        order = initial_order(raw[name], lists["mask"])
+        ordered[name] = reorder(lists, order)
+        standard = (np.take_along_axis(raw[name], order, 1) - mu) / sd
+        scores[name] = np.where(ordered[name]["mask"], standard, 0.0).astype(np.float32)
+
+    models, chosen = {}, {}
+    for kind in (*RERANKERS, "evaluator"):
         is_evaluator = kind == "evaluator"
-        model_cfg = BaselineConfig(kind="prm" if is_evaluator else kind, n_dense=n_features, max_len=128)
-        cfg = BaselineTrainConfig(model=model_cfg, train=train_config(seed + (100 if is_evaluator else 0)))
-        batches = query_batches(ordered["train"], scores["train"], 32, shuffle_items=is_evaluator)
-        models[kind], _ = fit_baseline(cfg, None, batches, vali, work / kind)
+        model, lr, vali_ndcg, steps = train_reranker("prm" if is_evaluator else kind, ordered, scores,
+                                                     seed + (100 if is_evaluator else 0), work / kind,
+                                                     shuffle=is_evaluator)
+        models[kind] = model
+        chosen[kind] = {"lr": lr, "vali_ndcg10": vali_ndcg, "best_step": steps}
 
-    # 4. Test: every policy as a permutation of the initial list.
-    labels, mask = test["labels"].numpy(), test["mask"].numpy()
-    identity = np.broadcast_to(np.arange(mask.shape[1]), mask.shape)
-    orders = {"initial_ranker": identity.copy()}
-    for kind in ("prm", "dlcm", "seq2slate"):
-        orders[kind] = initial_order(ranking_scores(models[kind], test).numpy(), mask)
-    proposals = np.stack(list(orders.values()), 1)  # [Q, P, L]
-    value = np.stack([expected_dcg(models["evaluator"], ordered["test"], scores["test"], proposals[:, p])
-                      for p in range(proposals.shape[1])], 1)
-    picked = value.argmax(1)
-    orders["evaluator_list_retrieval"] = proposals[np.arange(len(picked)), picked]
-    names = list(orders)[:4]
-    table = {name: ndcg_table(labels, mask, order) for name, order in orders.items()}
-    counted = ~np.isnan(ndcg_of_order(labels, orders["initial_ranker"], mask, 10))
-    return {"table": table, "queries": int(len(mask)), "queries_counted": int(counted.sum()),
-            "retrieval_picked": {name: float(np.mean(picked == i)) for i, name in enumerate(names)},
-            "per_query_ndcg10": {name: ndcg_of_order(labels, order, mask, 10)[counted].tolist()
-                                 for name, order in orders.items()}}
+    results = {}
+    for split in ("vali", "test"):
+        lists = ordered[split]
+        batch = dense_batch(lists, scores[split])
+        mask = lists["mask"]
+        identity = np.broadcast_to(np.arange(mask.shape[1]), mask.shape).copy()
+        orders = {"lambdamart": identity}
+        for kind in RERANKERS:
+            orders[kind] = initial_order(ranking_scores(models[kind], batch).numpy(), mask)
+        proposals = list(orders.values())
+        value = np.stack([expected_dcg(models["evaluator"], dense_batch(lists, scores[split], order=order))
+                          for order in proposals], 1)
+        picked = value.argmax(1)
+        orders["list_retrieval"] = np.stack(proposals, 1)[np.arange(len(picked)), picked]
+        per_query = {name: {k: ndcg(lists, order, k) for k in KS} for name, order in orders.items()}
+        rng = np.random.default_rng(seed)
+        shuffles = [initial_order(rng.random(mask.shape), mask) for _ in range(SHUFFLES)]
+        per_query["random"] = {k: np.mean([ndcg(lists, order, k) for order in shuffles], 0) for k in KS}
+        counted = ~np.isnan(per_query["lambdamart"][10])
+        results[split] = {
+            "queries": int(len(mask)), "queries_counted": int(counted.sum()),
+            "ndcg": {name: {f"ndcg{k}": float(np.nanmean(v[k])) for k in KS} for name, v in per_query.items()},
+            "per_query": {name: {f"ndcg{k}": v[k][counted].tolist() for k in CI_KS} for name, v in per_query.items()},
+            "retrieval_picked": {name: float(np.mean(picked == i)) for i, name in enumerate(list(orders)[:4])},
+        }
+    return {"seed": seed, "lambdamart": ranker.spec.model_dump(mode="json"), "rerankers": chosen,
+            "queries_train": int(len(parts["train"]["mask"])), **results}
+
+
+def summarise(results: dict[str, dict], split: str) -> dict:
+    folds = list(results)
+    policies = list(results[folds[0]][split]["ndcg"])
+    summary = {}
+    for policy in policies:
+        row = {}
+        for k in KS:
+            per_fold = [results[f][split]["ndcg"][policy][f"ndcg{k}"] for f in folds]
+            row[f"ndcg{k}"] = float(np.mean(per_fold))
+            row[f"ndcg{k}_std_over_folds"] = float(np.std(per_fold, ddof=1)) if len(folds) > 1 else 0.0
+        for k in CI_KS:
+            mine = np.concatenate([results[f][split]["per_query"][policy][f"ndcg{k}"] for f in folds])
+            base = np.concatenate([results[f][split]["per_query"]["lambdamart"][f"ndcg{k}"] for f in folds])
+            if policy != "lambdamart":
+                diff, half = mean_ci(mine - base)
+                row[f"ndcg{k}_diff_vs_lambdamart"] = diff
+                row[f"ndcg{k}_diff_ci95"] = half
+        summary[policy] = row
+    return summary
+
+
+def print_table(summary: dict, title: str) -> None:
+    print(title)
+    print(f"{'policy':16s}" + "".join(f"{f'NDCG@{k}':>9s}" for k in KS)
+          + "".join(f"{f'Δ@{k} vs LambdaMART (95% CI)':>30s}" for k in CI_KS))
+    for policy, row in summary.items():
+        diffs = "".join(f"{row[f'ndcg{k}_diff_vs_lambdamart']:+20.4f} ± {row[f'ndcg{k}_diff_ci95']:.4f}"
+                        if f"ndcg{k}_diff_vs_lambdamart" in row else f"{'':>30s}" for k in CI_KS)
+        print(f"{policy:16s}" + "".join(f"{row[f'ndcg{k}']:9.4f}" for k in KS) + diffs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "letor_mq2008")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/rerank_letor"))
-    parser.add_argument("--folds", nargs="+", default=["Fold1", "Fold2", "Fold3", "Fold4", "Fold5"])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "letor_mq2008",
+                        help="LETOR-format data: S1..S5 files, or Fold*/ folders with train/vali/test files")
+    parser.add_argument("--out", type=Path, default=RESULTS / "rerank_letor.json", help="result JSON")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rerank_letor"), help="cache of finished folds")
+    parser.add_argument("--folds", nargs="+", default=None, help="fold names (default: every fold)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     folds = {fold.name: fold for fold in load_letor_folds(args.data)}
+    names = args.folds or list(folds)
+    unknown = sorted(set(names) - set(folds))
+    if unknown:
+        parser.error(f"no fold {unknown} in {args.data} (it has {sorted(folds)})")
+    work = args.work / fingerprint(args.data)
     results = {}
-    for seed, name in enumerate(args.folds):
-        cached = args.work / name / "result.json"  # a fold already run is not trained again
+    for name in names:
+        cached = work / name / "result.json"
         if cached.is_file():
             results[name] = json.loads(cached.read_text())
         else:
-            results[name] = run_fold(folds[name], seed, args.work / name)
+            results[name] = run_fold(folds[name], work / name)
+            cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps(results[name]))
-        ndcg10 = {policy: round(row["ndcg10"], 4) for policy, row in results[name]["table"].items()}
-        print(name, ndcg10, flush=True)
-    policies = list(next(iter(results.values()))["table"])
-    summary = {}
-    for policy in policies:
-        summary[policy] = {}
-        for k in KS:
-            per_fold = [results[f]["table"][policy][f"ndcg{k}"] for f in results]
-            summary[policy][f"ndcg{k}"] = float(np.mean(per_fold))
-        pooled = np.concatenate([results[f]["per_query_ndcg10"][policy] for f in results])
-        summary[policy]["ndcg10_ci95_over_queries"] = mean_ci(pooled)[1]
-    print(f"MQ2008, {len(results)} folds, mean over folds; queries without relevant documents excluded")
-    print(f"{'policy':28s}" + "".join(f"{f'NDCG@{k}':>9s}" for k in KS))
-    for policy, row in summary.items():
-        print(f"{policy:28s}" + "".join(f"{row[f'ndcg{k}']:9.4f}" for k in KS))
-    for name, value in REFERENCE.items():
-        print(f"{name:28s}{'':27s}{value:9.3f}")
+        row = {policy: round(v["ndcg10"], 4) for policy, v in results[name]["test"]["ndcg"].items()}
+        print(name, "test NDCG@10", row, flush=True)
+    summary = {split: summarise(results, split) for split in ("vali", "test")}
+    print_table(summary["vali"], f"\nvali ({len(results)} folds, mean over folds)")
+    print_table(summary["test"], f"\ntest ({len(results)} folds, mean over folds; Δ pooled over "
+                f"{sum(r['test']['queries_counted'] for r in results.values())} queries)")
     for result in results.values():
-        result.pop("per_query_ndcg10")
-    path = write_result("rerank_letor", {
-        "data": str(args.data), "folds": args.folds, "ndcg": "gain 2^rel-1, discount 1/log2(rank+1), "
-        "queries without a relevant document excluded", "reference_ndcg10": REFERENCE,
-        "initial_ranker": "point-wise MLP 46-32-1, list-wise softmax loss on the fold's train split, "
-                          "epoch by vali NDCG@10",
-        "training": train_config(0).model_dump(), "seconds": time.perf_counter() - start,
-        "mean_over_folds": summary, "per_fold": results})
-    print(f"wrote {path}")
+        for split in ("vali", "test"):
+            result[split].pop("per_query")
+    payload = stamp({
+        "data": str(args.data), "data_fingerprint": work.name, "folds": names,
+        "ndcg": "gain 2^rel-1, discount 1/log2(rank+1), queries without a relevant document excluded",
+        "comparison": "per-query NDCG difference vs LambdaMART on the same test queries, mean and 95% t-interval "
+                      "half-width, pooled over folds",
+        "reference_ndcg10": REFERENCE, "settings": settings(), "seconds": time.perf_counter() - start,
+        "mean_over_folds": summary["test"], "vali_mean_over_folds": summary["vali"], "per_fold": results})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2, default=float))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

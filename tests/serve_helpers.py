@@ -39,14 +39,15 @@ def tiny_train(monitor: str, mode: str = "max") -> TrainConfig:
 def tiny_models(data, root) -> dict:
     """One tiny trained model per role a version can carry (a few seconds in all)."""
     torch.set_num_threads(1)
-    train_evaluator(EvaluatorTrainConfig(model=DCWNConfig(dim=4, hidden=4, heads=1, max_len=10),
-                                         train=tiny_train("click_logloss", "min")), data, root / "evaluator")
-    train_generator(GeneratorTrainConfig(model=GRNConfig(dim=4, hidden=4, heads=1), train=tiny_train("lr"),
-                                         samples=2, valid_requests=50),
-                    data, root / "evaluator", root / "generator")
     train_ranking(RankingConfig(model="teacher", dim=4, train=tiny_train("gauc"),
                                 teacher=TeacherConfig(attention_hidden=4, hidden=(8,), cross_layers=1)),
                   data, root / "ranker")
+    train_evaluator(EvaluatorTrainConfig(model=DCWNConfig(dim=4, hidden=4, heads=1, max_len=10, members=2),
+                                         train=tiny_train("click_logloss", "min")), data, root / "evaluator",
+                    ranker_dir=root / "ranker")
+    train_generator(GeneratorTrainConfig(model=GRNConfig(dim=4, hidden=4, heads=1), train=tiny_train("value"),
+                                         samples=2, valid_requests=50),
+                    data, root / "evaluator", root / "generator", ranker_dir=root / "ranker")
     train_ranking(RankingConfig(model="student", dim=4, train=tiny_train("gauc"),
                                 student=StudentConfig(vector_dim=4, tower_hidden=(8,), head_hidden=(8,))),
                   data, root / "coarse")

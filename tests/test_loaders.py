@@ -7,10 +7,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import typer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from relist.cli import main
+from relist.cli.commands_data import register
 from relist.data.loaders import (
     load_amazon,
     load_amazon_ctr,
@@ -188,6 +191,36 @@ def test_letor_structural_errors(tmp_path):
     expect_error(11, "qid", load, lines[:6] + lines[8:] + lines[6:8])  # a query split in two blocks
     expect_error(2, "label", load, lines[:1] + [""] + lines[1:])
     expect_error(None, None, load_letor, tmp_path / "missing.txt")
+
+
+def test_letor_feature_count_comes_from_the_file_or_from_features(tmp_path):
+    path = write(tmp_path / "S1.txt", letor_lines(n_features=7))
+    features = [name for name in load_letor(path).items.column_names if name.startswith("f")]
+    assert features == [f"f{k}" for k in range(1, 8)]
+    wider = load_letor(path, n_features=9).items
+    assert wider.column_names[-1] == "f9" and set(column(wider, "f9")) == {0.0}
+    expect_error(1, "f7", load_letor, path, n_features=6)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app, typer.Typer(), typer.Typer())
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["convert", "letor", "--src", str(path), "--out", str(out), "--features", "9"])
+    assert result.exit_code == 0, result.output
+    assert pq.read_schema(out / "items.parquet").names[-1] == "f9"
+    result = CliRunner().invoke(app, ["convert", "yandex", "--src", str(path), "--out", str(out), "--features", "9"])
+    assert result.exit_code == 2 and "only for letor" in result.output
+
+
+def test_letor_fold_folders_layout(tmp_path):
+    lines = letor_lines(n_queries=6)
+    for fold in ("Fold1", "Fold2"):
+        (tmp_path / fold).mkdir()
+        for name, part in (("train", lines[:8]), ("vali", lines[8:16]), ("test", lines[16:])):
+            write(tmp_path / fold / f"{name}.txt", part)
+    folds = load_letor_folds(tmp_path)
+    assert [f.name for f in folds] == ["Fold1", "Fold2"]
+    assert all([f.train.num_rows, f.vali.num_rows, f.test.num_rows] == [2, 2, 2] for f in folds)
+    expect_error(None, None, load_letor_folds, tmp_path / "Fold1")
 
 
 def test_letor_queries_must_not_repeat_across_files(tmp_path):
@@ -373,6 +406,9 @@ def test_cli_convert_writes_valid_tables_and_refuses_bad_input_in_two_lines(tmp_
     assert info.value.code == 0
     assert read_table(tmp_path / "out" / "lists.parquet", "lists").num_rows == 3
     assert read_table(tmp_path / "out" / "items.parquet", "items").num_rows == 12
+    users = read_table(tmp_path / "out" / "users.parquet", "users")  # one user per query, no history
+    assert users.num_rows == 3 and column(users, "hist_items") == [[]] * 3
+    assert "f5" in pq.read_schema(tmp_path / "out" / "items.parquet").names
     capsys.readouterr()
     bad = write(tmp_path / "S9.txt", ["1 2:0.5"])
     with pytest.raises(SystemExit) as info:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from relist.data.logs import logged_requests
+from relist.data.requests import Requests
 from relist.models.ranking import (
     DSSM,
     CoarseScorer,
@@ -177,7 +178,8 @@ def test_point_scores_are_probabilities_of_each_candidate(sim_dir, data):
     assert set(scores) == {"ctr", "next"} and scores["ctr"].shape == requests.candidates.shape
     assert ((scores["ctr"] > 0) & (scores["ctr"] < 1))[requests.mask].all()
     assert (scores["next"][~requests.mask] == 0).all()
-    pairs = request_inputs(data.store, requests.user_id[:1], requests.candidates[:1, :4])
+    pairs = request_inputs(data.store, Requests.from_arrays([0], requests.user_id[:1], requests.candidates[:1, :4],
+                                                            requests.cand_scores[:1, :4]))
     expected = torch.sigmoid(teacher(pairs)["ctr"]).detach().numpy()
     assert np.allclose(scores["ctr"][0, :4], expected, atol=1e-6)
     with pytest.raises(ValueError, match="next"):
@@ -193,7 +195,8 @@ def test_coarse_scorer_matches_the_model_on_the_same_pairs(sim_dir, data):
     candidates = np.arange(1, data.store.n_items + 1)
     user = int(data.splits["test"]["user"][0])
     fast = scorer.score(user, candidates)
-    pairs = request_inputs(data.store, np.array([user]), candidates[None, :])
+    pairs = request_inputs(data.store, Requests.from_arrays([0], [user], candidates[None, :],
+                                                            np.full((1, len(candidates)), np.nan)))
     with torch.no_grad():
         assert np.allclose(fast, model(pairs)["ctr"].numpy(), atol=1e-5)
 

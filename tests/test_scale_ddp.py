@@ -22,7 +22,8 @@ import torch
 
 import relist.train.evaluator as evaluator_training
 from relist.data.features import FeatureStore
-from relist.models.evaluator import DCWN, DCWNConfig, load_evaluator
+from relist.data.logs import upstream_score_sample
+from relist.models.evaluator import DCWNConfig, Evaluator, load_evaluator
 from relist.models.vocab import Vocab
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
@@ -30,20 +31,23 @@ from relist.sim.world import build_world
 from relist.train.config import TrainConfig
 from relist.train.distributed import shutdown
 from relist.train.evaluator import (
+    LABELS,
     EvaluatorTrainConfig,
     evaluator_loss,
     exposure_metrics,
+    labelled_batch,
+    read_raw,
     train_batches,
     train_evaluator,
-    valid_batch,
 )
 from relist.train.trainer import fit, load_weights, save_weights
 
-CFG = EvaluatorTrainConfig(
-    model=DCWNConfig(dim=8, hidden=8, heads=2, dropout=0.0),
+CFG = EvaluatorTrainConfig(  # two members: each rank must draw the same bootstrap resample of every list
+    model=DCWNConfig(dim=8, hidden=8, heads=2, dropout=0.0, members=2, prior=False),
     train=TrainConfig(
         epochs=2, batch_size=32, lr=0.01, patience=None, monitor="click_logloss", device="cpu", num_threads=1
     ),
+    score_dropout=0.0,
     valid_lists=100,
 )
 LISTS_PER_SHARD = 320  # 10 batches of 32 per rank and epoch
@@ -86,19 +90,21 @@ def worker(data: Path, out: Path) -> None:
     shutdown()
 
 
-def single_process_reference(data: Path, out: Path) -> tuple[DCWN, str, dict]:
+def single_process_reference(data: Path, out: Path) -> tuple[Evaluator, str, dict]:
     """Two epochs in this process on the concatenation of what ranks 0 and 1 of 2 read."""
     store = FeatureStore.from_dir(data)
-    per_rank = train_batches(data, store, CFG.train.batch_size)
+    per_rank = train_batches(data, store, CFG, None)
 
     def global_batches(epoch: int, rank: int, world_size: int):
         for parts in zip(per_rank(epoch, 0, 2), per_rank(epoch, 1, 2), strict=False):  # as lockstep stops
-            yield {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+            yield {name: torch.cat([part[name] for part in parts], -1 if name == "weight" else 0)
+                   if name != "has_buy" else parts[0][name] for name in parts[0]}
 
     torch.manual_seed(CFG.train.seed)
-    model = DCWN(Vocab.of(store), CFG.model)
-    valid = valid_batch(data, store, CFG.valid_lists)
-    loss = evaluator_loss(CFG.next_weight)
+    model = Evaluator(Vocab.of(store, upstream_score_sample(data)), CFG.model)
+    raw = read_raw(data, "valid", list(LABELS), CFG.valid_lists)
+    valid = labelled_batch(store, raw, CFG.model.members)
+    loss = evaluator_loss(CFG.next_weight, CFG.buy_weight)
     result = fit(model, loss, global_batches, lambda m: exposure_metrics(m, valid), CFG.train, out)
     return model, losses(result), valid
 
@@ -112,7 +118,7 @@ def test_evaluator_on_two_gloo_ranks_trains_like_one_process_on_the_global_batch
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
     single, single_losses, valid = single_process_reference(data, tmp_path / "single")
-    replicas = [DCWN(single.vocab, CFG.model).eval() for _ in range(2)]
+    replicas = [Evaluator(single.vocab, CFG.model).eval() for _ in range(2)]
     meta = [load_weights(m, tmp_path / f"replica-{rank}.safetensors") for rank, m in enumerate(replicas)]
     for a, b in zip(*(m.state_dict().values() for m in replicas), strict=True):
         assert torch.equal(a, b)
@@ -130,7 +136,7 @@ def test_evaluator_on_two_gloo_ranks_trains_like_one_process_on_the_global_batch
     # Rank 0 wrote a complete run directory: the evaluator loads from it, with the last epoch's weights.
     _, spec = load_evaluator(tmp_path / "ddp")
     assert spec.model == CFG.model
-    last = DCWN(single.vocab, CFG.model)
+    last = Evaluator(single.vocab, CFG.model)
     load_weights(last, tmp_path / "ddp" / "checkpoints" / "last.safetensors")
     for a, b in zip(last.state_dict().values(), replicas[0].state_dict().values(), strict=True):
         assert torch.equal(a, b)

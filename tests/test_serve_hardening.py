@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
 from serve_helpers import DEADLINE_S, LiveServer, free_port, tiny_world, wait_for
 
+from relist.rerank.list_ranking import ListRanking
 from relist.serve.app import create_app
 from relist.serve.config import ServeConfig
 from relist.serve.registry import MANIFEST, VERSIONS, Manifest, Registry, VersionError, export_version, sha256_of
@@ -195,11 +196,15 @@ def test_smoke_requests_refuse_a_model_that_scores_nan(app):
     class NaNScorer:
         name = "evaluator"
 
-        def __call__(self, inp, lists):
-            return np.full(len(lists), np.nan)
+        def on_store(self, store):
+            return self
 
+        def values(self, requests, lists, objective=None):
+            return np.full((1, *lists.shape[:-1]), np.nan)
+
+    ranking = ListRanking(pipeline.ranking.generators, NaNScorer(), pipeline.ranking.cfg, pipeline.ranking.incumbent)
     with pytest.raises(ModelCheckError, match="generator 'upstream': the evaluator scorer rates its smoke list nan"):
-        smoke_test(dataclasses.replace(pipeline, scorer=NaNScorer()))
+        smoke_test(dataclasses.replace(pipeline, ranking=ranking))
     rankers = {**pipeline.rankers, "fine": lambda store, user, ids: np.full(len(ids), np.nan)}
     with pytest.raises(ModelCheckError, match="ranker 'fine' gives non-finite"):
         smoke_test(dataclasses.replace(pipeline, rankers=rankers))

@@ -6,12 +6,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from relist.serve.budget import Budget, StageCosts
-from relist.serve.stages import Models
 from test_serve_api import tiny_logs
 
 from relist.data.features import FeatureStore
 from relist.eval.metrics import list_reward
+from relist.rerank.budget import Budget, StageCosts
+from relist.rerank.registry import Models
 from relist.serve.config import PipelineConfig
 from relist.serve.pipeline import UnknownStrategy, build_pipeline
 
@@ -20,7 +20,8 @@ from relist.serve.pipeline import UnknownStrategy, build_pipeline
 def pipeline(tmp_path_factory):
     logs = tmp_path_factory.mktemp("pipeline") / "logs"
     tiny_logs(logs)
-    return build_pipeline("p", FeatureStore.from_dir(logs), PipelineConfig(), Models())
+    store = FeatureStore.from_dir(logs)
+    return build_pipeline("p", store, PipelineConfig(), Models(store))
 
 
 def user(id=None, segment=None, history=None):
@@ -30,22 +31,24 @@ def user(id=None, segment=None, history=None):
 def test_stage_costs_scale_with_request_size_and_fade_with_time():
     now = [0.0]
     costs = StageCosts(smoothing=0.5, half_life_s=10.0, clock=lambda: now[0])
-    assert costs.expected_ms("beam", 50, 10) == 0.0  # never measured: assumed free
-    costs.record("beam", 50, 10, 5.0)
-    assert costs.expected_ms("beam", 100, 10) == pytest.approx(10.0)
-    costs.record("beam", 50, 10, 1.0)
-    assert costs.expected_ms("beam", 50, 10) == pytest.approx(3.0)
+    assert costs.expected_ms("beam", 500) == 0.0  # never measured: assumed free
+    costs.record("beam", 500, 5.0)
+    assert costs.expected_ms("beam", 1000) == pytest.approx(10.0)
+    costs.record("beam", 500, 1.0)
+    assert costs.expected_ms("beam", 500) == pytest.approx(3.0)
     now[0] = 10.0  # one half-life without running: the estimate halves, the stage gets tried again
-    assert costs.expected_ms("beam", 50, 10) == pytest.approx(1.5)
-    assert Budget(50.0).affords(10.0) and not Budget(1.0).affords(10.0)
+    assert costs.expected_ms("beam", 500) == pytest.approx(1.5)
+    costs.record("slow", 1, 10.0)
+    roomy, tight = Budget(50.0, costs), Budget(1.0, costs)
+    assert roomy.affords("slow") and not tight.affords("slow") and tight.skipped == ["slow"] and tight.exceeded
 
 
 def test_upstream_scorer_is_the_exposure_weighted_list_reward(pipeline):
     inp = pipeline.request_input(None, np.array([7, 8, 9]), np.array([0.5, 0.2, 2.0]), 3)
-    lists = np.array([[7, 8, 9], [9, 7, 0]])
-    p = pipeline.config.p_next
-    expected = list_reward(np.array([[0.5, 0.2, 1.0], [1.0, 0.5, 0.0]]), lists != 0, p ** np.arange(3))
-    np.testing.assert_allclose(pipeline.scorer(inp, lists), expected)
+    lists = np.array([[[7, 8, 9], [9, 7, 0]]])
+    p = pipeline.config.rerank.beam.p_next
+    expected = list_reward(np.array([[0.5, 0.2, 1.0], [1.0, 0.5, 0.0]]), lists[0] != 0, p ** np.arange(3))
+    np.testing.assert_allclose(pipeline.scorer.values(inp.requests, lists)[0, 0], expected)
 
 
 def test_best_list_wins_and_upstream_wins_ties(pipeline):
@@ -55,7 +58,7 @@ def test_best_list_wins_and_upstream_wins_ties(pipeline):
     assert result.generator == "upstream" and not result.breaks_rules  # greedy and beam only tie with it
     inp = pipeline.request_input(None, ids, np.linspace(0.1, 0.9, 20), 5, cates=distinct)
     result = pipeline.rerank(inp)
-    upstream_lr = pipeline.scorer(inp, inp.requests.candidates[:, :5])[0]
+    upstream_lr = pipeline.scorer.values(inp.requests, inp.requests.candidates[:, :5])[0, 0]
     assert result.generator != "upstream" and result.list_reward > upstream_lr
     forced = pipeline.rerank(inp, strategy="upstream")
     assert forced.generator == "upstream" and list(forced.items) == [1, 2, 3, 4, 5]
@@ -68,8 +71,8 @@ def test_a_list_keeping_the_rules_beats_a_better_scored_one_that_breaks_them(pip
     cates = [1, 1, 1, 1, 1] + list(range(2, 17))
     inp = pipeline.request_input(None, np.arange(1, 21), np.linspace(0.9, 0.1, 20), 5, cates=cates)
     result = pipeline.rerank(inp)
-    assert result.generator == "beam_upstream" and not result.breaks_rules
-    assert result.list_reward < pipeline.scorer(inp, inp.requests.candidates[:, :5])[0]
+    assert result.generator != "upstream" and not result.breaks_rules
+    assert result.list_reward < pipeline.scorer.values(inp.requests, inp.requests.candidates[:, :5])[0, 0]
     only_one_category = pipeline.request_input(None, np.arange(1, 21), None, 5, cates=[1] * 20)
     assert pipeline.rerank(only_one_category).breaks_rules  # nothing can keep them: served, flagged
 
@@ -78,7 +81,7 @@ def test_zero_budget_serves_the_upstream_order(pipeline):
     inp = pipeline.request_input(None, np.arange(1, 21), np.linspace(0.1, 0.9, 20), 5)
     result = pipeline.rerank(inp, budget_ms=1e-6)
     assert result.budget_exceeded and list(result.items) == [1, 2, 3, 4, 5] and result.list_reward is None
-    assert result.skipped == pipeline.strategies
+    assert result.skipped == [*pipeline.strategies, "list_ranking.score"]
 
 
 def test_user_overrides_reach_the_models_through_a_store_view(pipeline):

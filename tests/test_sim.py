@@ -93,6 +93,38 @@ def test_default_world_rewards_context_aware_reranking(default_world):
     assert gain >= 0.05
 
 
+def test_the_rule_keeping_oracle_keeps_the_rules_and_beats_every_list_that_does():
+    from relist.eval.simulated import rule_check
+    from relist.rerank.rules import BusinessRules
+
+    world = build_world(SMALL)
+    feasible = rule_check(world, BusinessRules(cate_window=2))
+    rng = np.random.default_rng(7)
+    for user in (2, 9, 33):
+        cands = rng.choice(np.arange(1, world.n_items + 1), size=7, replace=False)
+        best, value = oracle_list(world, user, cands, 4, feasible=feasible)
+        assert feasible(best[None])[0]
+        keeping = np.array([p for p in itertools.permutations(cands, 4) if feasible(np.array([p]))[0]])
+        assert value == pytest.approx(expected(world, np.full(len(keeping), user), keeping).max())
+        free = oracle_list(world, user, cands, 4)[1]
+        assert free >= value - 1e-12  # rules only ever cost the oracle
+    cands = rng.choice(np.arange(1, world.n_items + 1), size=20, replace=False)  # the search path
+    best, value = oracle_list(world, 4, cands, 8, feasible=feasible)
+    greedy = true_ctr_greedy(world, 4, cands, 8, feasible)
+    assert feasible(best[None])[0] and value >= float(expected(world, np.array([4]), greedy[None])[0]) - 1e-12
+    same = np.flatnonzero(world.cate[1:] == world.cate[1])[:5] + 1  # one category: no list keeps the rules
+    stuck, stuck_value = oracle_list(world, 4, same, 3, feasible=feasible)
+    assert not feasible(stuck[None])[0] and stuck_value == pytest.approx(oracle_list(world, 4, same, 3)[1])
+
+
+def test_shipped_worlds_load_and_the_sparse_one_is_sparse():
+    configs = {name: load_sim_config(DEFAULT_CONFIG.parent / f"sim_{name}.yaml")
+               for name in ("default", "alt", "shift", "sparse")}
+    sparse = configs["sparse"]
+    assert sparse.catalogue.n_items >= 5000 and sparse.requests.n_candidates == 30
+    assert len({c.seed for c in configs.values()}) == 3  # shift is the default world, changed later
+
+
 def test_alternative_config_has_clearly_different_effects():
     default, alt = load_sim_config(), load_sim_config(DEFAULT_CONFIG.parent / "sim_alt.yaml")
     changed = [k for k, v in default.effects.model_dump().items() if alt.effects.model_dump()[k] != v]

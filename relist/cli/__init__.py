@@ -54,6 +54,8 @@ def _register_all() -> None:
     from relist.cli import (
         commands_data,
         commands_demo,
+        commands_initial,
+        commands_offpolicy,
         commands_ranking,
         commands_rerank_eval,
         commands_rerank_train,
@@ -61,8 +63,8 @@ def _register_all() -> None:
         commands_sim,
     )
 
-    for module in (commands_sim, commands_data, commands_ranking, commands_rerank_train, commands_rerank_eval,
-                   commands_serve, commands_demo):
+    for module in (commands_sim, commands_data, commands_initial, commands_ranking, commands_rerank_train,
+                   commands_rerank_eval, commands_serve, commands_demo, commands_offpolicy):
         module.register(app, train_app, eval_app)
 
 

@@ -35,11 +35,15 @@ def convert(
         "train.csv.gz; yandex: sessions_long.tsv.gz; obd: a log file <policy>/<campaign>.csv.gz "
         "(its <campaign>_item_context.csv.gz must lie beside it).")),
     out: Path = typer.Option(..., help="Directory for items.parquet, users.parquet, lists.parquet, extras."),
+    features: int | None = typer.Option(None, min=1, help=(
+        "letor only: number of feature columns f1..fN (default: the highest feature index in the files).")),
 ) -> None:
     """Convert a real data set into the DESIGN §4 tables (the mapping is in each loader's docstring)."""
     from relist.data.loaders import LOADERS
 
-    tables = LOADERS[dataset.value](src)
+    if features is not None and dataset is not Dataset.letor:
+        raise typer.BadParameter("--features is only for letor")
+    tables = LOADERS[dataset.value](src, n_features=features) if features else LOADERS[dataset.value](src)
     for path in tables.write(out):
         console.print(f"wrote {path}")
     if tables.lists is None:

@@ -35,18 +35,28 @@ def eval_policies(
     data: Path = typer.Option(..., help="Simulated log directory (from `relist simulate`)."),
     requests: int = typer.Option(1000, help="Test requests to evaluate (the first ones of the test split)."),
     objective: str = typer.Option("ipv", help="What the oracle maximises: pv, ipv, buys or gmv."),
+    cate_window: int = typer.Option(2, help="Business rule every policy and the oracle keep: no category "
+                                            "repeated within this many slots (0: no rule)."),
     out: Path = typer.Option(None, help="Write the table as JSON here."),
 ) -> None:
     """Simple policies vs the logging policy and the oracle, by true expected reward."""
+    from relist.data.features import FeatureStore
     from relist.data.logs import logged_requests
-    from relist.eval.simulated import policy_table, print_policy_table, reference_true_ctr
-    from relist.rerank.policy import SIMPLE_POLICIES
+    from relist.eval.simulated import oracle_lists, policy_table, print_policy_table, reference_true_ctr
+    from relist.rerank.generators import Context
+    from relist.rerank.policy import GreedyUpstreamScore, RandomOrder, Upstream
+    from relist.rerank.rules import BusinessRules
     from relist.sim.world import world_of_logs
 
     world = world_of_logs(data)
     reqs, shown = logged_requests(data, "test", requests)
-    policies = {**SIMPLE_POLICIES, "reference_true_ctr_greedy": reference_true_ctr(world)}
-    report = policy_table(world, reqs, shown, policies, shown.shape[1], objective)
+    n, rules = shown.shape[1], BusinessRules(cate_window=cate_window)
+    ctx = Context(FeatureStore.from_dir(data), rules)
+    simple = {"upstream": Upstream(), "greedy_upstream_score": GreedyUpstreamScore(), "random": RandomOrder()}
+    policies = {name: generator.propose(reqs, n, ctx)[:, 0] for name, generator in simple.items()}
+    policies["reference_true_ctr_greedy"] = reference_true_ctr(world, rules)(reqs, n)
+    report = policy_table(world, reqs, shown, policies, n, objective, oracle_lists(world, reqs, n, objective, rules),
+                          oracle_lists(world, reqs, n, objective))
     report["data"] = str(data)
     report["sim_config"] = world.config.model_dump()
     print_policy_table(report, console=console)

@@ -48,6 +48,20 @@ LISTS = pa.schema(
     ]
 )
 
+# The optional propensity family of ``lists``: the logging policy's probability of each shown item at
+# its slot given the items before it, of the item at its slot alone (what per-slot estimators need),
+# and of the whole list (the product of the first). Off-policy estimators read them; nothing else does.
+PROPENSITY = pa.schema(
+    [
+        ("propensity", pa.list_(pa.float64())),
+        ("propensity_marginal", pa.list_(pa.float64())),
+        ("list_propensity", pa.float64()),
+    ]
+)
+PROPENSITY_REQUIRED = ("propensity", "list_propensity")  # propensity_marginal is optional
+LISTS_WITH_PROPENSITY = pa.schema(list(LISTS) + list(PROPENSITY))
+ROUNDING = 1e-9  # probabilities up to 1 + ROUNDING are taken as 1 (floating-point sums)
+
 TABLES = {"items": ITEMS, "users": USERS, "lists": LISTS}
 
 # Columns a table must have; others (profile features, dense item features) are optional.
@@ -87,16 +101,21 @@ def read_table(path: str | Path, kind: str) -> pa.Table:
     return table
 
 
-def validate(table: pa.Table, kind: str, path: str | Path = "<memory>", n_items: int | None = None) -> None:
+def validate(table: pa.Table, kind: str, path: str | Path = "<memory>", n_items: int | None = None,
+             propensities: bool = False) -> None:
     """Raise :class:`SchemaError` at the first problem; the order of checks is cheapest first.
 
     With ``n_items`` the item ids of lists must be internal ids 1..n_items; without, any int64.
+    ``propensities`` (lists only) demands the propensity family; it is checked whenever any of its
+    columns is present too.
     """
     for name in REQUIRED[kind]:
         if name not in table.column_names:
             raise SchemaError(path, None, name, f"missing column (has {table.column_names})")
     if kind == "lists":
         _validate_lists(table, path, n_items)
+        if propensities or has_propensities(table):
+            _validate_propensities(table, path)
     elif kind == "items":
         _unique(table, "item_id", path)
         _first_bad(~np.isfinite(table.column("price").to_numpy(zero_copy_only=False)), path, "price",
@@ -127,6 +146,12 @@ def _first_bad(bad: np.ndarray, path, field: str, problem: str) -> None:
 def _lengths(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     column = table.column(name).combine_chunks()
     return np.diff(column.offsets.to_numpy()), column.is_null().to_numpy(zero_copy_only=False)
+
+
+def _list_lengths(table: pa.Table, name: str, path) -> np.ndarray:
+    lengths, null = _lengths(table, name)
+    _first_bad(null, path, name, "null list")
+    return lengths
 
 
 def _rows_of(flat_bad: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -174,3 +199,45 @@ def _validate_lists(table: pa.Table, path, n_items: int | None) -> None:
             if problem == "item id not in the items table":
                 problem = f"item id out of range [1, {n_items}]"
             raise SchemaError(path, row, field, problem)
+
+
+def has_propensities(table: pa.Table | pa.Schema) -> bool:
+    """Whether a ``lists`` table declares the propensity family (any of its columns is present)."""
+    names = table.names if isinstance(table, pa.Schema) else table.column_names
+    return any(name in names for name in PROPENSITY.names)
+
+
+def _validate_propensities(table: pa.Table, path) -> None:
+    """Every probability in (0, 1], finite, aligned with ``shown``; the list's is the product of the slots'."""
+    for name in PROPENSITY_REQUIRED:
+        if name not in table.column_names:
+            raise SchemaError(path, None, name, "missing column of the propensity family "
+                              f"(needs {', '.join(PROPENSITY_REQUIRED)}; has {table.column_names})")
+    n = _list_lengths(table, "shown", path)
+    rows = np.repeat(np.arange(len(n)), n)
+    for name in ("propensity", "propensity_marginal"):
+        if name not in table.column_names:
+            continue
+        _first_bad(_list_lengths(table, name, path) != n, path, name, "length differs from shown")
+        column = table.column(name).combine_chunks().flatten()
+        _bad_probability(column, rows, path, name)
+    column = table.column("list_propensity").combine_chunks()
+    _bad_probability(column, np.arange(len(column)), path, "list_propensity")
+    slots = table.column("propensity").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    log_sums = np.concatenate([[0.0], np.cumsum(np.log(slots))])
+    product = np.exp(log_sums[np.cumsum(n)] - log_sums[np.cumsum(n) - n])
+    listed = column.to_numpy(zero_copy_only=False)
+    _first_bad(~np.isclose(listed, product, rtol=1e-6, atol=0.0), path, "list_propensity",
+               "differs from the product of the slots' propensity")
+
+
+def _bad_probability(column: pa.Array, rows: np.ndarray, path, name: str) -> None:
+    """Null, NaN, <= 0 or > 1: the row of the first such value."""
+    null = column.is_null().to_numpy(zero_copy_only=False)
+    values = column.fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    for bad, problem in ((null, "missing value (null)"), (np.isnan(values) & ~null, "propensity is NaN"),
+                         (values <= 0, "propensity is 0 or negative (the logging policy could not have "
+                                       "shown this item here; importance weights need > 0)"),
+                         (values > 1 + ROUNDING, "propensity is above 1")):
+        if bad.any():
+            raise SchemaError(path, int(rows[int(np.argmax(bad))]), name, problem)

@@ -78,21 +78,23 @@ def _step_ranking(data: Path, file: str, sizes: DemoSizes, teacher: Path | None 
     return run
 
 
-def _step_evaluator(data: Path, sizes: DemoSizes):
+def _step_evaluator(data: Path, ranker: Path, sizes: DemoSizes):
     def run(out: Path) -> dict:
         from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
 
-        result, _ = train_evaluator(_config(EvaluatorTrainConfig, "evaluator.yaml", sizes), data, out)
+        result, _ = train_evaluator(_config(EvaluatorTrainConfig, "evaluator.yaml", sizes), data, out,
+                                    ranker_dir=ranker)
         return {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
 
     return run
 
 
-def _step_generator(data: Path, evaluator: Path, sizes: DemoSizes):
+def _step_generator(data: Path, models: Path, sizes: DemoSizes):
     def run(out: Path) -> dict:
         from relist.train.generator import GeneratorTrainConfig, train_generator
 
-        result = train_generator(_config(GeneratorTrainConfig, "generator.yaml", sizes), data, evaluator, out)
+        result = train_generator(_config(GeneratorTrainConfig, "generator.yaml", sizes), data, models / "evaluator",
+                                 out, ranker_dir=models / "ranker")
         return {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
 
     return run
@@ -113,12 +115,10 @@ def _step_baseline(data: Path, kind: str, sizes: DemoSizes):
 def _step_rerank(data: Path, models: Path, sizes: DemoSizes):
     def run(out: Path) -> dict:
         from relist.eval.rerank import RerankEvalConfig, evaluate_rerank, print_rerank_report
-        from relist.rerank.last import LASTConfig
         from relist.train.config import load_config
 
         cfg = load_config(CONFIGS / "rerank_eval.yaml", RerankEvalConfig)
-        last = load_config(CONFIGS / "last.yaml", LASTConfig).model_copy(update={"budget_ms": None})  # offline
-        report = evaluate_rerank(cfg.model_copy(update={"requests": sizes.eval_requests, "last": last}), data, models)
+        report = evaluate_rerank(cfg.model_copy(update={"requests": sizes.eval_requests}), data, models)
         print_rerank_report(report, console=console)
         (out / "rerank.json").write_text(json.dumps(report, indent=2, default=float))
         return {"table": str(out / "rerank.json"), "skipped": report.get("skipped", [])}
@@ -134,10 +134,10 @@ def _step_export(data: Path, models: Path, model_dir: Path, name: str):
         if (model_dir / "versions" / name).is_dir():  # same models as an earlier run: serve that version
             set_current(model_dir, name)
             return {"version": str(model_dir / "versions" / name)}
-        roles = {"evaluator": models / "evaluator", "generator": models / "generator",
-                 "ranker": models / "teacher", "coarse": models / "dssm"}
-        version = export_version(model_dir, name, data, {r: p for r, p in roles.items() if is_complete_model(p)},
-                                 activate=True)
+        from relist.rerank.registry import ROLES
+
+        roles = {role: models / role for role in ROLES if is_complete_model(models / role)}
+        version = export_version(model_dir, name, data, roles, activate=True)
         return {"version": str(version)}
 
     return run
@@ -189,21 +189,22 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: 
                                                      **asdict(sizes)})
     steps = [
         first,
-        Step("models/teacher", _step_ranking(data, "ranking_teacher.yaml", sizes), _inputs("ranking_teacher.yaml"),
+        Step("models/ranker", _step_ranking(data, "ranking_teacher.yaml", sizes), _inputs("ranking_teacher.yaml"),
              (source,)),
-        Step("models/evaluator", _step_evaluator(data, sizes), _inputs("evaluator.yaml"), (source,)),
-        Step("models/generator", _step_generator(data, models / "evaluator", sizes), _inputs("generator.yaml"),
+        Step("models/evaluator", _step_evaluator(data, models / "ranker", sizes), _inputs("evaluator.yaml"),
+             ("models/ranker",)),
+        Step("models/generator", _step_generator(data, models, sizes), _inputs("generator.yaml"),
              ("models/evaluator",)),
         *[Step(f"models/{kind}", _step_baseline(data, kind, sizes), _inputs("baselines.yaml"), (source,))
           for kind in BASELINES],
         Step("rerank", _step_rerank(data, models, sizes), _inputs("rerank_eval.yaml", "last.yaml"),
-             ("models/teacher", "models/evaluator", "models/generator", *[f"models/{k}" for k in BASELINES])),
+             ("models/ranker", "models/evaluator", "models/generator", *[f"models/{k}" for k in BASELINES])),
     ]
     coarse = [
-        Step("models/dssm_plain", _step_ranking(data, "ranking_dssm.yaml", sizes), _inputs("ranking_dssm.yaml"),
+        Step("models/coarse_plain", _step_ranking(data, "ranking_dssm.yaml", sizes), _inputs("ranking_dssm.yaml"),
              (source,)),
-        Step("models/dssm", _step_ranking(data, "ranking_dssm_full.yaml", sizes, models / "teacher"),
-             _inputs("ranking_dssm_full.yaml"), ("models/teacher",)),
+        Step("models/coarse", _step_ranking(data, "ranking_dssm_full.yaml", sizes, models / "ranker"),
+             _inputs("ranking_dssm_full.yaml"), ("models/ranker",)),
     ] if with_coarse else []
     steps += coarse
     records = run_steps(steps, out, force)

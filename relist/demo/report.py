@@ -31,8 +31,8 @@ LATENCY_POLICIES = ("greedy_upstream_score", "greedy_ctr", "beam", "grn", "prm",
 
 
 def _gauc_table(records: dict) -> tuple[str, dict]:
-    names = {"models/dssm_plain": "DSSM (plain)", "models/dssm": "DSSM, all switches + 2-stage distillation",
-             "models/teacher": "fine-ranking teacher (ceiling)"}
+    names = {"models/coarse_plain": "DSSM (plain)", "models/coarse": "DSSM, all switches + 2-stage distillation",
+             "models/ranker": "fine-ranking teacher (ceiling)"}
     rows, gauc = [], {}
     for step, label in names.items():
         if step not in records:  # the coarse-ranking students train only with --with-coarse
@@ -56,11 +56,26 @@ def _calibration_plots(validity: dict):
     a.set_xlabel("predicted click probability (decile mean)")
     a.set_ylabel("true click probability")
     a.legend()
-    b.scatter(validity["scatter"]["lr"], validity["scatter"]["true_ipv"], s=4, alpha=0.4)
-    b.set_xlabel("evaluator list reward LR")
+    b.scatter(validity["scatter"]["predicted"], validity["scatter"]["true"], s=4, alpha=0.4)
+    b.set_xlabel("evaluator list reward LR (members' mean)")
     b.set_ylabel("true expected IPV")
-    b.set_title(f"Pearson {validity['pearson_lr_true_ipv']:.3f}")
+    b.set_title(f"every generator's proposals: Pearson {validity['pearson_all_lists']:.3f}")
     return fig
+
+
+def validity_table_html(validity: dict) -> str:
+    """Per generator: the evaluator's bias and correlations on the lists it proposes, and the winner's curse."""
+    rows = "".join(
+        f"<tr><td>{name}</td><td>{g['predicted']:.3f}</td><td>{g['true']:.3f}</td><td>{g['bias']:+.3f}</td>"
+        f"<td>{g['spread']:.3f}</td><td>{g['pearson_across_requests']:.3f}</td>"
+        f"<td>{g['kendall_across_requests']:.3f}</td></tr>" for name, g in validity["generators"].items())
+    curse = validity["winners_curse"]
+    return ("<table><tr><th>generator</th><th>predicted LR</th><th>true IPV</th><th>bias</th><th>members' std</th>"
+            "<th>Pearson</th><th>Kendall</th></tr>" + rows + "</table>"
+            f"<p>Kendall's tau within a request (all proposals): {validity['kendall_within_request']:.3f}. "
+            f"Winner's curse: the list the evaluator picks is worth {curse['pessimistic']['true_of_pick']:.3f} "
+            f"true IPV (pessimistic pick; {curse['mean']['true_of_pick']:.3f} by the mean) against "
+            f"{curse['mean']['true_best']:.3f} for the truly best proposal of the same set.</p>")
 
 
 def build_report(out: Path, data: Path, records: dict, latency_requests: int) -> Callable[[Path], dict]:
@@ -69,6 +84,8 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
         from relist.data.logs import logged_requests
         from relist.eval.latency import one_by_one, request_timings_ms, summary_ms
         from relist.eval.rerank import RerankEvalConfig, build_policies
+        from relist.rerank.generators import Context
+        from relist.rerank.registry import Models
         from relist.sim.world import is_simulated
         from relist.train.config import load_config
 
@@ -77,15 +94,17 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
         table = json.loads(Path(records["rerank"]["table"]).read_text())
         cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "rerank_eval.yaml", RerankEvalConfig)
         store = FeatureStore.from_dir(data)
-        policies, scorer, _ = build_policies(cfg, data, models, store)
+        loaded, _ = Models.load(models, store)
+        policies, _, _ = build_policies(cfg, data, loaded)
+        ctx = Context(store, cfg.rerank.rules.build(), cfg.rerank.objective)
         requests, shown = logged_requests(data, "test", max(latency_requests, 300))
         n = min(cfg.n, shown.shape[1])  # logged lists may be longer than what is served (LETOR: all documents)
         singles = one_by_one(requests[:latency_requests], n)
-        latency = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p(r, n), singles))
+        latency = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p.propose(r, n, ctx), singles))
                    for name in LATENCY_POLICIES if name in policies}
         served = {"candidates (upstream order)": requests.candidates[0], "logged list": shown[0],
                   "upstream order": requests.candidates[0, :n],
-                  "served (list retrieval)": policies["list_retrieval"](requests[:1], n)[0]}
+                  "served (list retrieval)": policies["list_retrieval"].propose(requests[:1], n, ctx)[0, 0]}
         cate_of = {int(i): int(store.item_cate[i]) - 1 for lst in served.values() for i in lst}
         example = {"user_id": int(requests.user_id[0]), "lists": served,
                    "note": "first test request; colours are categories"}
@@ -94,7 +113,7 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
                   f"{', '.join(table.get('skipped', [])) or 'none'}</p>"
         measurements = {"latency": latency, "gauc": gauc}
         if is_simulated(data):
-            validity = _validity(data, models, store, scorer, policies, requests[:300], shown[:300], n)
+            validity = _validity(data, loaded, policies, ctx, requests[:300], shown[:300], n)
             measurements["evaluator_validity"] = {k: v for k, v in validity.items() if k != "scatter"}
             sections = [
                 ("Re-ranking policies: true expected reward on held-out requests (simulator)",
@@ -102,9 +121,8 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
                 ("True IPV and GMV per policy (95% CI; oracle dashed)", figure_html(reward_bars(table))),
                 ("Reward vs p99 latency per request", figure_html(reward_vs_latency(
                     table, {k: v["p99_ms"] for k, v in latency.items()})) + _latency_table(latency)),
-                ("Evaluator validity: calibration and LR vs truth", figure_html(_calibration_plots(validity))
-                 + f"<p>Pearson(LR, true IPV) = {validity['pearson_lr_true_ipv']:.3f}; Pearson(sum of teacher "
-                   f"CTR, true IPV) = {validity['pearson_sum_ctr_true_ipv']:.3f} over {validity['lists']} lists.</p>"),
+                ("Evaluator validity on every generator's proposals: calibration, LR vs truth, bias",
+                 figure_html(_calibration_plots(validity)) + validity_table_html(validity)),
             ]
         else:
             sections = [
@@ -124,19 +142,15 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
     return run
 
 
-def _validity(data: Path, models: Path, store, scorer, policies: dict, sample, shown: np.ndarray, n: int) -> dict:
-    """Evaluator validity against the simulator's truth on logged, greedy, random and served lists."""
+def _validity(data: Path, models, policies: dict, ctx, sample, shown: np.ndarray, n: int) -> dict:
+    """relist.eval.evaluator_validity on the logged lists and each generator's proposals (test requests)."""
     from relist.eval.evaluator_validity import evaluator_validity
-    from relist.models.ranking.scoring import point_scores
-    from relist.rerank.policy import greedy_by_score, random_order
+    from relist.rerank.list_ranking import ListRanking
     from relist.sim.world import world_of_logs
-    from relist.train.ranking import load_ranking_model
 
-    sources = {"logged": shown, "greedy": greedy_by_score(sample, n), "random": random_order(1)(sample, n),
-               "list_retrieval": policies["list_retrieval"](sample, n)}
-    ctr = point_scores(load_ranking_model(models / "teacher"), store, sample)["ctr"]
-    point_ctr = {name: _ctr_of(sample.candidates, ctr, lists) for name, lists in sources.items()}
-    return evaluator_validity(world_of_logs(data), scorer, sample.user_id, sources, point_ctr)
+    proposals = {"logged": shown[:, None]} | {name: policy.propose(sample, n, ctx) for name, policy in policies.items()
+                                              if not isinstance(policy, ListRanking)}
+    return evaluator_validity(world_of_logs(data), models.evaluator, sample, proposals, ctx.objective)
 
 
 def _offline_table(report: dict) -> str:
@@ -146,12 +160,6 @@ def _offline_table(report: dict) -> str:
         for name, row in report["policies"].items() if "evaluator_lr" in row and "ndcg_logged_clicks" in row)
     return ("<table><tr><th>policy</th><th>evaluator LR (±95%)</th><th>NDCG@10 on logged clicks</th></tr>"
             f"{rows}</table>")
-
-
-def _ctr_of(candidates: np.ndarray, ctr: np.ndarray, lists: np.ndarray) -> np.ndarray:
-    """Point-wise CTR of each listed item, looked up in its request's candidate scores."""
-    match = lists[:, :, None] == candidates[:, None, :]
-    return (match * ctr[:, None, :]).sum(-1)
 
 
 def _latency_table(latency: dict) -> str:

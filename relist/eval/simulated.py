@@ -53,12 +53,17 @@ def oracle_lists(world: World, requests: Requests, n: int, objective: str | Obje
                                  objective, feasible=feasible)[0] for r in rows])
 
 
-def reference_true_ctr(world: World):
-    """Greedy by the *true* standalone CTR — uses simulator truth, so it is a reference, not a policy to ship."""
+def reference_true_ctr(world: World, rules: BusinessRules | None = None):
+    """Greedy by the *true* standalone CTR (under ``rules``) — uses simulator truth, so it is a reference, not a
+    policy to ship."""
+    feasible = None if rules is None else rule_check(world, rules)
 
     def policy(requests: Requests, n: int) -> np.ndarray:
-        return np.stack([true_ctr_greedy(world, int(u), c[m], n)
-                         for u, c, m in zip(requests.user_id, requests.candidates, requests.mask, strict=True)])
+        lists = [true_ctr_greedy(world, int(u), c[m], n, feasible)
+                 for u, c, m in zip(requests.user_id, requests.candidates, requests.mask, strict=True)]
+        return np.stack([true_ctr_greedy(world, int(u), c[m], n) if lst is None else lst
+                         for lst, u, c, m in zip(lists, requests.user_id, requests.candidates, requests.mask,
+                                                 strict=True)])
 
     return policy
 

@@ -6,10 +6,10 @@ views of the list:
 
 * its neighbourhood: how often its category and its shop already appeared above it, whether the
   items right before and after share them, how alike its learned vector is to theirs, and the
-  items right before and after themselves (their vectors and teacher logits: what stands beside an
-  item draws the eye to it or away from it). Repetition tires users and contrast draws the eye;
-  made explicit, these extrapolate to lists more diverse than the logged ones, where a sequence
-  model fitted to the logs does not;
+  items right before and after themselves (their vectors, their element-wise product with the
+  item's own, and their teacher logits: what stands beside an item draws the eye to it or away).
+  Repetition tires users and contrast draws the eye; made explicit, these extrapolate to lists
+  more diverse than the logged ones, where a sequence model fitted to the logs does not;
 * a Bi-LSTM (intent drifts both ways while browsing a two-column feed);
 * self-attention (synergy regardless of distance).
 
@@ -114,7 +114,7 @@ class DCWN(nn.Module):
             self.position = nn.Embedding(cfg.max_len, d)
             self.lstm = nn.LSTM(d, h, batch_first=True, bidirectional=True)
             self.attention = nn.MultiheadAttention(d, cfg.heads, dropout=cfg.dropout, batch_first=True)
-            width += d + d + 2 * h + d + 2 * (d + priors)  # neighbourhood, item, LSTM, attention, beside
+            width += d + d + 2 * h + d + 2 * (d + priors) + 2 * d  # neighbourhood, item, LSTM, attention, beside
         self.mlp = nn.Sequential(
             nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(h, h), nn.ReLU()
         )
@@ -139,7 +139,8 @@ class DCWN(nn.Module):
             keys_ignored = ~mask & mask.any(1, keepdim=True)  # an all-padding row attends to zeros, not NaN
             synergy, _ = self.attention(seq, seq, seq, key_padding_mask=keys_ignored, need_weights=False)
             before, after = _shifted(torch.cat([seq, prior], -1))
-            parts += [repeats, seq, lstm, synergy, before, after]
+            d = self.cfg.dim  # how alike each item is to what stands beside it, field by field
+            parts += [repeats, seq, lstm, synergy, before, after, seq * before[..., :d], seq * after[..., :d]]
         logits = self.heads(self.mlp(torch.cat(parts, -1)))
         if self.cfg.prior:
             logits = logits + prior

@@ -127,8 +127,8 @@ class Pipeline:
             return RerankResult(upstream, None, UPSTREAM, fallback=True, breaks_rules=breaks,
                                 skipped=budget.skipped, timings_ms=dict(budget.timings_ms),
                                 error=f"{type(err).__name__}: {err}", failed_stage=_failed_stage(budget, ranking))
-        reward = float(ranked.reward[0])
-        return RerankResult(ranked.lists[0], reward if math.isfinite(reward) else None, str(ranked.source[0]),
+        scored = "list_ranking.score" not in budget.skipped  # an unscored list has no reward (not a NaN one)
+        return RerankResult(ranked.lists[0], float(ranked.reward[0]) if scored else None, str(ranked.source[0]),
                             breaks_rules=bool(ranked.breaks_rules[0]), budget_exceeded=budget.exceeded,
                             skipped=list(budget.skipped), timings_ms={**budget.timings_ms,
                                                                       "total": budget.elapsed_ms()})

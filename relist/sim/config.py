@@ -63,9 +63,21 @@ class RequestsConfig(_Strict):
     interest_share: float = Field(0.7, ge=0.0, le=1.0, description="share of recall that follows interests")
 
 
+class RandomBucketConfig(_Strict):
+    """A share of requests served uniformly random lists that keep the category rule (exploration traffic)."""
+
+    share: float = Field(0.0, ge=0.0, le=1.0, description="share of requests in the randomised bucket")
+    cate_window: int = Field(2, ge=0, description="no item of a category among the previous w items")
+    marginal_draws: int = Field(64, ge=1, description="drawn prefixes per request that estimate the "
+                                "bucket's per-slot marginal probabilities (propensity_marginal)")
+
+
 class LoggingConfig(_Strict):
     score_noise: float = Field(0.6, ge=0.0, description="std of the upstream CTR model's logit error")
     exploration: float = Field(0.15, ge=0.0, le=1.0, description="chance a slot takes a random candidate")
+    propensities: bool = Field(False, description="write the logging policy's probabilities (propensity, "
+                               "propensity_marginal, list_propensity) with every logged list")
+    random_bucket: RandomBucketConfig = RandomBucketConfig()
 
 
 class ShiftConfig(_Strict):
@@ -83,6 +95,19 @@ class SimConfig(_Strict):
     requests: RequestsConfig = RequestsConfig()
     logging: LoggingConfig = LoggingConfig()
     shift: ShiftConfig = ShiftConfig()
+
+    def dump(self) -> dict:
+        """The config as written beside the logs.
+
+        Logging options that are off are left out, so logs written with them off are byte-identical
+        to logs written before the options existed.
+        """
+        raw = self.model_dump()
+        if not self.logging.propensities:
+            del raw["logging"]["propensities"]
+        if self.logging.random_bucket == RandomBucketConfig():
+            del raw["logging"]["random_bucket"]
+        return raw
 
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sim_default.yaml"

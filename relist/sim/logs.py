@@ -18,7 +18,18 @@ import yaml
 from tqdm import tqdm
 
 from relist.data.requests import Requests
-from relist.data.schema import LISTS
+from relist.data.schema import LISTS, LISTS_WITH_PROPENSITY
+from relist.sim.config import LoggingConfig
+from relist.sim.propensity import (
+    candidate_index,
+    greedy_conditional,
+    greedy_marginals,
+    greedy_ranks,
+    mixture_conditional,
+    rule_keeping_conditional,
+    rule_keeping_lists,
+    rule_keeping_marginals,
+)
 from relist.sim.user_model import outcomes, sigmoid, standalone_logit
 from relist.sim.world import World
 
@@ -58,6 +69,49 @@ def logging_policy(requests: Requests, n: int, exploration: float, rng: np.rando
     return shown
 
 
+def logging_propensities(requests: Requests, shown: np.ndarray, cates: np.ndarray, logging: LoggingConfig,
+                         rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The logging policy's probabilities of the lists it showed (relist.sim.propensity).
+
+    ``propensity`` [B, n]: of each item at its slot given the items before it (exact);
+    ``propensity_marginal`` [B, n]: of the item at its slot whatever came before (exact for the main
+    policy, the bucket's part estimated from ``marginal_draws`` prefixes); ``list_propensity`` [B]:
+    of the whole list. With a random bucket, the logging policy is the mixture of both.
+    """
+    shown_idx = candidate_index(requests.candidates, shown)
+    b, n = shown.shape
+    mask, eps = requests.mask, logging.exploration
+    cond = greedy_conditional(requests.cand_scores, mask, shown_idx, eps)
+    ranks = np.take_along_axis(greedy_ranks(requests.cand_scores, mask), shown_idx, 1)
+    real = mask.sum(1)
+    marginal = np.zeros((b, n))
+    for m in np.unique(real):
+        rows = real == m
+        marginal[rows] = greedy_marginals(int(m), n, eps)[np.arange(n)[None, :], ranks[rows]]
+    bucket = logging.random_bucket
+    if bucket.share > 0:
+        cand_cates = np.where(mask, cates, 0)
+        in_bucket = rule_keeping_conditional(cand_cates, mask, shown_idx, bucket.cate_window)
+        cond = mixture_conditional(cond, in_bucket, bucket.share)
+        bucket_marginal = rule_keeping_marginals(cand_cates, mask, n, bucket.cate_window, rng,
+                                                 bucket.marginal_draws)
+        bucket_marginal = np.take_along_axis(bucket_marginal, shown_idx[:, :, None], 2)[:, :, 0]
+        marginal = (1.0 - bucket.share) * marginal + bucket.share * bucket_marginal
+    cond, marginal = np.minimum(cond, 1.0), np.minimum(marginal, 1.0)
+    return {"propensity": cond, "propensity_marginal": marginal, "list_propensity": cond.prod(1)}
+
+
+def random_bucket(requests: Requests, shown: np.ndarray, cates: np.ndarray, logging: LoggingConfig,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``shown`` with a share of the requests replaced by uniformly random lists that keep the category rule."""
+    bucket = logging.random_bucket
+    in_bucket = rng.random(len(shown)) < bucket.share
+    cand_cates = np.where(requests.mask, cates, 0)
+    picks = rule_keeping_lists(cand_cates, requests.mask, shown.shape[1], bucket.cate_window, rng)
+    random_lists = np.take_along_axis(requests.candidates, picks, 1)
+    return np.where(in_bucket[:, None], random_lists, shown)
+
+
 def sample_feedback(world: World, users: np.ndarray, shown: np.ndarray, rng: np.random.Generator) -> dict:
     """Draw clicks, scrolls and purchases from the true model; unseen positions get zeros."""
     out = outcomes(world, users, shown)
@@ -73,23 +127,30 @@ def sample_feedback(world: World, users: np.ndarray, shown: np.ndarray, rng: np.
     }
 
 
-def lists_table(requests: Requests, shown: np.ndarray, feedback: dict) -> pa.Table:
-    """Assemble a ``lists`` table (DESIGN §4) from fixed-size arrays without per-row Python."""
+def lists_table(requests: Requests, shown: np.ndarray, feedback: dict,
+                propensities: dict[str, np.ndarray] | None = None) -> pa.Table:
+    """Assemble a ``lists`` table (DESIGN §4) from fixed-size arrays without per-row Python.
+
+    With ``propensities`` (from :func:`logging_propensities`) the table has the propensity family too.
+    """
 
     def nested(values: np.ndarray, dtype) -> pa.ListArray:
         b, k = values.shape
         offsets = pa.array(np.arange(0, b * k + 1, k, dtype=np.int32))
         return pa.ListArray.from_arrays(offsets, pa.array(values.ravel().astype(dtype)))
 
-    return pa.Table.from_arrays(
-        [
-            pa.array(requests.request_id), pa.array(requests.user_id),
-            nested(requests.candidates, np.int64), nested(requests.cand_scores, np.float32),
-            nested(shown, np.int64), nested(feedback["click"], np.int8), nested(feedback["next"], np.int8),
-            nested(feedback["buy"], np.int8), pa.array(feedback["exposed_len"]),
-        ],
-        schema=LISTS,
-    )
+    columns = [
+        pa.array(requests.request_id), pa.array(requests.user_id),
+        nested(requests.candidates, np.int64), nested(requests.cand_scores, np.float32),
+        nested(shown, np.int64), nested(feedback["click"], np.int8), nested(feedback["next"], np.int8),
+        nested(feedback["buy"], np.int8), pa.array(feedback["exposed_len"]),
+    ]
+    if propensities is None:
+        return pa.Table.from_arrays(columns, schema=LISTS)
+    columns += [nested(propensities["propensity"], np.float64),
+                nested(propensities["propensity_marginal"], np.float64),
+                pa.array(propensities["list_propensity"].astype(np.float64))]
+    return pa.Table.from_arrays(columns, schema=LISTS_WITH_PROPENSITY)
 
 
 def split_sizes(n_requests: int, valid_frac: float, test_frac: float) -> dict[str, int]:
@@ -116,9 +177,14 @@ def simulate_logs(
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(world.items_table(), out / "items.parquet")
     pq.write_table(world.users_table(), out / "users.parquet")
-    (out / "sim_config.yaml").write_text(yaml.safe_dump(world.config.model_dump(), sort_keys=False))
+    (out / "sim_config.yaml").write_text(yaml.safe_dump(world.config.dump(), sort_keys=False))
 
     rng = np.random.default_rng(world.config.seed + 1)
+    # The options have streams of their own, so the main policy's draws (and, with options off, the
+    # files) stay as they were: a bucket replaces some lists, it never shifts the other requests.
+    bucket_rng = np.random.default_rng([world.config.seed, 2])
+    propensity_rng = np.random.default_rng([world.config.seed, 3])
+    schema = LISTS_WITH_PROPENSITY if world.config.logging.propensities else LISTS
     sizes = split_sizes(n_requests, valid_frac, test_frac)
     summary = {"requests": dict(sizes), "clicks": 0, "exposed": 0, "shards": 0}
     next_id = 0
@@ -132,9 +198,9 @@ def simulate_logs(
         remaining = sizes[split]
         while remaining > 0:
             b = min(batch_size, remaining, shard_size - rows_in_shard)
-            table = simulate_batch(world, b, rng, next_id)
+            table = simulate_batch(world, b, rng, next_id, bucket_rng, propensity_rng)
             if writer is None:
-                writer = pq.ParquetWriter(split_dir / f"part-{shard:05d}.parquet", LISTS)
+                writer = pq.ParquetWriter(split_dir / f"part-{shard:05d}.parquet", schema)
             writer.write_table(table)
             summary["clicks"] += int(pc.sum(pc.list_flatten(table.column("click"))).as_py() or 0)
             summary["exposed"] += int(pc.sum(table.column("exposed_len")).as_py() or 0)
@@ -153,10 +219,24 @@ def simulate_logs(
     return summary
 
 
-def simulate_batch(world: World, b: int, rng: np.random.Generator, first_id: int) -> pa.Table:
-    """One batch of logged requests: draw users, recall, log a list, sample feedback."""
+def simulate_batch(world: World, b: int, rng: np.random.Generator, first_id: int,
+                   bucket_rng: np.random.Generator | None = None,
+                   propensity_rng: np.random.Generator | None = None) -> pa.Table:
+    """One batch of logged requests: draw users, recall, log a list, sample feedback.
+
+    ``bucket_rng`` draws the randomised bucket and ``propensity_rng`` the bucket's marginal estimate;
+    they are used only when those options are on.
+    """
     users = rng.integers(1, world.n_users + 1, size=b)
     requests = draw_requests(world, users, rng, first_id)
-    cfg = world.config
-    shown = logging_policy(requests, cfg.requests.list_len, cfg.logging.exploration, rng)
-    return lists_table(requests, shown, sample_feedback(world, users, shown, rng))
+    cfg = world.config.logging
+    shown = logging_policy(requests, world.config.requests.list_len, cfg.exploration, rng)
+    cates = world.cate[requests.candidates]
+    if cfg.random_bucket.share > 0:
+        shown = random_bucket(requests, shown, cates, cfg, bucket_rng or np.random.default_rng([first_id, 2]))
+    feedback = sample_feedback(world, users, shown, rng)
+    propensities = None
+    if cfg.propensities:
+        propensities = logging_propensities(requests, shown, cates, cfg,
+                                            propensity_rng or np.random.default_rng([first_id, 3]))
+    return lists_table(requests, shown, feedback, propensities)

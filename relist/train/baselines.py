@@ -7,7 +7,9 @@ carry the click (0/1), every other candidate is unlabelled and takes no part in
 the loss. PRM and DLCM learn with the list-wise softmax loss of PRM (the
 labelled items' clicks as the target distribution); Seq2Slate with the same
 loss at every decoding step, teacher-forced along the ideal order (clicked
-items first), over the labelled items still available. LETOR lists plug into
+items first, then the rest in initial order), over the labelled items still
+available; once no positive is left, the next item of that order is the target
+(see ``pointer_loss``). LETOR lists plug into
 the same batches with graded labels and dense features (``dense_lists``, ``dense_batch``).
 
 Checkpoints are picked on the valid split's NDCG@10 of the model's order of
@@ -44,6 +46,64 @@ CONFIG_FILE = "baseline_train.yaml"
 COLUMNS = ("user_id", "candidates", "cand_scores", "shown", "click", "exposed_len")
 
 
+class StepSchedule(BaseModel):
+    """Training counted in optimizer steps, validated every ``eval_every`` steps, stopped early on it.
+
+    Small learning-to-rank sets give a few steps per epoch, so "20 epochs" can mean forty updates; a budget
+    in steps means the same amount of training whatever the data size. The generic trainer's "epoch" is
+    then one round of ``eval_every`` steps (:func:`step_rounds` draws them from endless reshuffled passes).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(16, ge=1, description="lists per step")
+    max_steps: int = Field(3000, ge=1)
+    eval_every: int = Field(50, ge=1, description="steps between validations (one trainer round)")
+    patience: int = Field(12, ge=1, description="validations without progress before stopping")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(5.0, gt=0)
+
+    def train_config(self, seed: int, monitor: str = "ndcg10") -> TrainConfig:
+        return TrainConfig(epochs=-(-self.max_steps // self.eval_every), max_steps_per_epoch=self.eval_every,
+                           batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                           grad_clip=self.grad_clip, seed=seed, patience=self.patience, monitor=monitor,
+                           monitor_mode="max", num_threads=1)
+
+
+def step_rounds(n_rows: int, schedule: StepSchedule, make_batch: Callable[[np.ndarray], dict], seed: int):
+    """A trainer BatchFn whose round r is global steps r*eval_every .. (r+1)*eval_every of endless passes
+    over ``n_rows`` rows, each pass a fresh permutation seeded by (seed, pass): a function of its
+    arguments only, so resume replays it exactly."""
+    size = schedule.batch_size
+
+    def batches(round_: int, rank: int, world_size: int):
+        first = round_ * schedule.eval_every
+        for step in range(first, first + schedule.eval_every):
+            start = step * size * world_size + rank * size
+            rows = [_row_at(position, n_rows, seed) for position in range(start, start + size)]
+            yield make_batch(np.asarray(rows))
+
+    return batches
+
+
+def _row_at(position: int, n_rows: int, seed: int) -> int:
+    """Row at ``position`` of the endless sequence: pass ``position // n_rows`` permuted by (seed, pass)."""
+    return int(_permutation(n_rows, seed, position // n_rows)[position % n_rows])
+
+
+_PERMUTATIONS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _permutation(n_rows: int, seed: int, pass_: int) -> np.ndarray:
+    key = (n_rows, seed, pass_)
+    if key not in _PERMUTATIONS:
+        if len(_PERMUTATIONS) > 64:
+            _PERMUTATIONS.clear()
+        _PERMUTATIONS[key] = np.random.default_rng([seed, pass_]).permutation(n_rows)
+    return _PERMUTATIONS[key]
+
+
 class BaselineTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,17 +130,17 @@ def logged_initial_lists(store: FeatureStore, raw: dict[str, np.ndarray]) -> dic
 def with_targets(batch: dict[str, Tensor], labels: Tensor, label_mask: Tensor) -> dict[str, Tensor]:
     """Attach graded ``labels`` [B, L] (0 where unlabelled), ``label_mask`` and the ideal order ``target``.
 
-    ``target`` [B, T] lists the columns of the positive items by label (ties in
-    initial order), T = the most positives of any row; ``target_mask`` marks
-    the steps a row really has.
+    ``target`` [B, T] lists the columns of the labelled items by label, ties
+    (and so every unlabelled-gain item after the positives) in initial order;
+    T = the most labelled items of any row, ``target_mask`` marks the steps a
+    row really has and ``positives`` counts its items with a gain.
     """
     gain = torch.where(label_mask, torch.exp2(labels) - 1.0, torch.full_like(labels, -1.0))
-    positives = (gain > 0).sum(1)
-    steps = max(int(positives.max()), 1)
+    steps = max(int(label_mask.sum(1).max()), 1)
     target = torch.sort(-gain, dim=1, stable=True).indices[:, :steps]
-    target_mask = torch.arange(steps)[None, :] < positives[:, None]
+    target_mask = torch.arange(steps)[None, :] < label_mask.sum(1)[:, None]
     return batch | {"labels": labels, "label_mask": label_mask, "gain": gain.clamp_min(0.0),
-                    "target": target, "target_mask": target_mask}
+                    "target": target, "target_mask": target_mask, "positives": (gain > 0).sum(1)}
 
 
 def listwise_loss(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -90,12 +150,20 @@ def listwise_loss(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[
 
 
 def pointer_loss(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The list-wise loss at every teacher-forced step, over the labelled items not yet placed."""
-    pointer, target = outputs["pointer"], batch["target"]
+    """The list-wise loss at every teacher-forced step over the labelled items not yet placed; once no
+    positive is left, the next item of the ideal order (the initial order) is the target.
+
+    Without those tail steps the decoder is trained only while positives remain: any slot after a
+    missed positive is decoded by an untrained pointer from a state it never saw, which on noisy lists
+    scrambles the order below the initial one. With them it learns to fall back on the initial order.
+    """
+    pointer, target, gain = outputs["pointer"], batch["target"], batch["gain"]
     available = batch["label_mask"].clone()
     losses = []
     for t in range(target.shape[1]):
-        losses.append(_softmax_ce(pointer[:, t], batch["gain"], available, reduce=False))
+        left = (gain * available).sum(1, keepdim=True) > 0
+        following = torch.zeros_like(gain).scatter(1, target[:, t:t + 1], 1.0)
+        losses.append(_softmax_ce(pointer[:, t], torch.where(left, gain, following), available, reduce=False))
         available = available.scatter(1, target[:, t:t + 1], False)
     per_step = torch.stack(losses, 1)
     steps = batch["target_mask"]
@@ -213,9 +281,12 @@ def reorder(arrays: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.nd
 
 def dense_batch(lists: dict[str, np.ndarray], scores: np.ndarray, rows: np.ndarray | slice = slice(None),
                 order: np.ndarray | None = None) -> dict[str, Tensor]:
-    """Model inputs and targets of dense lists ``rows`` with initial ``scores`` (columns in ``order``)."""
+    """Model inputs and targets of dense lists ``rows`` with initial ``scores`` (columns in ``order``),
+    as wide as the longest of these lists (so a batch of short lists does not pay for the longest one)."""
     part = {name: value[rows] for name, value in lists.items()} | {"score": scores[rows]}
     if order is not None:
         part = reorder(part, order)
+    width = int(part["mask"].sum(1).max(initial=1))  # cut the padding beyond this batch's longest list
+    part = {name: value[:, :width] for name, value in part.items()}
     batch = initial_list_inputs(None, None, part["candidates"], part["score"], part["dense"])
     return with_targets(batch, torch.as_tensor(part["labels"]), torch.as_tensor(part["mask"]))

@@ -6,7 +6,12 @@ Mapping chosen:
   file order across all files read.  The features are query-dependent, so the
   same document under two queries is two items.  ``cate_id``, ``shop_id`` and
   ``price`` are 0 (unknown); the features are float32 columns ``f1`` ..
-  ``f46``, a feature missing from a line is 0 (SVMlight's sparse convention).
+  ``fN``, a feature missing from a line is 0 (SVMlight's sparse convention).
+  N is the highest feature index in the files read (MQ2008: 46), or the
+  ``n_features`` asked for, in which case a higher index is an error.
+* users: one per query, ``user_id`` = the query index, ``segment`` 0, no
+  history (a query has no behaviour sequence): what the id-based models need
+  to run on these lists.
 * lists: one row per query.  ``request_id`` = ``user_id`` = query index (1, 2,
   ... in file order); ``candidates`` = ``shown`` = its documents in file order;
   ``cand_scores`` = 0, or the feature ``score_feature`` when one is asked for;
@@ -31,8 +36,6 @@ import pyarrow.compute as pc
 
 from relist.data.loaders._text import Tables, list_column, neutral_items, read_bytes
 from relist.data.schema import SchemaError
-
-N_FEATURES = 46
 
 # LETOR's standard folds: name -> (train subsets in join order, validation subset, test subset).
 FOLDS = {
@@ -64,12 +67,19 @@ class _Parsed:
 
 
 def load_letor(
-    src: str | Path | Sequence[str | Path], n_features: int = N_FEATURES, score_feature: int | None = None
+    src: str | Path | Sequence[str | Path], n_features: int | None = None, score_feature: int | None = None
 ) -> Tables:
-    """Items and lists of one or more LETOR files (a directory means all its ``S*.txt[.gz]``, by name)."""
-    if score_feature is not None and not 1 <= score_feature <= n_features:
-        raise ValueError(f"score_feature must be in 1..{n_features}, got {score_feature}")
+    """Items, users and lists of one or more LETOR files (a directory: all its ``S*.txt[.gz]``, by name).
+
+    ``n_features`` None: as many feature columns as the highest index in the files.
+    """
+    if n_features is not None and n_features < 1:
+        raise ValueError(f"n_features must be >= 1, got {n_features}")
     parsed = [_parse(path, n_features) for path in _paths(src)]
+    width = max(p.features.shape[1] for p in parsed) if n_features is None else n_features
+    parsed = [_Parsed(p.path, p.labels, p.qids, _widen(p.features, width)) for p in parsed]
+    if score_feature is not None and not 1 <= score_feature <= width:
+        raise ValueError(f"score_feature must be in 1..{width}, got {score_feature}")
     starts = _query_starts(parsed)
     labels = np.concatenate([p.labels for p in parsed])
     features = np.concatenate([p.features for p in parsed])
@@ -93,21 +103,50 @@ def load_letor(
         "qid": np.concatenate([p.qids for p in parsed])[starts],
         "subset": pa.array(stems[starts]),
     })
-    items = neutral_items(item_ids, **{f"f{k + 1}": features[:, k] for k in range(n_features)})
-    return Tables(items=items, lists=lists)
+    items = neutral_items(item_ids, **{f"f{k + 1}": features[:, k] for k in range(width)})
+    users = pa.table({
+        "user_id": query_ids,
+        "segment": pa.array(np.zeros(n_queries, np.int32)),
+        "hist_items": pa.array([[]] * n_queries, pa.list_(pa.int64())),
+        "hist_cates": pa.array([[]] * n_queries, pa.list_(pa.int32())),
+    })
+    return Tables(items=items, users=users, lists=lists)
 
 
-def load_letor_folds(root: str | Path, score_feature: int | None = None) -> list[LetorFold]:
-    """The five standard folds from ``S1`` .. ``S5`` in ``root`` (train subsets joined in LETOR's order)."""
+def _widen(features: np.ndarray, width: int) -> np.ndarray:
+    """Zero columns for the features a file never mentions (sparse SVMlight lines)."""
+    return np.pad(features, ((0, 0), (0, width - features.shape[1])))
+
+
+def load_letor_folds(root: str | Path, score_feature: int | None = None,
+                     n_features: int | None = None) -> list[LetorFold]:
+    """The folds of a LETOR-format data set in ``root``, in either of the two published layouts:
+
+    * ``S1`` .. ``S5`` (LETOR 4.0, e.g. MQ2008): the five standard folds of :data:`FOLDS`, train
+      subsets joined in LETOR's order;
+    * ``Fold*/{train,vali,test}.txt[.gz]`` (e.g. MSLR-WEB, or LETOR's own fold folders): each fold as given.
+    """
+    root = Path(root)
     subsets = sorted({name for train, vali, test in FOLDS.values() for name in (*train, vali, test)})
-    data = load_letor([_subset_path(Path(root), name) for name in subsets], score_feature=score_feature)
-    lists = data.lists
+    if all(_subset_path(root, name).is_file() for name in subsets):
+        data = load_letor([_subset_path(root, name) for name in subsets], n_features, score_feature)
+        return [LetorFold(name, data.items, *_parts(data.lists, train, [vali], [test]))
+                for name, (train, vali, test) in FOLDS.items()]
+    fold_dirs = sorted((d for d in root.glob("Fold*") if d.is_dir()), key=lambda d: (len(d.name), d.name))
+    if not fold_dirs:
+        raise SchemaError(root, None, None, "neither S1..S5 files nor Fold*/ folders with train/vali/test files")
+    folds = []
+    for fold_dir in fold_dirs:
+        data = load_letor([_subset_path(fold_dir, name) for name in ("train", "vali", "test")],
+                          n_features, score_feature)
+        folds.append(LetorFold(fold_dir.name, data.items, *_parts(data.lists, ["train"], ["vali"], ["test"])))
+    return folds
 
-    def part(names: Sequence[str]) -> pa.Table:
-        return pa.concat_tables([lists.filter(pc.equal(lists["subset"], name)) for name in names])
 
-    return [LetorFold(name, data.items, part(train), part([vali]), part([test]))
-            for name, (train, vali, test) in FOLDS.items()]
+def _parts(lists: pa.Table, *groups: Sequence[str]) -> list[pa.Table]:
+    """The lists of each group of subsets (file stems), subsets joined in the order given."""
+    return [pa.concat_tables([lists.filter(pc.equal(lists["subset"], name)) for name in names])
+            for names in groups]
 
 
 def _paths(src: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -127,8 +166,10 @@ def _subset_path(root: Path, name: str) -> Path:
     return plain if plain.is_file() else root / f"{name}.txt.gz"
 
 
-def _parse(path: Path, n_features: int) -> _Parsed:
-    """One pass over the lines; any bad token stops with its line number and field."""
+def _parse(path: Path, n_features: int | None) -> _Parsed:
+    """One pass over the lines; any bad token stops with its line number and field.
+
+    ``n_features`` None: the width is the highest index seen (every index >= 1)."""
     data = read_bytes(path)
     try:
         lines = data.decode("ascii").splitlines()
@@ -138,7 +179,9 @@ def _parse(path: Path, n_features: int) -> _Parsed:
         raise SchemaError(path, None, None, "no data lines")
     labels = np.empty(len(lines), np.int8)
     qids = np.empty(len(lines), np.int64)
-    features = np.zeros((len(lines), n_features), np.float32)
+    width = n_features if n_features is not None else 64  # grows when a higher index shows up
+    features = np.zeros((len(lines), width), np.float32)
+    highest = 0
     for row, line in enumerate(lines):
         number = row + 1
         tokens = line.partition("#")[0].split()
@@ -154,10 +197,14 @@ def _parse(path: Path, n_features: int) -> _Parsed:
             raise SchemaError(path, number, "features", "a feature index appears twice")
         for index, value in pairs.items():
             k = _number(int, index, path, number, f"feature index '{index}'")
-            if not 1 <= k <= n_features:
-                raise SchemaError(path, number, f"f{k}", f"feature index outside 1..{n_features}")
+            if k < 1 or (n_features is not None and k > n_features):
+                upper = "" if n_features is None else f"..{n_features}"
+                raise SchemaError(path, number, f"f{k}", f"feature index outside 1{upper}")
+            if k > features.shape[1]:
+                features = np.pad(features, ((0, 0), (0, max(k, 2 * features.shape[1]) - features.shape[1])))
             features[row, k - 1] = _number(float, value, path, number, f"f{k}")
-    return _Parsed(path, labels, qids, features)
+            highest = max(highest, k)
+    return _Parsed(path, labels, qids, features if n_features is not None else features[:, :highest])
 
 
 def _number(kind: Callable[[str], float], text: str, path: Path, line: int, field: str) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from relist.models.baselines.inputs import BaselineConfig, ItemInputs
+from relist.models.baselines.inputs import BaselineConfig, ItemInputs, ScorePrior
 from relist.models.vocab import Vocab
 
 
@@ -23,6 +23,8 @@ class DLCM(nn.Module):
         self.gru = nn.GRU(cfg.dim, cfg.hidden, batch_first=True)
         self.summary = nn.Linear(cfg.hidden, cfg.hidden)
         self.out = nn.Linear(cfg.hidden, 1, bias=False)
+        self.prior = ScorePrior(cfg)
+        self.prior.start_at_zero(self.out)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         mask = batch["mask"]
@@ -36,7 +38,7 @@ class DLCM(nn.Module):
         outputs, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=x.shape[1])
         outputs = outputs.gather(1, reverse[..., None].expand_as(outputs))  # back to initial order
         local = outputs * torch.tanh(self.summary(last[-1])).unsqueeze(1)
-        return {"score": self.out(local).squeeze(-1)}
+        return {"score": self.out(local).squeeze(-1) + self.prior(batch)}
 
 
 def _reversal(mask: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from relist.models.baselines.inputs import BaselineConfig, ItemInputs
+from relist.models.baselines.inputs import BaselineConfig, ItemInputs, ScorePrior
 from relist.models.vocab import Vocab
 
 
@@ -17,9 +17,11 @@ class PRM(nn.Module):
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, cfg.hidden, cfg.dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
+        self.prior = ScorePrior(cfg)
+        self.prior.start_at_zero(self.head[-1])
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         mask = batch["mask"]
         ignored = ~mask & mask.any(1, keepdim=True)  # an all-padding row attends to itself, not to nothing
         context = self.encoder(self.inputs(batch), src_key_padding_mask=ignored)
-        return {"score": self.head(context).squeeze(-1)}
+        return {"score": self.head(context).squeeze(-1) + self.prior(batch)}

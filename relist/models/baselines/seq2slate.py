@@ -14,19 +14,21 @@ import torch
 from torch import Tensor, nn
 
 from relist.data.padding import NEG_INF
-from relist.models.baselines.inputs import BaselineConfig, ItemInputs
+from relist.models.baselines.inputs import BaselineConfig, ItemInputs, ScorePrior
 from relist.models.generator import AllowedFn
 from relist.models.vocab import Vocab
 
 
 @dataclass
 class Slate:
-    """Decoder state: encoded items [B, L, h], pointer keys [B, L, h], item inputs [B, L, d], LSTM (h, c)."""
+    """Decoder state: encoded items [B, L, h], pointer keys [B, L, h], item inputs [B, L, d], LSTM (h, c),
+    and the initial-score prior of every item [B, L] (0 unless the model is residual)."""
 
     encoded: Tensor
     keys: Tensor
     inputs: Tensor
     state: tuple[Tensor, Tensor]
+    prior: Tensor
 
 
 class Seq2Slate(nn.Module):
@@ -39,19 +41,22 @@ class Seq2Slate(nn.Module):
         self.key = nn.Linear(cfg.hidden, cfg.hidden, bias=False)
         self.query = nn.Linear(cfg.hidden, cfg.hidden)
         self.out = nn.Linear(cfg.hidden, 1, bias=False)
+        self.prior = ScorePrior(cfg)
+        self.prior.start_at_zero(self.out)
 
     def encode(self, batch: dict[str, Tensor]) -> Slate:
         x = self.inputs(batch)
         encoded, (h, c) = self.encoder(x)
-        return Slate(encoded, self.key(encoded), x, (h[-1], c[-1]))
+        prior = torch.zeros(x.shape[:2], device=x.device) + self.prior(batch)
+        return Slate(encoded, self.key(encoded), x, (h[-1], c[-1]), prior)
 
     def step(self, slate: Slate, previous: Tensor | None) -> tuple[Tensor, Slate]:
         """Pointer logits [B, L] for the next slot, after item column ``previous`` [B] (None: first slot)."""
         rows = torch.arange(slate.inputs.shape[0], device=slate.inputs.device)
         feed = self.start.expand(len(rows), -1) if previous is None else slate.inputs[rows, previous]
         h, c = self.decoder(feed, slate.state)
-        logits = self.out(torch.tanh(slate.keys + self.query(h).unsqueeze(1))).squeeze(-1)
-        return logits, Slate(slate.encoded, slate.keys, slate.inputs, (h, c))
+        logits = self.out(torch.tanh(slate.keys + self.query(h).unsqueeze(1))).squeeze(-1) + slate.prior
+        return logits, Slate(slate.encoded, slate.keys, slate.inputs, (h, c), slate.prior)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Teacher-forced pointer logits {"pointer": [B, T, L]} along ``batch["target"]`` [B, T] columns.
