@@ -96,7 +96,7 @@ def test_valid_request_serves_best_list_by_evaluator(client, logged):
     (b'{"candidates": [{"id": 4, "score": -Infinity}]}', "candidates.0.score"),
     (b'{"candidates": [{"id": 4, "price": NaN}]}', "candidates.0.price"),
     (b'{"candidates": [{"id": 4, "score": 0.1}, {"id": 5}]}', "candidates"),  # scores for some only
-    (b'{"candidates": [{"id": 0}]}', "candidates.0.id"),  # the padding id
+    (b'{"candidates": [{"id": -9223372036854775809}]}', "candidates.0.id"),  # under int64 (any int64 is an id)
     (b'{"candidates": [{"id": 99999999999999999999}]}', "candidates.0.id"),  # over int64
     (b'{"candidates": [{"id": 4}], "budget_ms": -1}', "budget_ms"),
     (b'{"candidates": [{"id": 4}], "colour": "red"}', "colour"),  # unknown field

@@ -31,8 +31,10 @@ def train_baseline(
         settings["model"]["kind"] = kind
     if seed is not None:
         settings["train"]["seed"] = seed
+    from relist.data.split import ready_logs_in
+
     cfg = BaselineTrainConfig.model_validate(settings)
-    _, result = train(cfg, data, out, resume)
+    _, result = train(cfg, ready_logs_in(data, out.parent, console.print), out, resume)
     console.print(f"{cfg.model.kind}: best epoch {result.best_epoch + 1} "
                   f"(valid NDCG@10 {result.best_metric:.4f}); wrote {out}")
 
@@ -52,7 +54,9 @@ def eval_rerank(
     cfg = load_config(config, RerankEvalConfig)
     if requests is not None:
         cfg = cfg.model_copy(update={"requests": requests})
-    report = evaluate_rerank(cfg, data, models)
+    from relist.data.split import ready_logs_in
+
+    report = evaluate_rerank(cfg, ready_logs_in(data, models, console.print), models)
     print_rerank_report(report, console)
     path = write_stamped(report, out if out is not None else models / "rerank_eval.json")
     console.print(f"wrote {path}")

@@ -83,6 +83,9 @@ def export(
     found = {role: models / role for role in ROLES if models is not None and (models / role).is_dir()}
     given = {"evaluator": evaluator, "generator": generator, "ranker": ranker, "coarse": coarse}
     roles = found | {role: path for role, path in given.items() if path is not None}
+    from relist.data.split import ready_logs_in
+
+    data = ready_logs_in(data, model_dir, console.print)  # the catalogue in the ids the models were trained on
     try:
         cfg = load_serve_config(config)
         path = export_version(model_dir, name, data, roles, cfg.pipeline, activate)

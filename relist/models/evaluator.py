@@ -136,7 +136,8 @@ class DCWN(nn.Module):
             repeats = self.neighbours(neighbourhood(batch, items[..., :self.cfg.dim]))
             if not self.cfg.neighbourhood:
                 repeats = torch.zeros_like(repeats)
-            positions = self.position(torch.arange(items.shape[1], device=items.device))
+            index = torch.arange(items.shape[1], device=items.device).clamp_max(self.position.num_embeddings - 1)
+            positions = self.position(index)  # past max_len: the last position's row (logs of any length)
             seq = (self.project(torch.cat([items, repeats, prior], -1)) + positions) * mask.unsqueeze(-1)
             lstm, _ = self.lstm(seq)  # padding sits at the end and enters as zeros
             keys_ignored = ~mask & mask.any(1, keepdim=True)  # an all-padding row attends to zeros, not NaN

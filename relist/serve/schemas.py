@@ -38,7 +38,8 @@ def json_int(**bounds: int) -> Any:
 
 Int64 = json_int(ge=0, lt=INT64_END)
 Int32 = json_int(ge=0, le=INT32_MAX)
-ItemId = Annotated[json_int(ge=1, lt=INT64_END), Field(description="item id (>= 1; 0 is the padding id)")]
+AnyInt64 = json_int(ge=-INT64_END, lt=INT64_END)  # the catalogue's own ids: any int64 (relist.data.ids)
+ItemId = Annotated[AnyInt64, Field(description="item id: the catalogue's own, any int64")]
 # Scores and prices become float32 (max ~3.4e38: larger ones would turn into inf); no real one is near this.
 MAX_MAGNITUDE = 1e30
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
@@ -54,7 +55,8 @@ class _Body(BaseModel):
 class User(_Body):
     """The user of a request; any part may be missing (unknown users get neutral defaults)."""
 
-    id: Int64 | None = Field(None, description="user id; unknown ids get neutral features")
+    id: AnyInt64 | None = Field(None, description="user id: the catalogue's own, any int64; unknown ids get "
+                                                  "neutral features")
     segment: Int32 | None = Field(None, description="profile segment (overrides stored)")
     history: list[ItemId] | None = Field(
         None, max_length=MAX_HISTORY, description="recently clicked item ids, most recent first "

@@ -27,6 +27,7 @@ from relist.data.stream import ParquetStream, table_arrays
 from relist.eval.metrics import auc, pearson
 from relist.models.evaluator import DCWNConfig, Evaluator, EvaluatorSpec, exposure, save_spec
 from relist.models.inputs import list_inputs
+from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
 from relist.rerank.list_scorer import PriorFn, list_priors
 from relist.train.config import ConfigError, TrainConfig, save_config
@@ -148,13 +149,15 @@ def exposure_metrics(model: Evaluator, batch: dict[str, Tensor]) -> dict[str, fl
     return {
         "click_logloss": F.binary_cross_entropy(p_click[seen].clamp(1e-6, 1 - 1e-6), batch["click"][seen]).item(),
         "click_auc": auc(batch["click"][seen].numpy(), p_click[seen].numpy()),
-        "next_auc": auc(batch["next"][seen].numpy(), p_next[seen].numpy()),
+        "next_auc": (auc(batch["next"][seen].numpy(), p_next[seen].numpy())
+                     if batch["next"][seen].unique().numel() > 1 else float("nan")),  # LETOR: always 1
         "lr_pearson": pearson(lr, clicks),
         "member_spread": float(torch.sigmoid(logits["click"]).std(0)[seen].mean()) if len(logits["click"]) > 1
         else 0.0,
     }
 
 
+@builds_model_folder
 def train_evaluator(
     cfg: EvaluatorTrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
     ranker_dir: str | Path | None = None,

@@ -35,6 +35,7 @@ from relist.data.requests import Requests
 from relist.data.stream import ParquetStream
 from relist.models.generator import GRN, GeneratorSpec, GRNConfig, chosen_items, save_spec
 from relist.models.inputs import list_inputs
+from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
 from relist.objective import Objective
 from relist.rerank.baselines import GreedyCTR
@@ -202,6 +203,7 @@ def greedy_value(scorer: ListScorer, requests: Requests, store: FeatureStore, cf
     return validate
 
 
+@builds_model_folder
 def train_generator(
     cfg: GeneratorTrainConfig,
     data_dir: str | Path,
