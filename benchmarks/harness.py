@@ -238,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         record, out = run_study(args.study, args.config, args.out, args.work, args.overrides)
     except StudyError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print("  what to do: fix the study name, config file or --set named above "
+              "(benchmarks/configs/STUDY.yaml documents a study's settings)", file=sys.stderr)
         return 2
     print_expectations(args.study, record["expectations"])
     failed = [row["figure"] for row in record["expectations"] if not row["passed"]]

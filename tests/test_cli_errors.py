@@ -35,12 +35,15 @@ def cases(tmp, logs):
                             str(missing)),
         "train baseline": (["train", "baseline", "--data", logs, "--out", tmp / "b", "--resume"],
                            "no training state"),  # a CheckpointError
+        "train initial": (["train", "initial", "--data", missing, "--out", tmp / "i"], str(missing)),
         "eval policies": (["eval", "policies", "--data", missing], "sim_config.yaml"),
+        "eval offpolicy": (["eval", "offpolicy", "--data", missing, "--models", tmp], str(missing)),
         "eval ranking": (["eval", "ranking", "--model", missing, "--data", logs], str(missing)),
         "eval rerank": (["eval", "rerank", "--data", missing, "--models", tmp], str(missing)),
         "export": (["export", "--model-dir", tmp / "md", "--name", "v1", "--data", missing], str(missing)),
         "serve": (["serve", "--model-dir", missing], "CURRENT"),  # a VersionError
         "demo": (["demo", "--data", missing, "--out", tmp / "d"], str(missing)),
+        "bench": (["bench", "no_such_study"], "no study 'no_such_study'"),
     }
 
 

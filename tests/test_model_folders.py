@@ -14,7 +14,7 @@ from relist.train.baselines import BaselineTrainConfig, train_baseline
 from relist.train.config import TrainConfig
 
 CFG = BaselineTrainConfig.model_validate({
-    "model": {"kind": "prm", "dim": 8, "hidden": 8, "max_len": 64, "dropout": 0.0}, "valid_lists": 50,
+    "model": {"kind": "prm", "dim": 8, "hidden": 8, "dropout": 0.0}, "valid_lists": 50,
     "train": TrainConfig(epochs=2, batch_size=64, lr=0.01, max_steps_per_epoch=3, monitor="ndcg10",
                          monitor_mode="max").model_dump(),
 })

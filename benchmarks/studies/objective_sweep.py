@@ -79,7 +79,10 @@ def run(cfg: Config, work: Path) -> dict:
         print(f"t={t:.1f}", {name: (round(row[name]["ipv"], 3), round(row[name]["gmv"], 2)) for name in generators},
               flush=True)
     _plot(points, list(generators), ROOT / cfg.plot)
-    return {"points": points, "price_scale": price, "requests": len(requests), "plot": cfg.plot,
+    # what the weights buy: spend and clicks at "all spend" relative to "all clicks", per policy
+    front = {name: {"gmv_ratio": points[-1][name]["gmv"] / points[0][name]["gmv"],
+                    "ipv_ratio": points[-1][name]["ipv"] / points[0][name]["ipv"]} for name in generators}
+    return {"points": points, "front": front, "price_scale": price, "requests": len(requests), "plot": cfg.plot,
             "logging": {metric: float(v.mean()) for metric, v in
                         true_rewards(world, requests.user_id, logged.shown).items()}}
 

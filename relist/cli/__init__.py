@@ -32,6 +32,7 @@ WHAT_TO_DO = {
                                           "at one that serves",
     "relist.train.trainer.CheckpointError": "train again without --resume, or restore the file named above",
     "builtins.FileNotFoundError": "check the path named above",
+    "relist.cli.commands_bench.UnknownStudy": "run one of the studies listed above (benchmarks/studies/)",
 }
 
 app = typer.Typer(help="relist: ranking and whole-list re-ranking for e-commerce feeds. "

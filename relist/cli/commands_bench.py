@@ -13,6 +13,10 @@ from pathlib import Path
 import typer
 
 
+class UnknownStudy(ValueError):
+    """A study name with no benchmarks/studies/<name>.py in the checkout."""
+
+
 def checkout_root() -> Path | None:
     """The repository checkout whose ``benchmarks/`` package goes with this relist, if there is one."""
     import relist
@@ -37,6 +41,9 @@ def bench(
                    "found (this relist is installed without it; run from a clone: python -m benchmarks STUDY)",
                    err=True)
         raise typer.Exit(2)
+    studies = sorted(p.stem for p in (root / "benchmarks" / "studies").glob("*.py") if not p.stem.startswith("_"))
+    if study not in studies:
+        raise UnknownStudy(f"no study '{study}' (known: {', '.join(studies)})")
     args = [study]
     for flag, value in (("--config", config), ("--out", out), ("--work", work)):
         if value is not None:

@@ -25,6 +25,8 @@ def eval_offpolicy(
     out: Path = typer.Option(None, help="Write the report as JSON here (default: MODELS/offpolicy_eval.json)."),
 ) -> None:
     """Each policy's value from logs alone (IPS, SNIPS, independent, cascade, pseudo-inverse, DM, DR), with CIs."""
+    from pydantic import ValidationError
+
     from relist.eval.offpolicy_report import OffPolicyConfig, evaluate_offpolicy, print_offpolicy_report
 
     settings = {"split": split, "requests": requests, "reward": reward, "resamples": resamples}
@@ -32,10 +34,9 @@ def eval_offpolicy(
         settings["estimators"] = tuple(name.strip() for name in estimators.split(",") if name.strip())
     try:
         cfg = OffPolicyConfig.model_validate(settings)
-        report = evaluate_offpolicy(cfg, data, models, rerank_config)
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+    except ValidationError as err:
+        raise typer.BadParameter(" ".join(str(err).split())) from None
+    report = evaluate_offpolicy(cfg, data, models, rerank_config)  # bad logs: relist.cli.main says where
     print_offpolicy_report(report, console)
     path = write_stamped(report, out if out is not None else models / "offpolicy_eval.json")
     console.print(f"wrote {path}")

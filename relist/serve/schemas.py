@@ -71,8 +71,16 @@ class Candidate(_Body):
     score: FiniteFloat | None = Field(None, description="upstream point-wise score, e.g. a CTR in [0, 1]")
 
 
+OBJECTIVES = ("pv", "ipv", "buys", "gmv")
+
+
 class ObjectiveWeights(_Body):
     """Non-negative weights of the list objectives (relist.objective); at least one must be positive."""
+
+    # the published schema says so too, so that a client generated from it never sends all zeros
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": [name], "properties": {name: {"type": "number", "exclusiveMinimum": 0}}}
+        for name in OBJECTIVES]})
 
     pv: FiniteFloat | None = Field(None, ge=0, le=1e6, description="expected page views")
     ipv: FiniteFloat | None = Field(None, ge=0, le=1e6, description="expected clicks")
@@ -82,7 +90,7 @@ class ObjectiveWeights(_Body):
     @model_validator(mode="after")
     def _some_weight(self) -> ObjectiveWeights:
         if not any(self.model_dump(exclude_none=True).values()):
-            raise ValueError("give a positive weight to at least one of pv, ipv, buys, gmv")
+            raise ValueError(f"give a positive weight to at least one of {', '.join(OBJECTIVES)}")
         return self
 
 
