@@ -90,10 +90,14 @@ def labelled_batch(store: FeatureStore, raw: dict[str, np.ndarray], members: int
 
 
 def _weighted_bce(logits: Tensor, labels: Tensor, where: Tensor, weight: Tensor) -> Tensor:
-    """Per member the bootstrap-weighted BCE over ``where`` positions; logits [E, B, n], weight [E, B]."""
+    """Per member the bootstrap-weighted BCE over ``where`` positions; logits [E, B, n], weight [E, B].
+
+    Divided by the number of positions, not by the weights' sum (Poisson(1) weights have mean 1), so
+    that under DDP ranks holding as many positions average to the loss of the global batch.
+    """
     w = weight[:, :, None] * where[None].to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, labels.expand_as(logits), reduction="none")
-    return ((bce * w).sum((1, 2)) / w.sum((1, 2)).clamp_min(1e-6)).mean()
+    return ((bce * w).sum((1, 2)) / where.sum().clamp_min(1)).mean()
 
 
 def evaluator_loss(next_weight: float, buy_weight: float):
