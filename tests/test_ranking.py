@@ -178,9 +178,8 @@ def test_point_scores_are_probabilities_of_each_candidate(sim_dir, data):
     assert set(scores) == {"ctr", "next"} and scores["ctr"].shape == requests.candidates.shape
     assert ((scores["ctr"] > 0) & (scores["ctr"] < 1))[requests.mask].all()
     assert (scores["next"][~requests.mask] == 0).all()
-    pairs = request_inputs(data.store, Requests.from_arrays([0], requests.user_id[:1], requests.candidates[:1, :4],
-                                                            requests.cand_scores[:1, :4]))
-    expected = torch.sigmoid(teacher(pairs)["ctr"]).detach().numpy()
+    pairs = request_inputs(data.store, requests[:1])  # one row per candidate, ranked among its request's
+    expected = torch.sigmoid(teacher(pairs)["ctr"]).detach().numpy()[:4]
     assert np.allclose(scores["ctr"][0, :4], expected, atol=1e-6)
     with pytest.raises(ValueError, match="next"):
         point_scores(_student(data), data.store, requests)

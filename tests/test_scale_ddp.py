@@ -49,6 +49,7 @@ CFG = EvaluatorTrainConfig(  # two members: each rank must draw the same bootstr
     ),
     score_dropout=0.0,
     valid_lists=100,
+    buy_weight=0.0,  # purchases are learned on clicked positions, whose number differs between the ranks
 )
 LISTS_PER_SHARD = 320  # 10 batches of 32 per rank and epoch
 EXPOSED = 6  # of the 10 shown positions
@@ -97,6 +98,8 @@ def single_process_reference(data: Path, out: Path) -> tuple[Evaluator, str, dic
 
     def global_batches(epoch: int, rank: int, world_size: int):
         for parts in zip(per_rank(epoch, 0, 2), per_rank(epoch, 1, 2), strict=False):  # as lockstep stops
+            first = len(parts[0]["user_row"])  # rank 1's lists index rank 1's requests, now after rank 0's
+            parts[1]["user_row"] = parts[1]["user_row"] + first
             yield {name: torch.cat([part[name] for part in parts], -1 if name == "weight" else 0)
                    if name != "has_buy" else parts[0][name] for name in parts[0]}
 

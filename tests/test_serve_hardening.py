@@ -6,8 +6,6 @@ on a condition with a deadline."""
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.util
 import json
 import logging
 import os
@@ -25,6 +23,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
 from serve_helpers import DEADLINE_S, LiveServer, free_port, tiny_world, wait_for
 
+from benchmarks.studies import serve_bad_input as bad_input  # its cases are the ones replayed here
 from relist.rerank.list_ranking import ListRanking
 from relist.serve.app import create_app
 from relist.serve.config import ServeConfig
@@ -32,26 +31,13 @@ from relist.serve.registry import MANIFEST, VERSIONS, Manifest, Registry, Versio
 from relist.serve.smoke import ModelCheckError, smoke_test
 from relist.train.trainer import DIGEST, digest
 
-BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "serve_bad_input.py"
-
-
-@functools.cache
-def bad_input_benchmark():
-    """benchmarks/serve_bad_input.py as a module: its cases are the ones this suite replays."""
-    spec = importlib.util.spec_from_file_location("serve_bad_input", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
-TOKEN = bad_input_benchmark().TOKEN  # the admin token its admin cases send
+TOKEN = bad_input.TOKEN  # the admin token its admin cases send
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tiny_world(tmp_path_factory.mktemp("hardening"))
-    bad_input_benchmark().add_broken_version(root / "models", root / "logs")
+    bad_input.add_broken_version(root / "models", root / "logs")
     return root
 
 
@@ -79,9 +65,8 @@ def test_schemathesis_with_every_check_over_every_operation_finds_nothing(live, 
 
 
 def test_every_bad_request_of_the_table_is_a_4xx_naming_its_field(live):
-    """The cases of benchmarks/serve_bad_input.py (its JSON is the committed table) against every model."""
-    benchmark = bad_input_benchmark()
-    rows = benchmark.replay(live, benchmark.build_cases(), deadline_s=DEADLINE_S)
+    """The cases of the serve_bad_input study (its JSON is the committed table) against every model."""
+    rows = bad_input.replay(live, bad_input.build_cases(), deadline_s=DEADLINE_S)
     wrong = [row for row in rows if row["outcome"] != "4xx naming the field"]
     assert len(rows) > 100 and wrong == [], wrong
     assert {row["status"] for row in rows} >= {400, 401, 404, 405, 408, 409, 413, 415, 422}
@@ -155,22 +140,19 @@ def nan_weights(src: Path, dst: Path) -> Path:
     return path
 
 
-def test_export_refuses_non_finite_weights_naming_the_file(world, tmp_path):
+def test_export_refuses_non_finite_weights_naming_the_file(world, tmp_path, capsys):
     bad = nan_weights(world / "evaluator", tmp_path / "evaluator")
     with pytest.raises(VersionError, match=f"{bad}: non-finite weights .*1 of"):
         export_version(tmp_path / "models", "nan", world / "logs", {"evaluator": bad.parent})
     assert not (tmp_path / "models" / VERSIONS / "nan").exists()
 
-    import typer
-    from typer.testing import CliRunner
+    from relist.cli import main
 
-    from relist.cli.commands_serve import register
-
-    cli = typer.Typer()
-    register(cli, typer.Typer(), typer.Typer())
-    result = CliRunner().invoke(cli, ["export", "--model-dir", str(tmp_path / "models"), "--name", "nan",
-                                      "--data", str(world / "logs"), "--evaluator", str(bad.parent)])
-    assert result.exit_code == 1 and "non-finite weights" in result.output and "Traceback" not in result.output
+    with pytest.raises(SystemExit) as info:
+        main(["export", "--model-dir", str(tmp_path / "models"), "--name", "nan", "--data", str(world / "logs"),
+              "--evaluator", str(bad.parent)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "non-finite weights" in err and "Traceback" not in err
 
 
 def test_a_served_version_with_non_finite_weights_is_refused(world, tmp_path):

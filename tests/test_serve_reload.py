@@ -224,21 +224,18 @@ def test_admin_reload_to_the_served_version_clears_a_refusal(model_dir, logs):
     assert old is new and registry.refused_version is None and current_name(model_dir) == "v1"
 
 
-def test_serve_cli_reports_a_refused_start_in_one_line(model_dir, logs):
-    import typer
-    from typer.testing import CliRunner
-
-    from relist.cli.commands_serve import register
+def test_serve_cli_reports_a_refused_start_in_two_lines(model_dir, logs, capsys):
+    from relist.cli import main
 
     corrupt_copy(model_dir, logs, "v3", "flip_byte")
     (model_dir / CURRENT).write_text("v3\n")
-    app = typer.Typer()
-    register(app, typer.Typer(), typer.Typer())
-    result = CliRunner().invoke(app, ["serve", "--model-dir", str(model_dir)])
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("relist serve: cannot start:") and "Traceback" not in result.output
-    assert "versions that pass their checksums: v1" in lines[0]
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--model-dir", str(model_dir)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert info.value.code == 2 and len(lines) == 2 and "Traceback" not in err, err
+    assert "cannot start:" in lines[0] and "versions that pass their checksums: v1" in lines[0]
+    assert "relist export" in lines[1]
 
 
 def test_cli_export_packs_a_version_and_activates_it(tmp_path, logs):
@@ -256,7 +253,7 @@ def test_cli_export_packs_a_version_and_activates_it(tmp_path, logs):
     assert current_name(tmp_path / "m") == "cli1" and verify(tmp_path / "m" / VERSIONS / "cli1")
     again = runner.invoke(app, ["export", "--model-dir", str(tmp_path / "m"), "--name", "cli1",
                                 "--data", str(logs)])
-    assert again.exit_code == 1 and "already exists" in again.output and "Traceback" not in again.output
+    assert isinstance(again.exception, VersionError) and "already exists" in str(again.exception)
     for command in ("serve", "export"):
         assert runner.invoke(app, [command, "--help"]).exit_code == 0
 

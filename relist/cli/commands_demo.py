@@ -14,13 +14,15 @@ def demo(
     force: bool = typer.Option(False, help="Rerun every step even if its inputs did not change."),
     data: Path = typer.Option(None, help="Train on this log directory (DESIGN §4 schema) instead of simulating; "
                               "without a simulator behind it, policies are compared by offline scores only."),
+    with_coarse: bool = typer.Option(False, help="Also train the coarse-ranking DSSM students (after the "
+                                     "re-ranking models; no re-ranking policy uses them)."),
 ) -> None:
     """Simulate logs (or read yours), train every model, evaluate all policies and write report.html."""
     from relist.demo.pipeline import run_demo
 
     if data is not None and config is not None:
         raise typer.BadParameter("give --config (a simulator world) or --data (your logs), not both")
-    run_demo(out, config, quick, force, data)
+    run_demo(out, config, quick, force, data, with_coarse=with_coarse)
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

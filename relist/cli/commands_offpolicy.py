@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from relist.eval.provenance import stamp
+from relist.eval.provenance import write_stamped
 
 console = Console()
 
@@ -26,6 +25,8 @@ def eval_offpolicy(
     out: Path = typer.Option(None, help="Write the report as JSON here (default: MODELS/offpolicy_eval.json)."),
 ) -> None:
     """Each policy's value from logs alone (IPS, SNIPS, independent, cascade, pseudo-inverse, DM, DR), with CIs."""
+    from pydantic import ValidationError
+
     from relist.eval.offpolicy_report import OffPolicyConfig, evaluate_offpolicy, print_offpolicy_report
 
     settings = {"split": split, "requests": requests, "reward": reward, "resamples": resamples}
@@ -33,15 +34,12 @@ def eval_offpolicy(
         settings["estimators"] = tuple(name.strip() for name in estimators.split(",") if name.strip())
     try:
         cfg = OffPolicyConfig.model_validate(settings)
-        report = evaluate_offpolicy(cfg, data, models, rerank_config)
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+    except ValidationError as err:
+        raise typer.BadParameter(" ".join(str(err).split())) from None
+    report = evaluate_offpolicy(cfg, data, models, rerank_config)  # bad logs: relist.cli.main says where
     print_offpolicy_report(report, console)
-    out = out if out is not None else models / "offpolicy_eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(stamp(report), indent=2))
-    console.print(f"wrote {out}")
+    path = write_stamped(report, out if out is not None else models / "offpolicy_eval.json")
+    console.print(f"wrote {path}")
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from relist.eval.provenance import stamp
+from relist.eval.provenance import write_stamped
 
 console = Console()
 
@@ -31,7 +30,9 @@ def train_ranking(
         cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"teacher_run": str(teacher)})})
     if seed is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
-    result = train(cfg, data, out, resume)
+    from relist.data.split import ready_logs_in
+
+    result = train(cfg, ready_logs_in(data, out.parent, console.print), out, resume)
     console.print(
         f"best epoch {result.best_epoch + 1}: validation {cfg.train.monitor} {result.best_metric:.4f}"
         f"{' (stopped early)' if result.stopped_early else ''}; weights in {result.best_path}"
@@ -45,14 +46,13 @@ def eval_ranking(
     out: Path = typer.Option(None, help="Write the report as JSON here (default: MODEL/eval_SPLIT.json)."),
 ) -> None:
     """AUC and GAUC (per user) of a trained ranking model on a held-out split."""
+    from relist.data.split import ready_logs_in
     from relist.eval.ranking import evaluate_ranking, print_ranking_report
 
-    report = evaluate_ranking(model, data, split)
+    report = evaluate_ranking(model, ready_logs_in(data, model.parent, console.print), split)
     print_ranking_report(report, console)
-    out = out if out is not None else model / f"eval_{split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(stamp(report), indent=2))
-    console.print(f"wrote {out}")
+    path = write_stamped(report, out if out is not None else model / f"eval_{split}.json")
+    console.print(f"wrote {path}")
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

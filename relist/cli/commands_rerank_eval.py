@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from relist.eval.provenance import stamp
+from relist.eval.provenance import write_stamped
 
 console = Console()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -32,8 +31,10 @@ def train_baseline(
         settings["model"]["kind"] = kind
     if seed is not None:
         settings["train"]["seed"] = seed
+    from relist.data.split import ready_logs_in
+
     cfg = BaselineTrainConfig.model_validate(settings)
-    _, result = train(cfg, data, out, resume)
+    _, result = train(cfg, ready_logs_in(data, out.parent, console.print), out, resume)
     console.print(f"{cfg.model.kind}: best epoch {result.best_epoch + 1} "
                   f"(valid NDCG@10 {result.best_metric:.4f}); wrote {out}")
 
@@ -53,12 +54,12 @@ def eval_rerank(
     cfg = load_config(config, RerankEvalConfig)
     if requests is not None:
         cfg = cfg.model_copy(update={"requests": requests})
-    report = evaluate_rerank(cfg, data, models)
+    from relist.data.split import ready_logs_in
+
+    report = evaluate_rerank(cfg, ready_logs_in(data, models, console.print), models)
     print_rerank_report(report, console)
-    out = out if out is not None else models / "rerank_eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(stamp(report), indent=2))
-    console.print(f"wrote {out}")
+    path = write_stamped(report, out if out is not None else models / "rerank_eval.json")
+    console.print(f"wrote {path}")
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

@@ -22,9 +22,11 @@ def train_evaluator(
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train the DCWN list evaluator ensemble on logged lists (labels only where the user looked)."""
+    from relist.data.split import ready_logs_in
     from relist.train.config import load_config
     from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
 
+    data = ready_logs_in(data, out.parent, console.print)
     result, spec = train_evaluator(load_config(config, EvaluatorTrainConfig), data, out, resume, ranker)
     console.print(f"best epoch {result.best_epoch + 1} (valid click log-loss {result.best_metric:.4f}); "
                   f"{spec.model.members} members; wrote {out}")
@@ -39,9 +41,11 @@ def train_generator(
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train the GRN generator by policy gradient against the frozen evaluator."""
+    from relist.data.split import ready_logs_in
     from relist.train.config import load_config
     from relist.train.generator import GeneratorTrainConfig, train_generator
 
+    data = ready_logs_in(data, out.parent, console.print)
     result = train_generator(load_config(config, GeneratorTrainConfig), data, evaluator, out, resume, ranker)
     console.print(f"best epoch {result.best_epoch + 1} (valid pessimistic value {result.best_metric:.4f}); "
                   f"wrote {out}")

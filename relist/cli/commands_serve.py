@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -31,16 +30,11 @@ def serve(
     from relist.serve.config import load_serve_config
     from relist.serve.http_server import limits_of, run, server_config, supervise_workers
     from relist.serve.metrics import prepare_workers
-    from relist.serve.registry import VersionError
-    from relist.train.config import ConfigError
 
     configure_logging()
-    try:
-        cfg = load_serve_config(config)
-        torch.set_num_threads(cfg.torch_threads)
-        app = create_app(model_dir, cfg)
-    except (ConfigError, VersionError) as err:
-        _fail("relist serve", err)
+    cfg = load_serve_config(config)  # a bad config or no servable version: relist.cli.main says what to do
+    torch.set_num_threads(cfg.torch_threads)
+    app = create_app(model_dir, cfg)
     registry = app.state.registry
     if registry.refused_version is not None:
         console.print(f"WARNING: CURRENT names '{registry.refused_version}', which is refused; serving the last "
@@ -77,24 +71,17 @@ def export(
     """Pack a catalogue and trained models into a checksummed model version."""
     from relist.rerank.registry import ROLES
     from relist.serve.config import load_serve_config
-    from relist.serve.registry import VersionError, export_version
-    from relist.train.config import ConfigError
+    from relist.serve.registry import export_version
 
     found = {role: models / role for role in ROLES if models is not None and (models / role).is_dir()}
     given = {"evaluator": evaluator, "generator": generator, "ranker": ranker, "coarse": coarse}
     roles = found | {role: path for role, path in given.items() if path is not None}
-    try:
-        cfg = load_serve_config(config)
-        path = export_version(model_dir, name, data, roles, cfg.pipeline, activate)
-    except (ConfigError, VersionError) as err:
-        _fail("relist export", err)
+    from relist.data.split import ready_logs_in
+
+    data = ready_logs_in(data, model_dir, console.print)  # the catalogue in the ids the models were trained on
+    cfg = load_serve_config(config)
+    path = export_version(model_dir, name, data, roles, cfg.pipeline, activate)
     console.print(f"wrote {path}" + (" (now CURRENT)" if activate else ""))
-
-
-def _fail(command: str, err: Exception) -> NoReturn:
-    """One line naming what is wrong, no traceback, exit status 1."""
-    console.print(f"{command}: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

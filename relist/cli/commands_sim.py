@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from relist.eval.provenance import stamp
+from relist.eval.provenance import write_stamped
 
 console = Console()
 
@@ -61,9 +60,7 @@ def eval_policies(
     report["sim_config"] = world.config.model_dump()
     print_policy_table(report, console=console)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(stamp(report), indent=2))
-        console.print(f"wrote {out}")
+        console.print(f"wrote {write_stamped(report, out)}")
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

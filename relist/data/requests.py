@@ -30,6 +30,13 @@ class Requests:
         return Requests(self.request_id[rows], self.user_id[rows], self.candidates[rows],
                         self.cand_scores[rows], self.mask[rows])
 
+    def trimmed(self, at_least: int = 0) -> Requests:
+        """Without the padding columns no request of the batch uses (a request alone has its own length),
+        keeping ``at_least`` columns (e.g. the list length policies fill)."""
+        m = min(max(int(self.mask.sum(1).max(initial=0)), at_least), self.candidates.shape[1])
+        return Requests(self.request_id, self.user_id, self.candidates[:, :m], self.cand_scores[:, :m],
+                        self.mask[:, :m])
+
     def columns_of(self, lists: np.ndarray) -> np.ndarray:
         """Candidate column of every id of lists [B, n] or [B, K, n]; -1 for padding and ids not offered."""
         lists = np.asarray(lists)

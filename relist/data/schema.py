@@ -1,12 +1,15 @@
 """The three log tables of DESIGN §4 and their validation.
 
 Every producer (simulator, loaders) writes these schemas and every consumer
-reads them, so a model never has to know where its data came from.  Item ids
-are >= 1: id 0 is the padding id of :mod:`relist.data.padding`.
+reads them, so a model never has to know where its data came from.  Item and
+user ids are the user's: any int64, 0 and negatives included.  Inside relist
+they become dense internal ids 1..N (relist.data.ids), so that 0 stays the
+padding id of :mod:`relist.data.padding`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +72,9 @@ REQUIRED = {
 }
 
 
+MAX_CATEGORY = 10_000_000  # largest cate_id / shop_id: they are rows of embedding tables
+
+
 class SchemaError(ValueError):
     """Bad input, located: which file, which row, which field, and what is wrong."""
 
@@ -99,6 +105,7 @@ def validate(table: pa.Table, kind: str, path: str | Path = "<memory>", n_items:
              propensities: bool = False) -> None:
     """Raise :class:`SchemaError` at the first problem; the order of checks is cheapest first.
 
+    With ``n_items`` the item ids of lists must be internal ids 1..n_items; without, any int64.
     ``propensities`` (lists only) demands the propensity family; it is checked whenever any of its
     columns is present too.
     """
@@ -110,10 +117,25 @@ def validate(table: pa.Table, kind: str, path: str | Path = "<memory>", n_items:
         if propensities or has_propensities(table):
             _validate_propensities(table, path)
     elif kind == "items":
-        ids = table.column("item_id").to_numpy(zero_copy_only=False)
-        _first_bad(ids < 1, path, "item_id", "item ids must be >= 1 (0 is the padding id)")
+        _unique(table, "item_id", path)
         _first_bad(~np.isfinite(table.column("price").to_numpy(zero_copy_only=False)), path, "price",
                    "price is not finite")
+        for name in ("cate_id", "shop_id"):  # they index embedding tables
+            values = table.column(name).to_numpy(zero_copy_only=False)
+            _first_bad((values < 0) | (values > MAX_CATEGORY), path, name,
+                       f"must be in 0..{MAX_CATEGORY} (it indexes an embedding table: renumber densely)")
+    elif kind == "users":
+        _unique(table, "user_id", path)
+
+
+def _unique(table: pa.Table, name: str, path) -> None:
+    column = table.column(name)
+    _first_bad(column.is_null().to_numpy(zero_copy_only=False), path, name, "null id")
+    ids = column.to_numpy(zero_copy_only=False)
+    order = np.argsort(ids, kind="stable")
+    repeated = np.zeros(len(ids), bool)
+    repeated[order[1:]] = np.diff(ids[order]) == 0
+    _first_bad(repeated, path, name, "id repeated (each id must appear once)")
 
 
 def _first_bad(bad: np.ndarray, path, field: str, problem: str) -> None:
@@ -121,34 +143,62 @@ def _first_bad(bad: np.ndarray, path, field: str, problem: str) -> None:
         raise SchemaError(path, int(np.argmax(bad)), field, problem)
 
 
-def _list_lengths(table: pa.Table, name: str, path) -> np.ndarray:
+def _lengths(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     column = table.column(name).combine_chunks()
-    _first_bad(column.is_null().to_numpy(zero_copy_only=False), path, name, "null list")
-    return np.diff(column.offsets.to_numpy())
+    return np.diff(column.offsets.to_numpy()), column.is_null().to_numpy(zero_copy_only=False)
+
+
+def _list_lengths(table: pa.Table, name: str, path) -> np.ndarray:
+    lengths, null = _lengths(table, name)
+    _first_bad(null, path, name, "null list")
+    return lengths
+
+
+def _rows_of(flat_bad: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Rows holding at least one flagged element of a flattened list column."""
+    return np.bincount(np.repeat(np.arange(len(lengths)), lengths)[flat_bad], minlength=len(lengths)) > 0
+
+
+def list_problems(table: pa.Table, known: Callable[[np.ndarray], np.ndarray] | None = None
+                  ) -> Iterator[tuple[str, str, np.ndarray]]:
+    """Every check of a lists table as (field, problem, rows that fail it), cheapest first.
+
+    ``known(ids)`` says which item ids are acceptable (default: any int64). Validation stops at the
+    first failing check; ``relist data validate`` counts them all.
+    """
+    m, m_null = _lengths(table, "candidates")
+    n, n_null = _lengths(table, "shown")
+    yield "candidates", "null list", m_null
+    yield "shown", "null list", n_null
+    yield "candidates", "empty candidate list", m == 0
+    scores_len, scores_null = _lengths(table, "cand_scores")
+    yield "cand_scores", "null list", scores_null
+    yield "cand_scores", "length differs from candidates", scores_len != m
+    yield "shown", "more shown items than candidates", n > m
+    for label in ("click", "next", "buy"):
+        if label in table.column_names:
+            length, null = _lengths(table, label)
+            yield label, "null list", null
+            yield label, "length differs from shown", length != n
+    exposed = table.column("exposed_len").to_numpy(zero_copy_only=False)
+    yield "exposed_len", "outside [0, len(shown)]", (exposed < 0) | (exposed > n)
+    scores = table.column("cand_scores").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    if len(scores) == m.sum():
+        yield "cand_scores", "score is NaN or infinite", _rows_of(~np.isfinite(scores), m)
+    if known is not None:
+        for name, lengths in (("candidates", m), ("shown", n)):
+            flat = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            yield name, "item id not in the items table", _rows_of(~known(flat), lengths)
 
 
 def _validate_lists(table: pa.Table, path, n_items: int | None) -> None:
-    m = _list_lengths(table, "candidates", path)
-    n = _list_lengths(table, "shown", path)
-    _first_bad(m == 0, path, "candidates", "empty candidate list")
-    _first_bad(_list_lengths(table, "cand_scores", path) != m, path, "cand_scores", "length differs from candidates")
-    _first_bad(n > m, path, "shown", "more shown items than candidates")
-    for label in ("click", "next", "buy"):
-        if label in table.column_names:
-            _first_bad(_list_lengths(table, label, path) != n, path, label, "length differs from shown")
-    exposed = table.column("exposed_len").to_numpy(zero_copy_only=False)
-    _first_bad((exposed < 0) | (exposed > n), path, "exposed_len", "outside [0, len(shown)]")
-    scores = table.column("cand_scores").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    if not np.isfinite(scores).all():
-        bad_row = int(np.searchsorted(np.cumsum(m), int(np.argmax(~np.isfinite(scores))), side="right"))
-        raise SchemaError(path, bad_row, "cand_scores", "score is NaN or infinite")
-    for name in ("candidates", "shown"):
-        flat = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        lengths = m if name == "candidates" else n
-        bad = (flat < 1) if n_items is None else (flat < 1) | (flat > n_items)
+    known = None if n_items is None else (lambda ids: (ids >= 1) & (ids <= n_items))
+    for field, problem, bad in list_problems(table, known):
         if bad.any():
-            bad_row = int(np.searchsorted(np.cumsum(lengths), int(np.argmax(bad)), side="right"))
-            raise SchemaError(path, bad_row, name, f"item id out of range [1, {n_items or 'max'}]")
+            row = int(np.argmax(bad))
+            if problem == "item id not in the items table":
+                problem = f"item id out of range [1, {n_items}]"
+            raise SchemaError(path, row, field, problem)
 
 
 def has_propensities(table: pa.Table | pa.Schema) -> bool:

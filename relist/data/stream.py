@@ -112,13 +112,13 @@ def table_arrays(table: pa.Table) -> dict[str, np.ndarray]:
         if pa.types.is_fixed_size_list(array.type):
             out[name] = _numpy(array.flatten()).reshape(len(array), array.type.list_size)
         elif pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
-            out[name], out[f"{name}_mask"] = _padded(array)
+            out[name], out[f"{name}_mask"] = padded_column(array)
         else:
             out[name] = _numpy(array)
     return out
 
 
-def _padded(array: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
+def padded_column(array: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad with PAD_ID to the longest list in the batch; null lists read as empty."""
     lengths = _numpy(array.value_lengths().fill_null(0))
     values = _numpy(array.flatten())

@@ -128,6 +128,7 @@ def _step_rerank(data: Path, models: Path, sizes: DemoSizes):
 
 def _step_export(data: Path, models: Path, model_dir: Path, name: str):
     def run(out: Path) -> dict:
+        from relist.models.saved import is_complete_model
         from relist.serve.registry import export_version, set_current
 
         if (model_dir / "versions" / name).is_dir():  # same models as an earlier run: serve that version
@@ -135,19 +136,23 @@ def _step_export(data: Path, models: Path, model_dir: Path, name: str):
             return {"version": str(model_dir / "versions" / name)}
         from relist.rerank.registry import ROLES
 
-        roles = {role: models / role for role in ROLES if (models / role).is_dir()}
+        roles = {role: models / role for role in ROLES if is_complete_model(models / role)}
         version = export_version(model_dir, name, data, roles, activate=True)
         return {"version": str(version)}
 
     return run
 
 
-def _step_logs(data: Path) -> Callable[[Path], dict]:
-    """Given logs instead of a simulation: their validated files' fingerprint is the step's record."""
+def _step_logs(src: Path, data: Path) -> Callable[[Path], dict]:
+    """Given logs instead of a simulation: validated as they are, or split into ``data`` (relist.data.split)."""
 
     def run(out: Path) -> dict:
         from relist.data.logs import read_items, read_lists, read_users
+        from relist.data.split import SPLIT_RECORD, ready_logs
 
+        if data != src:
+            ready_logs(src, data, console.print)
+            return {"data": str(src), "split": json.loads((data / SPLIT_RECORD).read_text())}
         read_items(data), read_users(data), read_lists(data, "test", 1)  # fail early, naming the file
         files = sorted(p for p in data.rglob("*.parquet"))
         return {"data": str(data), "files": {str(p.relative_to(data)): [p.stat().st_size, p.stat().st_mtime]
@@ -157,11 +162,13 @@ def _step_logs(data: Path) -> Callable[[Path], dict]:
 
 
 def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: bool = False,
-             data: Path | None = None, sizes: DemoSizes | None = None) -> dict[str, dict]:
+             data: Path | None = None, sizes: DemoSizes | None = None, with_coarse: bool = False) -> dict[str, dict]:
     """Run (or resume) the whole job under ``out``; returns every step's record.
 
-    With ``data`` (a log directory in the DESIGN §4 schema) the job trains on those logs instead of
-    simulating; without a simulator behind them, policies are compared by offline scores only.
+    With ``data`` (logs in the DESIGN §4 schema: any ids, split or not) the job trains on those logs
+    instead of simulating; without a simulator behind them, policies are compared by offline scores
+    only. The coarse-ranking students (no re-ranking policy uses them) train only ``with_coarse``,
+    after the re-ranking models.
     """
     from relist.demo.report import build_report
     from relist.eval.provenance import stamp
@@ -174,16 +181,16 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: 
         settings = {"config": yaml.safe_load(Path(config).read_text()) if config else "default", **asdict(sizes)}
         first = Step(source, _step_simulate(config, sizes), settings)
     else:
-        data, source = Path(data).resolve(), "logs"
-        first = Step(source, _step_logs(data), {"data": str(data), **asdict(sizes)})
+        from relist.data.split import logs_fingerprint, ready_dir
+
+        src, source = Path(data).resolve(), "logs"
+        data = ready_dir(src, out / source)
+        first = Step(source, _step_logs(src, data), {"data": str(src), "files": logs_fingerprint(src),
+                                                     **asdict(sizes)})
     steps = [
         first,
         Step("models/ranker", _step_ranking(data, "ranking_teacher.yaml", sizes), _inputs("ranking_teacher.yaml"),
              (source,)),
-        Step("models/coarse_plain", _step_ranking(data, "ranking_dssm.yaml", sizes), _inputs("ranking_dssm.yaml"),
-             (source,)),
-        Step("models/coarse", _step_ranking(data, "ranking_dssm_full.yaml", sizes, models / "ranker"),
-             _inputs("ranking_dssm_full.yaml"), ("models/ranker",)),
         Step("models/evaluator", _step_evaluator(data, models / "ranker", sizes), _inputs("evaluator.yaml"),
              ("models/ranker",)),
         Step("models/generator", _step_generator(data, models, sizes), _inputs("generator.yaml"),
@@ -193,11 +200,18 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: 
         Step("rerank", _step_rerank(data, models, sizes), _inputs("rerank_eval.yaml", "last.yaml"),
              ("models/ranker", "models/evaluator", "models/generator", *[f"models/{k}" for k in BASELINES])),
     ]
+    coarse = [
+        Step("models/coarse_plain", _step_ranking(data, "ranking_dssm.yaml", sizes), _inputs("ranking_dssm.yaml"),
+             (source,)),
+        Step("models/coarse", _step_ranking(data, "ranking_dssm_full.yaml", sizes, models / "ranker"),
+             _inputs("ranking_dssm_full.yaml"), ("models/ranker",)),
+    ] if with_coarse else []
+    steps += coarse
     records = run_steps(steps, out, force)
     version = f"demo-{records['rerank']['digest']}"
     tail = [
         Step("report", build_report(out, data, records, sizes.latency_requests), {},
-             ("rerank", "models/coarse", "models/coarse_plain")),
+             ("rerank", *[step.name for step in coarse])),
         Step("export", _step_export(data, models, out / "model_dir", version), {}, ("rerank",)),
     ]
     records |= run_steps(tail, out, force, done=records)

@@ -8,6 +8,7 @@ request latency and evaluator validity against the simulator's truth.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,12 +35,14 @@ def _gauc_table(records: dict) -> tuple[str, dict]:
              "models/ranker": "fine-ranking teacher (ceiling)"}
     rows, gauc = [], {}
     for step, label in names.items():
+        if step not in records:  # the coarse-ranking students train only with --with-coarse
+            continue
         ctr = records[step]["test"]["ctr"]
         gauc[label] = ctr["gauc"]
         rows.append(f"<tr><td>{label}</td><td>{ctr['auc']:.4f}</td><td>{ctr['gauc']:.4f}</td></tr>")
-    plain = gauc["DSSM (plain)"]
-    rows = [r.replace("</tr>", f"<td>{1000 * (g - plain):+.1f}‰</td></tr>") for r, g in zip(rows, gauc.values(),
-                                                                                            strict=True)]
+    plain = gauc.get("DSSM (plain)", math.nan)
+    rows = [r.replace("</tr>", f"<td>{'–' if math.isnan(plain) else f'{1000 * (g - plain):+.1f}‰'}</td></tr>")
+            for r, g in zip(rows, gauc.values(), strict=True)]
     return ("<table><tr><th>model</th><th>test AUC</th><th>test GAUC</th><th>vs plain DSSM</th></tr>"
             + "".join(rows) + "</table>"), gauc
 
@@ -95,8 +98,8 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
         policies, _, _ = build_policies(cfg, data, loaded)
         ctx = Context(store, cfg.rerank.rules.build(), cfg.rerank.objective)
         requests, shown = logged_requests(data, "test", max(latency_requests, 300))
-        n = shown.shape[1]
-        singles = one_by_one(requests[:latency_requests])
+        n = min(cfg.n, shown.shape[1])  # logged lists may be longer than what is served (LETOR: all documents)
+        singles = one_by_one(requests[:latency_requests], n)
         latency = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p.propose(r, n, ctx), singles))
                    for name in LATENCY_POLICIES if name in policies}
         served = {"candidates (upstream order)": requests.candidates[0], "logged list": shown[0],

@@ -10,9 +10,10 @@ import numpy as np
 from relist.data.requests import Requests
 
 
-def one_by_one(requests: Requests) -> list[Requests]:
-    """Each request as a batch of one, as a server sees it."""
-    return [requests[r:r + 1] for r in range(len(requests))]
+def one_by_one(requests: Requests, n: int = 0) -> list[Requests]:
+    """Each request as a batch of one, as a server sees it: its own candidates, padded to no more than the
+    ``n`` slots a policy fills (not to the longest request of the batch)."""
+    return [requests[r:r + 1].trimmed(n) for r in range(len(requests))]
 
 
 def request_timings_ms(call: Callable[[Requests], object], singles: Sequence[Requests], repeats: int | None = None,

@@ -4,7 +4,7 @@ The estimators are relist.eval.offpolicy; this module runs them on a log directo
 for the policies the trained models allow, adds the simulator's true value when the logs are simulated,
 and summarises how well each estimator did (bias, CI coverage over policies, Kendall's tau of the
 policy ranking). Which estimator to believe on logs without a simulator is what the validity study
-(benchmarks/offpolicy_validity.py) decided: :data:`TRUSTED`, for the reason in :data:`TRUST_REASON`.
+(``python -m benchmarks offpolicy_validity``) decided: :data:`TRUSTED`, for the reason in :data:`TRUST_REASON`.
 
 The two functions that touch the re-ranking code — :func:`policy_lists` and :func:`evaluator_click_model`
 — are the only places that know how policies and the evaluator are built.

@@ -29,3 +29,13 @@ def stamp(result: dict) -> dict:
     """``result`` with the command line, machine, relist version and finishing time in front."""
     return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "machine": machine(),
             "relist": relist.__version__, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result}
+
+
+def write_stamped(result: dict, path: str | Path) -> Path:
+    """Write ``stamp(result)`` as JSON to ``path`` (parents made): what every `relist eval ...` leaves behind."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamp(result), indent=2, default=float))
+    return path

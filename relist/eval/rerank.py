@@ -30,6 +30,7 @@ from relist.data.features import FeatureStore
 from relist.data.logs import logged_requests, read_lists
 from relist.data.padding import length_mask
 from relist.data.requests import Requests
+from relist.data.stream import padded_column
 from relist.eval.metrics import mean_ci, ndcg_per_query
 from relist.eval.simulated import LOGGING, oracle_lists, policy_table, print_policy_table
 from relist.rerank.generators import Context
@@ -78,8 +79,8 @@ class LoggedTest:
     @classmethod
     def read(cls, data_dir: str | Path, limit: int | None, split: str = "test") -> LoggedTest:
         table = read_lists(data_dir, split, limit)
-        shown = np.asarray(table.column("shown").to_pylist(), dtype=np.int64)
-        clicks = np.asarray(table.column("click").to_pylist(), dtype=np.int8)
+        shown, _ = padded_column(table.column("shown").combine_chunks())  # lists may differ in length
+        clicks, _ = padded_column(table.column("click").combine_chunks())
         seen = length_mask(table.column("exposed_len").to_numpy().astype(np.int64), shown.shape[1]).numpy()
         return cls(Requests.from_table(table), shown, clicks * seen)
 

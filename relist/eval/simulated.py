@@ -107,13 +107,15 @@ def policy_table(
             gap = oracle_mean - logging_mean
             cell = {
                 "mean": mean, "ci95": ci, "vs_logging": rel, "vs_logging_ci95": rel_ci,
+                "vs_logging_low95": rel - rel_ci,
                 "pct_oracle": 100.0 * mean / oracle_mean,
                 "gap_closed": 100.0 * (mean - logging_mean) / gap if gap > 0 else float("nan"),
             }
             if present:
                 best = max(present, key=lambda b, metric=metric: float(np.mean(rewards[b][metric])))
                 rel, rel_ci = paired_relative(reward[metric], rewards[best][metric])
-                cell |= {"vs_best_baseline": rel, "vs_best_baseline_ci95": rel_ci, "best_baseline": best}
+                cell |= {"vs_best_baseline": rel, "vs_best_baseline_ci95": rel_ci,
+                         "vs_best_baseline_low95": rel - rel_ci, "best_baseline": best}
             rows[name][metric] = cell
     return {"requests": len(requests), "list_len": n, "objective": objective if isinstance(objective, str)
             else objective.weights, "metrics": metrics, "baselines": present, "policies": rows}

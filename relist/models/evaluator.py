@@ -57,6 +57,8 @@ class DCWNConfig(BaseModel):
     upstream: bool = Field(True, description="read each item's upstream score and rank (False: ablation)")
     prior: bool = Field(True, description="start each head from the fine-ranking teacher's logit of the item "
                                           "(needs the ranker role); False: learn them from the logs alone")
+    neighbourhood: bool = Field(True, description="the explicit neighbourhood features (repeats, what stands "
+                                                  "beside each item); False: the sequence models alone (ablation)")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> DCWNConfig:
@@ -132,12 +134,17 @@ class DCWN(nn.Module):
         parts.append(prior)
         if self.cfg.context:
             repeats = self.neighbours(neighbourhood(batch, items[..., :self.cfg.dim]))
-            positions = self.position(torch.arange(items.shape[1], device=items.device))
+            if not self.cfg.neighbourhood:
+                repeats = torch.zeros_like(repeats)
+            index = torch.arange(items.shape[1], device=items.device).clamp_max(self.position.num_embeddings - 1)
+            positions = self.position(index)  # past max_len: the last position's row (logs of any length)
             seq = (self.project(torch.cat([items, repeats, prior], -1)) + positions) * mask.unsqueeze(-1)
             lstm, _ = self.lstm(seq)  # padding sits at the end and enters as zeros
             keys_ignored = ~mask & mask.any(1, keepdim=True)  # an all-padding row attends to zeros, not NaN
             synergy, _ = self.attention(seq, seq, seq, key_padding_mask=keys_ignored, need_weights=False)
             before, after = _shifted(torch.cat([seq, prior], -1))
+            if not self.cfg.neighbourhood:
+                before, after = torch.zeros_like(before), torch.zeros_like(after)
             d = self.cfg.dim  # how alike each item is to what stands beside it, field by field
             parts += [repeats, seq, lstm, synergy, before, after, seq * before[..., :d], seq * after[..., :d]]
         logits = self.heads(self.mlp(torch.cat(parts, -1)))

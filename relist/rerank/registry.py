@@ -71,13 +71,15 @@ class Models:
     def load(cls, models_dir: str | Path, store: FeatureStore,
              roles: Iterable[str] = ROLES) -> tuple[Models, list[str]]:
         """The models under ``models_dir/<role>`` and what is missing there."""
+        from relist.models.saved import incomplete_reason, is_complete_model
+
         loaded, missing = {}, []
         for role in roles:
             path = Path(models_dir) / role
-            if path.is_dir():
+            if is_complete_model(path):  # a folder still training, or left half-written, is passed over
                 loaded[role] = load_role(role, path, store, Path(models_dir) / "ranker")
             else:
-                missing.append(f"{role}: no {path}")
+                missing.append(f"{role}: {incomplete_reason(path)}")
         return cls(store, **loaded), missing
 
     def point_scores(self, requests: Requests, store: FeatureStore) -> dict[str, np.ndarray]:

@@ -36,6 +36,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from relist.data.ids import RequestItems, RequestUser
 from relist.serve.config import ServeConfig, load_serve_config
 from relist.serve.metrics import CONTENT_TYPE, ServeMetrics
 from relist.serve.pipeline import UPSTREAM, Pipeline, RerankResult, UnknownStrategy
@@ -155,29 +156,33 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
         candidates, repeats = body.unique_candidates()
         if repeats:
             metrics.duplicates.inc(repeats)
-        ids = np.array([c.id for c in candidates], np.int64)
+        request_items = RequestItems.of(pipeline.store.ids.items, [c.id for c in candidates])  # raw -> internal
+        ids, user = request_items.internal, _internal_user(pipeline, body.user, metrics, request_items.unknown)
         scored = candidates[0].score is not None  # the schema checked: all or none
         scores = np.array([c.score for c in candidates], np.float32) if scored else None
 
         def attempt(budget_ms: float) -> RerankResult:
             cates, shops = [c.category for c in candidates], [c.shop for c in candidates]
-            inp = pipeline.request_input(body.user, ids, scores, body.n, cates, shops, body.request_id)
+            inp = pipeline.request_input(user, ids, scores, body.n, cates, shops, body.request_id,
+                                         body.objective_of())
             return pipeline.rerank(inp, body.strategy, budget_ms)
 
         result = await _serve("rerank", pipeline, attempt, body.budget_ms or config.default_budget_ms,
                               floor=(ids[:body.n], UPSTREAM), metrics=metrics, limiter=limiter)
-        return RerankResponse(**_response_fields(pipeline, body.request_id, result), duplicate_candidates=repeats)
+        return RerankResponse(**_response_fields(pipeline, body.request_id, result, request_items),
+                              duplicate_candidates=repeats)
 
     @app.post("/v1/recommend", response_model=RecommendResponse, tags=["serving"], responses=body_errors)
     async def recommend(body: RecommendRequest) -> RecommendResponse:
         """The whole pipeline for a user: recall from the served catalogue, ranking, then re-ranking."""
         pipeline = registry.pipeline
         considered = 0
+        user = _internal_user(pipeline, body.user, metrics)
 
         def attempt(budget_ms: float) -> RerankResult:
             nonlocal considered
-            result, considered = pipeline.recommend(body.user, body.n, body.strategy, budget_ms,
-                                                    body.request_id)
+            result, considered = pipeline.recommend(user, body.n, body.strategy, budget_ms,
+                                                    body.request_id, body.objective_of())
             return result
 
         popular = np.argsort(-pipeline.popularity[1:], kind="stable")[:body.n] + 1
@@ -252,9 +257,21 @@ async def _serve(endpoint: str, pipeline: Pipeline, attempt: Callable[[float], R
     return result
 
 
-def _response_fields(pipeline: Pipeline, request_id: int | None, result: RerankResult) -> dict:
+def _internal_user(pipeline: Pipeline, user, metrics: ServeMetrics, unknown_items: int = 0) -> RequestUser:
+    """The request's user in internal ids; ids the served catalogue does not know are counted."""
+    internal = RequestUser.of(pipeline.store.ids, user)
+    metrics.unknown_ids.labels("item").inc(unknown_items)
+    if user.id is not None and not internal.known:
+        metrics.unknown_ids.labels("user").inc()
+    return internal
+
+
+def _response_fields(pipeline: Pipeline, request_id: int | None, result: RerankResult,
+                     request_items: RequestItems | None = None) -> dict:
     items = result.items[result.items > 0]
-    return dict(request_id=request_id, items=items.tolist(), list_reward=result.list_reward,
+    raw = (request_items.to_raw(pipeline.store.ids.items, items) if request_items is not None
+           else pipeline.store.ids.items.to_raw(items))  # internal -> the catalogue's own ids
+    return dict(request_id=request_id, items=raw.tolist(), list_reward=result.list_reward,
                 scorer=pipeline.scorer.name, generator=result.generator, model_version=pipeline.version,
                 fallback=result.fallback, breaks_rules=result.breaks_rules,
                 budget_exceeded=result.budget_exceeded, skipped_stages=result.skipped,

@@ -45,6 +45,8 @@ class ServeMetrics:
         self.duplicates = Counter("relist_duplicate_candidates", "Candidates left out of /v1/rerank requests "
                                   "because their id came earlier in the request", registry=r)
         self.reloads = Counter("relist_reloads", "Model reload attempts by outcome", ["outcome"], registry=r)
+        self.unknown_ids = Counter("relist_unknown_ids", "Request ids the served catalogue does not know (read "
+                                   "as the shared unknown row)", ["kind"], registry=r)
         self.version = Gauge("relist_model_version", "1 for the model version being served", ["version"],
                              registry=r, multiprocess_mode="livemax")
         self.refused = Gauge("relist_current_refused", "1 while model_dir/CURRENT names a version that was "

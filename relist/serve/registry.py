@@ -37,7 +37,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relist.data.features import FeatureStore
-from relist.data.schema import read_table
+from relist.data.ids import VOCABULARY
 from relist.rerank.registry import ROLES, Models, load_role
 from relist.serve.config import PipelineConfig
 from relist.serve.pipeline import Pipeline, build_pipeline, with_incumbent
@@ -120,6 +120,8 @@ def export_version(model_dir: str | Path, name: str, data_dir: str | Path,
     try:
         for file in CATALOGUE:
             shutil.copy2(data_dir / file, tmp / file)
+        if (data_dir / VOCABULARY).is_file():  # the user's ids of the catalogue (relist.data.ids)
+            shutil.copy2(data_dir / VOCABULARY, tmp / VOCABULARY)
         for role, src in models.items():
             files = [p for p in sorted(Path(src).iterdir()) if p.is_file() and p.suffix in MODEL_SUFFIXES]
             if not any(p.suffix == ".safetensors" for p in files):
@@ -212,8 +214,7 @@ def load_version(version_dir: str | Path, name: str | None = None) -> Pipeline:
         for rel in manifest.files:
             if rel.endswith(".safetensors"):
                 check_finite_weights(version_dir / rel, rel)
-        store = FeatureStore.from_tables(read_table(version_dir / CATALOGUE[0], "items"),
-                                         read_table(version_dir / CATALOGUE[1], "users"))
+        store = FeatureStore.from_dir(version_dir)  # with its vocabulary.parquet, if any
         loaded = {}
         for role, rel in manifest.models.items():
             if role not in ROLES:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 INT64_END = 2**63  # ids are < this (an exclusive bound: exact as a JSON Schema number, unlike 2**63 - 1)
 INT32_MAX = 2**31 - 1
@@ -38,7 +38,8 @@ def json_int(**bounds: int) -> Any:
 
 Int64 = json_int(ge=0, lt=INT64_END)
 Int32 = json_int(ge=0, le=INT32_MAX)
-ItemId = Annotated[json_int(ge=1, lt=INT64_END), Field(description="item id (>= 1; 0 is the padding id)")]
+AnyInt64 = json_int(ge=-INT64_END, lt=INT64_END)  # the catalogue's own ids: any int64 (relist.data.ids)
+ItemId = Annotated[AnyInt64, Field(description="item id: the catalogue's own, any int64")]
 # Scores and prices become float32 (max ~3.4e38: larger ones would turn into inf); no real one is near this.
 MAX_MAGNITUDE = 1e30
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
@@ -54,7 +55,8 @@ class _Body(BaseModel):
 class User(_Body):
     """The user of a request; any part may be missing (unknown users get neutral defaults)."""
 
-    id: Int64 | None = Field(None, description="user id; unknown ids get neutral features")
+    id: AnyInt64 | None = Field(None, description="user id: the catalogue's own, any int64; unknown ids get "
+                                                  "neutral features")
     segment: Int32 | None = Field(None, description="profile segment (overrides stored)")
     history: list[ItemId] | None = Field(
         None, max_length=MAX_HISTORY, description="recently clicked item ids, most recent first "
@@ -69,6 +71,29 @@ class Candidate(_Body):
     score: FiniteFloat | None = Field(None, description="upstream point-wise score, e.g. a CTR in [0, 1]")
 
 
+OBJECTIVES = ("pv", "ipv", "buys", "gmv")
+
+
+class ObjectiveWeights(_Body):
+    """Non-negative weights of the list objectives (relist.objective); at least one must be positive."""
+
+    # the published schema says so too, so that a client generated from it never sends all zeros
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": [name], "properties": {name: {"type": "number", "exclusiveMinimum": 0}}}
+        for name in OBJECTIVES]})
+
+    pv: FiniteFloat | None = Field(None, ge=0, le=1e6, description="expected page views")
+    ipv: FiniteFloat | None = Field(None, ge=0, le=1e6, description="expected clicks")
+    buys: FiniteFloat | None = Field(None, ge=0, le=1e6, description="expected purchases")
+    gmv: FiniteFloat | None = Field(None, ge=0, le=1e6, description="expected spend")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ObjectiveWeights:
+        if not any(self.model_dump(exclude_none=True).values()):
+            raise ValueError(f"give a positive weight to at least one of {', '.join(OBJECTIVES)}")
+        return self
+
+
 class _ServeOptions(_Body):
     n: json_int(ge=1, le=1000) = Field(10, description="list length; a shorter list is served when fewer "
                                                    "candidates exist")
@@ -78,6 +103,16 @@ class _ServeOptions(_Body):
                                              "and the best list wins")
     budget_ms: FiniteFloat | None = Field(None, gt=0, le=MAX_BUDGET_MS,
                                           description="time budget of the request (default: server config)")
+    objective: ObjectiveWeights | None = Field(
+        None, description="what this request's list is worth, as weights of the list objectives (e.g. "
+                          '{"ipv": 1, "gmv": 0.02}); beam search, list ranking and LAST honour it without '
+                          "retraining (default: the model version's objective)")
+
+    def objective_of(self):
+        """The request's relist.objective.Objective, or None for the version's."""
+        from relist.objective import Objective
+
+        return None if self.objective is None else Objective(weights=self.objective.model_dump(exclude_none=True))
 
 
 class RerankRequest(_ServeOptions):

@@ -113,15 +113,19 @@ class SimConfig(_Strict):
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sim_default.yaml"
 
 
+class SimConfigError(ValueError):
+    """A simulator config that cannot be used; the message names the file and the field."""
+
+
 def load_sim_config(path: str | Path | None = None) -> SimConfig:
     """Read a YAML simulator config; errors name the file and the field."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"simulator config {path}: cannot read YAML ({err})") from err
+        raise SimConfigError(f"simulator config {path}: cannot read YAML ({err})") from err
     try:
         return SimConfig.model_validate(raw)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"simulator config {path}: {problems}") from None
+        raise SimConfigError(f"simulator config {path}: {problems}") from None

@@ -36,6 +36,7 @@ from relist.eval.metrics import ndcg_at_k
 from relist.models.baselines.inputs import BaselineConfig, initial_list_inputs, initial_order
 from relist.models.baselines.seq2slate import Seq2Slate
 from relist.models.baselines.spec import BaselineSpec, build_baseline, load_baseline, save_spec
+from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
 from relist.train.config import TrainConfig, save_config
 from relist.train.distributed import init_from_env
@@ -246,6 +247,7 @@ def fit_baseline(
     return load_baseline(out_dir)[0], result
 
 
+@builds_model_folder
 def train_baseline(cfg: BaselineTrainConfig, data_dir: str | Path, out_dir: str | Path,
                    resume: bool = False) -> tuple[nn.Module, FitResult]:
     """Fit a baseline on the train split of simulated (or any schema) logs in ``data_dir``."""

@@ -27,6 +27,7 @@ from relist.data.stream import ParquetStream, table_arrays
 from relist.eval.metrics import auc, pearson
 from relist.models.evaluator import DCWNConfig, Evaluator, EvaluatorSpec, exposure, save_spec
 from relist.models.inputs import list_inputs
+from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
 from relist.rerank.list_scorer import PriorFn, list_priors
 from relist.train.config import ConfigError, TrainConfig, save_config
@@ -89,10 +90,14 @@ def labelled_batch(store: FeatureStore, raw: dict[str, np.ndarray], members: int
 
 
 def _weighted_bce(logits: Tensor, labels: Tensor, where: Tensor, weight: Tensor) -> Tensor:
-    """Per member the bootstrap-weighted BCE over ``where`` positions; logits [E, B, n], weight [E, B]."""
+    """Per member the bootstrap-weighted BCE over ``where`` positions; logits [E, B, n], weight [E, B].
+
+    Divided by the number of positions, not by the weights' sum (Poisson(1) weights have mean 1), so
+    that under DDP ranks holding as many positions average to the loss of the global batch.
+    """
     w = weight[:, :, None] * where[None].to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, labels.expand_as(logits), reduction="none")
-    return ((bce * w).sum((1, 2)) / w.sum((1, 2)).clamp_min(1e-6)).mean()
+    return ((bce * w).sum((1, 2)) / where.sum().clamp_min(1)).mean()
 
 
 def evaluator_loss(next_weight: float, buy_weight: float):
@@ -148,13 +153,15 @@ def exposure_metrics(model: Evaluator, batch: dict[str, Tensor]) -> dict[str, fl
     return {
         "click_logloss": F.binary_cross_entropy(p_click[seen].clamp(1e-6, 1 - 1e-6), batch["click"][seen]).item(),
         "click_auc": auc(batch["click"][seen].numpy(), p_click[seen].numpy()),
-        "next_auc": auc(batch["next"][seen].numpy(), p_next[seen].numpy()),
+        "next_auc": (auc(batch["next"][seen].numpy(), p_next[seen].numpy())
+                     if batch["next"][seen].unique().numel() > 1 else float("nan")),  # LETOR: always 1
         "lr_pearson": pearson(lr, clicks),
         "member_spread": float(torch.sigmoid(logits["click"]).std(0)[seen].mean()) if len(logits["click"]) > 1
         else 0.0,
     }
 
 
+@builds_model_folder
 def train_evaluator(
     cfg: EvaluatorTrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
     ranker_dir: str | Path | None = None,

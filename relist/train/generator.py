@@ -12,9 +12,10 @@ ListScorer), never from the simulator, in the units of the configured objective:
 Every member of the ensemble gives its own reward; a slot is paid the members' mean minus
 ``beta`` standard deviations, so the generator is not paid for what only some members believe —
 the lists unlike the logged ones where the evaluator is unsure. A behaviour term keeps it near
-lists the logs vouch for: with ``imitation > 0`` the loss also raises the log-probability of the
-request's greedy-by-upstream-score list (the logging policy's own choice), weighted by
-``imitation``. The baseline of a slot is the mean reward of that slot over the request's K samples.
+lists the logs or a safe policy vouch for: with ``imitation > 0`` the loss also raises the
+log-probability of the request's reference list, weighted by ``imitation``: greedy by upstream
+score (the logging policy's own choice) or greedy by the fine-ranking teacher's CTR (``imitate``).
+The baseline of a slot is the mean reward of that slot over the request's K samples.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ from relist.data.requests import Requests
 from relist.data.stream import ParquetStream
 from relist.models.generator import GRN, GeneratorSpec, GRNConfig, chosen_items, save_spec
 from relist.models.inputs import list_inputs
+from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
 from relist.objective import Objective
-from relist.rerank.generators import Context
+from relist.rerank.baselines import GreedyCTR
+from relist.rerank.generators import Context, Generator
 from relist.rerank.grn import rules_hook
 from relist.rerank.list_scorer import ListScorer
 from relist.rerank.policy import GreedyUpstreamScore
 from relist.rerank.rules import BusinessRules, RulesConfig
-from relist.train.config import TrainConfig, save_config
+from relist.train.config import ConfigError, TrainConfig, save_config
 from relist.train.distributed import is_main
 from relist.train.trainer import FitResult, fit, to_device
 
@@ -58,8 +61,11 @@ class GeneratorTrainConfig(BaseModel):
     reward: Reward = Field("advantage", description="advantage: self + differential reward; self: ablation")
     objective: Objective = Field(Objective(), description="what the reward values")
     beta: float = Field(1.0, ge=0, description="pessimism: a slot's reward is the members' mean - beta x std")
-    imitation: float = Field(0.1, ge=0, description="weight of the log-likelihood of the greedy-by-upstream-"
-                                                   "score list (behaviour term); 0: pure policy gradient")
+    imitation: float = Field(0.1, ge=0, description="weight of the reference list's log-likelihood (behaviour "
+                                                   "term); 0: pure policy gradient")
+    imitate: Literal["greedy_upstream_score", "greedy_ctr"] = Field(
+        "greedy_upstream_score", description="the reference: the logging policy's own choice, or greedy by the "
+                                             "teacher's CTR (needs the ranker the evaluator reads)")
     samples: int = Field(8, ge=2, description="lists sampled per request (their mean is the baseline)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature during training")
     rules: RulesConfig = RulesConfig()
@@ -148,24 +154,35 @@ def policy_gradient_loss(scorer: ListScorer, cfg: GeneratorTrainConfig):
 
 
 def request_inputs(store: FeatureStore, requests: Requests, rules: BusinessRules, n: int,
-                   imitation: bool) -> dict[str, Tensor]:
+                   reference: Generator | None) -> dict[str, Tensor]:
     """The GRN's inputs of requests plus what the loss reads: ids, raw upstream scores, reference columns."""
     batch = list_inputs(store, requests)
     batch |= {name: torch.tensor(getattr(requests, name)) for name in ("request_id", "user_id", "cand_scores")}
-    if imitation:
-        reference = GreedyUpstreamScore().propose(requests, n, Context(store, rules))
-        batch["reference"] = torch.as_tensor(requests.columns_of(reference))
+    if reference is not None:
+        lists = reference.propose(requests, n, Context(store, rules))
+        batch["reference"] = torch.as_tensor(requests.columns_of(lists))
     return batch
 
 
-def request_batches(data_dir: Path, store: FeatureStore, cfg: GeneratorTrainConfig):
+def reference_generator(cfg: GeneratorTrainConfig, scorer: ListScorer) -> Generator | None:
+    """What the behaviour term imitates (None without one)."""
+    if cfg.imitation == 0:
+        return None
+    if cfg.imitate == "greedy_upstream_score":
+        return GreedyUpstreamScore()
+    if scorer.prior is None:
+        raise ConfigError("imitate: greedy_ctr needs an evaluator trained on top of the fine-ranking teacher")
+    return GreedyCTR(lambda requests, store: {"ctr": scorer.prior(requests, store)["ctr"]})
+
+
+def request_batches(data_dir: Path, store: FeatureStore, cfg: GeneratorTrainConfig, reference: Generator | None):
     rules = cfg.rules.build()
 
     def batches(epoch: int, rank: int, world_size: int):
         stream = ParquetStream(split_path(data_dir, "train"), REQUEST_COLUMNS, cfg.train.batch_size, rank,
                                world_size, seed=epoch)
         for raw in stream:
-            yield request_inputs(store, Requests.from_stream(raw), rules, cfg.model.list_len, cfg.imitation > 0)
+            yield request_inputs(store, Requests.from_stream(raw), rules, cfg.model.list_len, reference)
 
     return batches
 
@@ -173,7 +190,7 @@ def request_batches(data_dir: Path, store: FeatureStore, cfg: GeneratorTrainConf
 def greedy_value(scorer: ListScorer, requests: Requests, store: FeatureStore, cfg: GeneratorTrainConfig):
     """Validation: the pessimistic value of the greedy lists (simulator truth never picks a checkpoint)."""
     rules = cfg.rules.build()
-    batch = request_inputs(store, requests, rules, cfg.model.list_len, False)
+    batch = request_inputs(store, requests, rules, cfg.model.list_len, None)
 
     def validate(model: GRN) -> dict[str, float]:
         on_device = to_device(batch, next(model.parameters()).device)
@@ -186,6 +203,7 @@ def greedy_value(scorer: ListScorer, requests: Requests, store: FeatureStore, cf
     return validate
 
 
+@builds_model_folder
 def train_generator(
     cfg: GeneratorTrainConfig,
     data_dir: str | Path,
@@ -203,7 +221,8 @@ def train_generator(
     torch.manual_seed(cfg.train.seed)
     model = SampledGRN(vocab, cfg.model, cfg.samples, cfg.temperature, cfg.rules.build())
     requests, _ = logged_requests(data_dir, "valid", cfg.valid_requests)
-    result = fit(model, policy_gradient_loss(scorer, cfg), request_batches(data_dir, store, cfg),
+    batches = request_batches(data_dir, store, cfg, reference_generator(cfg, scorer))
+    result = fit(model, policy_gradient_loss(scorer, cfg), batches,
                  greedy_value(scorer, requests, store, cfg), cfg.train, out_dir, resume)
     if is_main():
         save_config(cfg, out_dir / CONFIG_FILE)

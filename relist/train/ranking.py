@@ -41,6 +41,7 @@ from relist.models.ranking.samples import (
 )
 from relist.models.ranking.scoring import predict_logits
 from relist.models.ranking.teacher import FineRankTeacher
+from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
 from relist.train.config import ConfigError, TrainConfig, load_config, save_config
 from relist.train.distributed import init_from_env
@@ -109,6 +110,7 @@ def weights_digest(run_dir: str | Path) -> str:
     return hashlib.sha256((Path(run_dir) / BEST).read_bytes()).hexdigest()
 
 
+@builds_model_folder
 def train_ranking(
     cfg: RankingConfig,
     data_dir: str | Path,
@@ -246,7 +248,7 @@ def _validator(samples: Samples, output: str = "ctr"):
         }
         if output != "ctr":
             metrics["teacher_gauc"] = gauc(samples["user"], samples["click"], logits["ctr"])
-        if "next" in logits and "next" in samples:
+        if "next" in logits and "next" in samples and np.ptp(samples["next"]) > 0:  # e.g. LETOR: always 1
             metrics["next_auc"] = auc(samples["next"], logits["next"])
         return metrics
 

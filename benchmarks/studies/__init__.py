@@ -1,0 +1,1 @@
+"""One module per study: a pydantic ``Config`` and ``run(cfg, work) -> dict`` (see benchmarks.harness)."""
