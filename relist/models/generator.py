@@ -86,9 +86,14 @@ class GRN(nn.Module):
         state = torch.tanh(self.init_state(torch.cat([pooled, enc.max(1).values], -1)))
         return Encoded(enc, state, mask)
 
-    def pointer_logits(self, enc: Encoded, state: Tensor, keys: Tensor, allowed: Tensor) -> Tensor:
-        """Scores of every candidate for the next slot [N, m]; not-allowed ones at NEG_INF."""
-        glimpse = torch.einsum("nmh,nh->nm", self.glimpse(enc.candidates), state) / state.shape[-1] ** 0.5
+    def pointer_logits(self, enc: Encoded, state: Tensor, keys: Tensor, allowed: Tensor,
+                       glimpse_keys: Tensor | None = None) -> Tensor:
+        """Scores of every candidate for the next slot [N, m]; not-allowed ones at NEG_INF.
+
+        ``glimpse_keys`` is ``glimpse(enc.candidates)``, the same at every slot (computed here when not given).
+        """
+        glimpse_keys = self.glimpse(enc.candidates) if glimpse_keys is None else glimpse_keys
+        glimpse = torch.einsum("nmh,nh->nm", glimpse_keys, state) / state.shape[-1] ** 0.5
         weights = torch.softmax(glimpse.masked_fill(~allowed, NEG_INF), -1)
         context = torch.einsum("nm,nmh->nh", weights, enc.candidates)
         query = self.pointer_query(torch.cat([state, context], -1))
@@ -112,41 +117,98 @@ class GRN(nn.Module):
         Returns "choice" [B, K, n] candidate columns (-1 where a request ran out of
         candidates), "logp" [B, K] (sum over slots) and "step_logp" [B, K, n].
         ``encoded`` replaces ``encode(batch)`` (e.g. shifted activations); ``allowed_fn``
-        narrows each slot's choice further (business rules, see relist.rerank.grn_policy);
+        narrows each slot's choice further (business rules, see relist.rerank.grn);
         ``forced`` [B, K, n] columns are followed instead of chosen, to score given lists.
+        A sample is drawn as the argmax of the log-probabilities plus Gumbel noise
+        (:func:`gumbel_noise`, drawn from ``generator`` before the first slot): the same
+        distribution as drawing from the softmax, and a decode that is a pure function of its
+        inputs, so a compiled decoder given the same noise picks the same lists.
         """
         n = self.cfg.list_len if n is None else n
         enc = self.encode(batch) if encoded is None else encoded
         b, m, _ = enc.candidates.shape
         rows = torch.arange(b, device=enc.mask.device).repeat_interleave(samples)
         enc = Encoded(enc.candidates[rows], enc.state[rows], enc.mask[rows])
+        noise = None
+        if not greedy and forced is None:
+            noise = gumbel_noise((len(rows), n, m), generator, enc.mask.device)
+        forced = None if forced is None else forced.reshape(len(rows), -1)
+        choice, steps = self.decode(enc, n, rows, allowed_fn, noise, temperature, forced)
+        choice, steps = choice.view(b, samples, n), steps.view(b, samples, n)
+        return {"choice": choice, "logp": steps.sum(-1), "step_logp": steps}
+
+    def decode(self, enc: Encoded, n: int, rows: Tensor, allowed_fn: AllowedFn | None = None,
+               noise: Tensor | None = None, temperature: float | Tensor = 1.0,
+               forced: Tensor | None = None, with_allowed: bool = False) -> tuple[Tensor, ...]:
+        """The slot loop over N decoded rows: candidate columns [N, n] (-1 once nothing is left) and the
+        log-probability of each pick [N, n] (and, ``with_allowed``, the candidates each slot allowed
+        [N, n, m], what :meth:`forced_logp` needs to score the picks again).
+
+        ``rows`` [N] says which request each row decodes (what ``allowed_fn`` reads); ``noise`` [N, n, m]
+        is added to the log-probabilities before the argmax (None: greedy); ``forced`` [N, n] columns are
+        followed instead. Written with shape-free tensor operations only, so that it traces into one graph
+        (relist.rerank.compiled).
+        """
         keys = self.pointer_keys(enc.candidates)
+        glimpse_keys = self.glimpse(enc.candidates)
         state = self.gru(self.start.expand_as(enc.state), enc.state)
         chosen = torch.zeros_like(enc.mask)
-        choices, step_logp = [], []
+        width = enc.candidates.shape[-1]
+        choices, step_logp, allowed_masks = [], [], []
         for slot in range(n):
             allowed = enc.mask & ~chosen
             if allowed_fn is not None:
-                prefix = torch.stack(choices, 1) if choices else rows.new_zeros(len(rows), 0)
+                prefix = torch.stack(choices, 1) if choices else torch.zeros_like(rows[:, None])[:, :0]
                 allowed = allowed & allowed_fn(rows, prefix, chosen, slot)
-            logits = self.pointer_logits(enc, state, keys, allowed)
+            logits = self.pointer_logits(enc, state, keys, allowed, glimpse_keys)
             logp = torch.log_softmax(logits / temperature, -1)
             if forced is not None:
-                pick = forced.reshape(len(rows), -1)[:, slot].clamp_min(0)
-            elif greedy:
+                pick = forced[:, slot].clamp_min(0)
+            elif noise is None:
                 pick = logp.argmax(-1)
             else:
-                pick = torch.multinomial(logp.exp().clamp_min(0), 1, generator=generator).squeeze(-1)
+                pick = (logp + noise[:, slot]).argmax(-1)
             live = allowed.any(-1)
-            step_logp.append(
-                torch.where(live, logp.gather(1, pick[:, None]).squeeze(1), torch.zeros_like(logp[:, 0]))
-            )
+            allowed_masks.append(allowed)
+            at = pick[:, None]
+            step_logp.append(torch.where(live, logp.gather(1, at).squeeze(1), torch.zeros_like(logp[:, 0])))
             choices.append(torch.where(live, pick, torch.full_like(pick, -1)))
-            chosen = chosen | (nn.functional.one_hot(pick, m).bool() & live[:, None])
-            state = self.gru(enc.candidates[torch.arange(len(rows), device=rows.device), pick], state)
-        choice = torch.stack(choices, 1).view(b, samples, n)
-        steps = torch.stack(step_logp, 1).view(b, samples, n)
-        return {"choice": choice, "logp": steps.sum(-1), "step_logp": steps}
+            chosen = chosen | torch.zeros_like(chosen).scatter(1, at, live[:, None])
+            picked = enc.candidates.gather(1, at[:, :, None].expand(-1, 1, width)).squeeze(1)
+            state = self.gru(picked, state)
+        out = torch.stack(choices, 1), torch.stack(step_logp, 1)
+        return (*out, torch.stack(allowed_masks, 1)) if with_allowed else out
+
+    def forced_logp(self, enc: Encoded, choice: Tensor, allowed: Tensor, temperature: float = 1.0) -> Tensor:
+        """The log-probability of each pick of decoded rows [N, n] (choice and allowed masks as ``decode``
+        returned them), with every slot's pointer computed at once: the slot loop's math without its
+        loop, differentiable in ``enc`` (what LAST's gradient needs)."""
+        n = choice.shape[1]
+        pick = choice.clamp_min(0)
+        width = enc.candidates.shape[-1]
+        picked = enc.candidates.gather(1, pick[:, :, None].expand(-1, -1, width))  # [N, n, h]
+        state = self.gru(self.start.expand_as(enc.state), enc.state)
+        states = [state]
+        for slot in range(n - 1):
+            state = self.gru(picked[:, slot], state)
+            states.append(state)
+        states = torch.stack(states, 1)  # [N, n, h]
+        keys = self.pointer_keys(enc.candidates)
+        glimpse = torch.einsum("nmh,nth->ntm", self.glimpse(enc.candidates), states) / width ** 0.5
+        weights = torch.softmax(glimpse.masked_fill(~allowed, NEG_INF), -1)
+        context = torch.einsum("ntm,nmh->nth", weights, enc.candidates)
+        query = self.pointer_query(torch.cat([states, context], -1))
+        logits = self.pointer_out(torch.tanh(keys[:, None] + query[:, :, None])).squeeze(-1)
+        logp = torch.log_softmax(logits.masked_fill(~allowed, NEG_INF) / temperature, -1)
+        step = logp.gather(2, pick[:, :, None]).squeeze(-1)
+        return torch.where(allowed.any(-1), step, torch.zeros_like(step))
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> Tensor:
+    """Standard Gumbel noise: argmax(log p + noise) is a draw from p (the Gumbel-max trick)."""
+    uniform = torch.rand(shape, generator=generator, device=device)
+    return -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
 
 
 def chosen_items(candidates: Tensor, choice: Tensor) -> Tensor:

@@ -22,6 +22,13 @@ relist.rerank.list_scorer), so a shift is kept only where the members agree it h
 GRN greedy list is the floor; the request's budget is asked before every phase, and the
 best list scored so far is returned when time runs out (the skip is recorded in the budget).
 
+Cost: for the activation shift the greedy row and the S exploration samples are one decode pass
+(the greedy row decodes with zero noise), the gradient re-scores the sampled lists with every slot's
+pointer at once (``GRN.forced_logp``: no slot loop, no rules, the masks the sampling pass returned)
+and the K shifted generators are a second decode pass of B·K rows; every pass goes through the
+GRN's runner (relist.rerank.grn), eager or compiled (relist.rerank.compiled), and the encoding is
+the one ``grn`` and ``grn_samples`` decode from in the same list-ranking call.
+
 Safety under concurrency: the deployed module is only read (its parameters are taken
 detached once, shifts are fresh tensors of each call, gradients come from
 ``torch.autograd.grad`` which never writes ``.grad``), so requests cannot see each
@@ -45,10 +52,18 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from relist.data.requests import Requests
-from relist.models.generator import GRN, AllowedFn, Encoded, chosen_items
+from relist.models.generator import GRN, Encoded, chosen_items
 from relist.rerank.budget import Budget
 from relist.rerank.generators import Context
-from relist.rerank.grn import request_batch, rules_hook
+from relist.rerank.grn import (
+    GRNRunner,
+    as_runner,
+    branch_free_rules_hook,
+    decode_requests,
+    encoded_requests,
+    expand,
+    rules_hook,
+)
 from relist.rerank.list_scorer import ListScorer, pessimistic
 from relist.rerank.rules import BusinessRules
 
@@ -111,80 +126,73 @@ class LASTResult:
     source: np.ndarray  # [B] where each served list came from: greedy | sample | shift | serial
 
 
-def branch_free_rules_hook(rules: BusinessRules, batch: dict[str, Tensor]) -> AllowedFn:
-    """``rules_hook`` without data-dependent branches, so it runs under ``vmap``.
-
-    Same relaxation order as ``BusinessRules.feasible_mask`` (narrower scatter window,
-    then no shop cap, then pinned items freed), every level computed and picked per row.
-    """
-    cates, shops, ids, real = batch["cate"], batch["shop"], batch["candidates"], batch["mask"]
-    levels = [{"window": w} for w in range(rules.cate_window - 1, -1, -1)]
-    levels += [{"window": 0, "shop_cap": False}, {"window": 0, "shop_cap": False, "reserve_pinned": False}]
-
-    def allowed(rows: Tensor, prefix: Tensor, chosen: Tensor, slot: int) -> Tensor:
-        column = prefix.clamp_min(0)
-        args = (
-            cates[rows].gather(1, column),
-            shops[rows].gather(1, column),
-            cates[rows],
-            shops[rows],
-            chosen,
-            slot,
-        )
-        kwargs = {"cand_ids": ids[rows], "cand_mask": real[rows]}
-        mask = rules.allowed_mask(*args, **kwargs)
-        for level in levels:
-            mask = torch.where(mask.any(1, keepdim=True), mask, rules.allowed_mask(*args, **kwargs, **level))
-        return mask
-
-    return allowed
-
-
 class _ActivationShift:
     """Δ on the encoder's candidate states [B, m, h] and the decoder's initial state [B, h], per request."""
 
     def __init__(
         self,
-        model: GRN,
+        runner: GRN | GRNRunner,
         batch: dict[str, Tensor],
         encoded: Encoded,
         n: int,
         rules: BusinessRules | None,
         temperature: float,
     ):
-        self.model, self.batch, self.enc, self.n, self.rules = model, batch, encoded, n, rules
-        self.temperature = temperature
-        self.hook = rules_hook(rules, batch) if rules is not None else None
+        runner = as_runner(runner)
+        self.runner, self.model, self.batch, self.enc, self.n = runner, runner.model, batch, encoded, n
+        self.rules, self.temperature = rules, temperature
 
     def reference(self) -> Shifted:
         return {"candidates": self.enc.candidates, "state": self.enc.state}
 
+    def at(self, delta: Shifted | None) -> Encoded:
+        if delta is None:
+            return self.enc
+        return Encoded(self.enc.candidates + delta["candidates"], self.enc.state + delta["state"], self.enc.mask)
+
     def decode(self, delta: Shifted | None, **kwargs) -> dict[str, Tensor]:
-        enc = (
-            self.enc
-            if delta is None
-            else Encoded(
-                self.enc.candidates + delta["candidates"], self.enc.state + delta["state"], self.enc.mask
-            )
-        )
-        return self.model(
-            self.batch, self.n, temperature=self.temperature, allowed_fn=self.hook, encoded=enc, **kwargs
-        )
+        """The GRN's eager decode at θ+delta (any ``GRN.forward`` setting, e.g. ``forced``)."""
+        return self.model(self.batch, self.n, temperature=self.temperature, allowed_fn=rules_hook(self.rules,
+                          self.batch) if self.rules is not None else None, encoded=self.at(delta), **kwargs)
+
+    def greedy(self, delta: Shifted | None) -> Tensor:
+        """Greedy lists at θ+delta: choice [B, 1, n]."""
+        return decode_requests(self.runner, self.batch, self.at(delta), self.n, self.rules, temperature=None)[0]
+
+    def explore(self, delta: Shifted | None, samples: int, generator: torch.Generator,
+                with_greedy: bool) -> tuple[Tensor | None, Tensor, Tensor, Shifted]:
+        """S lists sampled at θ+delta (and the greedy one, in the same pass, ``with_greedy``): greedy choice
+        [B, 1, n] or None, sampled choice [B, S, n], their logp [B, S] differentiable in the zero ``probe``."""
+        enc = self.at(delta)
+        first = int(with_greedy)
+        choice, _, allowed = decode_requests(self.runner, self.batch, enc, self.n, self.rules, samples + first,
+                                             greedy_first=with_greedy, temperature=self.temperature,
+                                             generator=generator)
+        greedy, choice, allowed = (choice[:, :1] if with_greedy else None), choice[:, first:], allowed[:, first:]
+        probe = {name: torch.zeros_like(value, requires_grad=True) for name, value in self.reference().items()}
+        b = choice.shape[0]
+        rows = torch.arange(b).repeat_interleave(samples)
+        with torch.enable_grad():
+            probed = Encoded(enc.candidates + probe["candidates"], enc.state + probe["state"], enc.mask)
+            rows_enc, _ = expand(probed, self.batch, rows)
+            steps = self.model.forced_logp(rows_enc, choice.reshape(b * samples, self.n),
+                                           allowed.reshape(b * samples, self.n, -1), self.temperature)
+            logp = steps.sum(-1).view(b, samples)
+        return greedy, choice, logp, probe
 
     def decode_shifted(self, shifts: Shifted) -> Tensor:
         """Greedy lists of K shifts [B, K, ...] as one batch of B·K rows -> choice [B, K, n]."""
         b, k = shifts["state"].shape[:2]
         rows = torch.arange(b).repeat_interleave(k)
-        batch = {name: value[rows] for name, value in self.batch.items()}
         enc = Encoded(
             (self.enc.candidates[:, None] + shifts["candidates"]).flatten(0, 1),
             (self.enc.state[:, None] + shifts["state"]).flatten(0, 1),
             self.enc.mask[rows],
         )
-        hook = rules_hook(self.rules, batch) if self.rules is not None else None
-        return self.model(batch, self.n, greedy=True, allowed_fn=hook, encoded=enc)["choice"].view(
-            b, k, self.n
-        )
+        _, rule_inputs = expand(self.enc, self.batch, rows)
+        with torch.no_grad():
+            choice, _, _ = self.runner.decode(enc, rule_inputs, self.n, self.rules)
+        return choice.view(b, k, self.n)
 
 
 class _WeightShift:
@@ -220,6 +228,20 @@ class _WeightShift:
         kwargs = {"temperature": self.temperature, "allowed_fn": self.hook, "encoded": self.enc} | kwargs
         return functional_call(self.model, params, (self.batch, self.n), kwargs)
 
+    def greedy(self, delta: Shifted | None) -> Tensor:
+        with torch.no_grad():
+            return self.decode(delta, greedy=True)["choice"]
+
+    def explore(self, delta: Shifted | None, samples: int, generator: torch.Generator,
+                with_greedy: bool) -> tuple[Tensor | None, Tensor, Tensor, Shifted]:
+        """As ``_ActivationShift.explore``: the samples decode with their gradient (one request)."""
+        greedy = self.greedy(delta) if with_greedy else None
+        probe = {name: torch.zeros_like(value, requires_grad=True) for name, value in self.reference().items()}
+        with torch.enable_grad():
+            at = probe if delta is None else {name: delta[name] + probe[name] for name in probe}
+            out = self.decode(at, samples=samples, generator=generator)
+        return greedy, out["choice"], out["logp"], probe
+
     def decode_shifted(self, shifts: Shifted) -> Tensor:
         """Greedy lists of K weight shifts [1, K, ...], the K generators vmapped -> choice [1, K, n]."""
         kwargs = {"greedy": True, "allowed_fn": self.vmap_hook, "encoded": self.enc}
@@ -239,11 +261,8 @@ def _encoder_params(model: GRN) -> set[str]:
 
 def _sample_with_grad(space, delta: Shifted | None, samples: int, generator: torch.Generator):
     """S lists sampled at θ+delta: choice [B, S, n], logp [B, S] differentiable in the zero ``probe``."""
-    probe = {name: torch.zeros_like(value, requires_grad=True) for name, value in space.reference().items()}
-    with torch.enable_grad():
-        at = probe if delta is None else {name: delta[name] + probe[name] for name in probe}
-        out = space.decode(at, samples=samples, generator=generator)
-    return out["choice"], out["logp"], probe
+    _, choice, logp, probe = space.explore(delta, samples, generator, with_greedy=False)
+    return choice, logp, probe
 
 
 def _directions(space, logp: Tensor, probe: Shifted, weights: Tensor) -> Shifted:
@@ -299,12 +318,14 @@ class _Best:
 class LAST:
     """Learning at serving time over a deployed GRN and evaluator (see the module docstring).
 
-    As a generator, ``propose`` returns the best list it found for each request [B, 1, n].
+    ``model`` is the GRN or its runner (relist.rerank.grn: eager or compiled). As a generator,
+    ``propose`` returns the best list it found for each request [B, 1, n].
     """
 
-    def __init__(self, model: GRN, scorer: ListScorer, cfg: LASTConfig = LASTConfig()):
-        self.model, self.scorer, self.cfg = model.eval(), scorer, cfg
-        self.params = {name: value.detach() for name, value in model.named_parameters()}
+    def __init__(self, model: GRN | GRNRunner, scorer: ListScorer, cfg: LASTConfig = LASTConfig()):
+        self.runner = as_runner(model)
+        self.model, self.scorer, self.cfg = self.runner.model, scorer, cfg
+        self.params = {name: value.detach() for name, value in self.model.named_parameters()}
         names = {"activations": (), "pointer": POINTER, "all": tuple(self.params)}[cfg.shift]
         self.names = tuple(name for name in names if name in self.params)
         self._thread = threading.local()
@@ -324,53 +345,44 @@ class LAST:
     @torch.no_grad()
     def rerank(self, requests: Requests, n: int, ctx: Context) -> LASTResult:
         """The best list LAST finds for each request (one request at a time for weight shifts)."""
-        budget = ctx.budget
-        batch = request_batch(requests, ctx)
+        budget, rows = ctx.budget, len(requests)
         scorer = self.scorer.on_store(ctx.store)
         generator = torch.Generator().manual_seed(self._seed(requests))
-        with budget.stage("last.greedy", len(requests)):
-            encoded = self.model.encode(batch)
+        with budget.stage("last.greedy", rows):
+            batch, encoded = encoded_requests(self.runner, requests, ctx)
             space = (
-                _ActivationShift(self.model, batch, encoded, n, ctx.rules, self.cfg.temperature)
+                _ActivationShift(self.runner, batch, encoded, n, ctx.rules, self.cfg.temperature)
                 if self.cfg.shift == "activations"
                 else _WeightShift(self._private_model(), self.params, self.names, batch, encoded, n, ctx.rules,
                                   self.cfg.temperature)
             )
-            greedy = space.decode(None, greedy=True)["choice"]  # [B, 1, n]
-            floor = chosen_items(batch["candidates"], greedy)
-            best = _Best(floor[:, 0])
 
         def score(lists: Tensor) -> Tensor:
             """Pessimistic value of lists [B, L, n] -> [B, L], all in one batch."""
             return pessimistic(scorer.values(requests, lists, ctx.objective), self.cfg.beta)
 
+        def lists_of(choice: Tensor) -> Tensor:
+            return chosen_items(batch["candidates"], choice)
+
+        if not budget.affords("last.explore", rows):
+            with budget.stage("last.greedy", rows):
+                best = _Best(lists_of(space.greedy(None))[:, 0])
+            return LASTResult(best.lists.numpy(), best.reward.numpy(), best.source)
+        with budget.stage("last.explore", rows):  # the greedy floor decodes in the samples' pass
+            greedy, choice, logp, probe = space.explore(None, self.cfg.samples, generator, with_greedy=True)
+            floor, samples = lists_of(greedy), lists_of(choice)
+            best = _Best(floor[:, 0])
+            lr = score(torch.cat([floor, samples], 1))
+            lr_greedy, lr = lr[:, 0], lr[:, 1:]
+            best.offer(floor, lr_greedy[:, None], "greedy")
+            if self.cfg.serve_samples:
+                best.offer(samples, lr, "sample")
         search = self._parallel if self.cfg.mode == "parallel" else self._serial
-        search(space, batch, score, floor, generator, best, budget)
+        search(space, lists_of, score, (lr, logp, probe, lr_greedy), generator, best, budget, rows)
         return LASTResult(best.lists.numpy(), best.reward.numpy(), best.source)
 
-    def _explore(self, space, batch, score, generator, best, budget: Budget, delta, floor: Tensor | None):
-        """Sample S lists at θ+delta and score them (with the unscored ``floor`` [B, 1, n] lists, if any).
-
-        Returns (value of the samples [B, S], their logp and probe for the gradient, value of the floor or None).
-        """
-        with budget.stage("last.explore", len(floor) if floor is not None else 1):
-            choice, logp, probe = _sample_with_grad(space, delta, self.cfg.samples, generator)
-            lists = chosen_items(batch["candidates"], choice)
-            proposals = lists if floor is None else torch.cat([floor, lists], 1)
-            lr = score(proposals)
-            lr_floor = None
-            if floor is not None:
-                lr_floor, lr = lr[:, 0], lr[:, 1:]
-                best.offer(floor, lr_floor[:, None], "greedy")
-            if self.cfg.serve_samples:
-                best.offer(lists, lr, "sample")
-        return lr, logp, probe, lr_floor
-
-    def _parallel(self, space, batch, score, floor, generator, best, budget: Budget) -> None:
-        rows = len(floor)
-        if not budget.affords("last.explore", rows):
-            return
-        lr, logp, probe, lr_greedy = self._explore(space, batch, score, generator, best, budget, None, floor)
+    def _parallel(self, space, lists_of, score, explored, generator, best, budget: Budget, rows: int) -> None:
+        lr, logp, probe, lr_greedy = explored
         if not budget.affords("last.gradient", rows):
             return
         with budget.stage("last.gradient", rows):
@@ -388,29 +400,35 @@ class LAST:
         if not budget.affords("last.score", rows):
             return
         with budget.stage("last.score", rows):
-            lists = chosen_items(batch["candidates"], shifted)
+            lists = lists_of(shifted)
             best.offer(lists, score(lists), "shift")
 
-    def _serial(self, space, batch, score, floor, generator, best, budget: Budget) -> None:
-        delta, lr_greedy, rows = None, None, len(floor)
-        for _ in range(self.cfg.serial_steps):
-            if not budget.affords("last.explore", rows):
-                return
-            lr, logp, probe, lr_floor = self._explore(space, batch, score, generator, best, budget, delta, floor)
-            lr_greedy, floor = (lr_greedy if lr_floor is None else lr_floor), None
+    def _serial(self, space, lists_of, score, explored, generator, best, budget: Budget, rows: int) -> None:
+        lr, logp, probe, lr_greedy = explored
+        delta = None
+        for step in range(self.cfg.serial_steps):
+            if step:
+                if not budget.affords("last.explore", rows):
+                    return
+                with budget.stage("last.explore", rows):
+                    _, choice, logp, probe = space.explore(delta, self.cfg.samples, generator, with_greedy=False)
+                    samples = lists_of(choice)
+                    lr = score(samples)
+                    if self.cfg.serve_samples:
+                        best.offer(samples, lr, "sample")
             if not budget.affords("last.gradient", rows):
                 return
             with budget.stage("last.gradient", rows):
                 weights = _advantage_weights(lr, lr_greedy, self.cfg.baseline, 1)
-                step = _directions(space, logp, probe, weights)
+                moved = _directions(space, logp, probe, weights)
                 delta = {
                     name: self.cfg.serial_step * d[:, 0] + (0 if delta is None else delta[name])
-                    for name, d in step.items()
+                    for name, d in moved.items()
                 }
             if not budget.affords("last.decode", rows):
                 return
             with budget.stage("last.decode", rows):
-                lists = chosen_items(batch["candidates"], space.decode(delta, greedy=True)["choice"])
+                lists = lists_of(space.greedy(delta))
                 lr_greedy = score(lists)[:, 0]
                 best.offer(lists, lr_greedy[:, None], "serial")
 

@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from relist.data.requests import Requests
+from relist.rerank import shared
 from relist.rerank.generators import Context, Generator
 from relist.rerank.list_scorer import pessimistic
 from relist.rerank.local_search import LocalSearch, LocalSearchConfig
@@ -95,6 +96,10 @@ class ListRanking:
         return np.concatenate(parts, 1), source
 
     def rank(self, requests: Requests, n: int, ctx: Context) -> RankedLists:
+        with shared.scope():  # what several generators read is computed once (relist.rerank.shared)
+            return self._rank(requests, n, ctx)
+
+    def _rank(self, requests: Requests, n: int, ctx: Context) -> RankedLists:
         proposals, source = self.proposals(requests, n, ctx)
         scorer = self.scorer.on_store(ctx.store)
         b, k, _ = proposals.shape

@@ -8,6 +8,10 @@ member. The members' mean is the evaluator's estimate, their spread how far it c
 :func:`pessimistic` (mean - beta x std) is what chooses and rewards lists wherever a list unlike
 the logged ones could otherwise win on the evaluator's errors. Inputs are numpy or torch; outputs
 follow the type of ``lists``. No gradients.
+
+The network can run compiled (relist.rerank.compiled: ``compiled`` takes the input batch and returns
+the same logits), and the teacher's logits that every call reads as its prior are computed once per
+list-ranking call (relist.rerank.shared), however many times the lists of a request are scored.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from relist.data.requests import Requests
 from relist.models.evaluator import Evaluator, exposure, load_evaluator
 from relist.models.inputs import list_inputs
 from relist.objective import Objective, terms, value
+from relist.rerank import shared
 
 Array = np.ndarray | Tensor
 IPV = Objective()
@@ -48,17 +53,35 @@ def list_priors(prior: PriorFn, store: FeatureStore, requests: Requests, lists: 
     return out
 
 
+def teacher_logits(ranker, store: FeatureStore, requests: Requests) -> dict[str, np.ndarray]:
+    """The fine-ranking teacher's logits of every candidate, computed once per list-ranking call (the
+    evaluator's prior and the point scores of greedy_ctr and beam read the same ones)."""
+    from relist.models.ranking.scoring import point_logits
+
+    return shared.once("teacher.logits", ranker, requests, store, lambda: point_logits(ranker, store, requests))
+
+
+def teacher_prior(ranker) -> PriorFn:
+    """The prior an evaluator trained with ``ranker`` reads."""
+
+    def prior(requests: Requests, store: FeatureStore) -> dict[str, np.ndarray]:
+        return teacher_logits(ranker, store, requests)
+
+    return prior
+
+
 class ListScorer:
     """A frozen evaluator ensemble plus the feature store that turns ids into its inputs."""
 
     name = "evaluator"
 
     def __init__(self, model: Evaluator, store: FeatureStore, exposure_weighted: bool = True,
-                 batch_size: int = 4096, prior: PriorFn | None = None):
+                 batch_size: int = 4096, prior: PriorFn | None = None,
+                 compiled: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None):
         if model.cfg.prior and prior is None:
             raise ValueError("this evaluator starts from the fine-ranking teacher's logits: give its prior "
                              "(the ranker model it was trained with)")
-        self.model, self.store, self.prior = model.eval(), store, prior
+        self.model, self.store, self.prior, self.compiled = model.eval(), store, prior, compiled
         self.exposure_weighted, self.batch_size = exposure_weighted, batch_size
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -67,7 +90,6 @@ class ListScorer:
     def load(cls, model_dir: str | Path, store: FeatureStore, ranker_dir: str | Path | None = None) -> ListScorer:
         """From a ``relist train evaluator`` directory; an evaluator with a prior needs the ranker it was
         trained with (``ranker_dir``, checked by its weights' checksum)."""
-        from relist.models.ranking.scoring import point_logits
         from relist.train.ranking import load_ranking_model, weights_digest
 
         model, spec = load_evaluator(model_dir)
@@ -79,10 +101,7 @@ class ListScorer:
             if spec.prior_weights != weights_digest(ranker_dir):
                 raise ValueError(f"{model_dir}: trained with another ranker than {ranker_dir} "
                                  "(weights differ); retrain the evaluator or use its ranker")
-            ranker = load_ranking_model(ranker_dir)
-
-            def prior(requests: Requests, store: FeatureStore) -> dict[str, np.ndarray]:
-                return point_logits(ranker, store, requests)
+            prior = teacher_prior(load_ranking_model(ranker_dir))
 
         return cls(model, store, spec.exposure_weighted, prior=prior)
 
@@ -92,8 +111,13 @@ class ListScorer:
 
     def on_store(self, store: FeatureStore) -> ListScorer:
         """The same evaluator reading another store (e.g. a view with a request's user overrides)."""
-        return self if store is self.store else ListScorer(self.model, store, self.exposure_weighted,
-                                                           self.batch_size, self.prior)
+        return self if store is self.store else self.replaced(store=store)
+
+    def replaced(self, **changes) -> ListScorer:
+        """The same evaluator with other settings (``store``, ``prior``, ``compiled``, ``batch_size``)."""
+        settings = dict(model=self.model, store=self.store, exposure_weighted=self.exposure_weighted,
+                        batch_size=self.batch_size, prior=self.prior, compiled=self.compiled)
+        return ListScorer(**(settings | changes))
 
     def terms(self, requests: Requests, lists: Array, rows: np.ndarray | None = None) -> Array:
         """Per member and position the objective terms of lists [R, n] of ``requests[rows]`` (default: one
@@ -136,7 +160,7 @@ class ListScorer:
         if self.prior is not None:
             batch |= {name: value.to(device) for name, value in
                       list_priors(self.prior, self.store, requests, ids.cpu().numpy(), rows).items()}
-        logits = self.model(batch)
+        logits = (self.model if self.compiled is None else self.compiled)(batch)
         real = batch["mask"].to(logits["click"].dtype)
         seen = exposure(logits["next"]) * real if self.exposure_weighted else real.expand_as(logits["click"])
         out = terms(seen, torch.sigmoid(logits["click"]), torch.sigmoid(logits["buy"]), batch["raw_price"])

@@ -26,7 +26,7 @@ from relist.rerank.generators import Context, Generator
 from relist.rerank.grn import GRNGreedy, GRNSamples
 from relist.rerank.last import LAST, LASTConfig
 from relist.rerank.list_ranking import AUTO, ListRanking, ListRankingConfig
-from relist.rerank.list_scorer import ListScorer, UpstreamValue, pessimistic
+from relist.rerank.list_scorer import ListScorer, UpstreamValue, pessimistic, teacher_logits
 from relist.rerank.policy import GreedyUpstreamScore, RandomOrder, Upstream
 from relist.rerank.rules import RulesConfig
 
@@ -83,9 +83,10 @@ class Models:
         return cls(store, **loaded), missing
 
     def point_scores(self, requests: Requests, store: FeatureStore) -> dict[str, np.ndarray]:
-        from relist.models.ranking.scoring import point_scores
+        """The teacher's probabilities (its logits are shared with the evaluator's prior: relist.rerank.shared)."""
+        from relist.models.ranking.scoring import probabilities
 
-        return point_scores(self.ranker, store, requests)
+        return probabilities(teacher_logits(self.ranker, store, requests), requests.mask)
 
     def value_model(self, p_next: float = 0.85):
         """What values lists: the evaluator, or the upstream scores where the version has none."""

@@ -70,8 +70,12 @@ def point_scores(
 ) -> dict[str, np.ndarray]:
     """Click and keep-scrolling probabilities of every candidate, [B, m] each (0 at padding), and the
     purchase probability given a click ("buy") where the model has that head; beam search consumes these."""
-    return {name: np.where(requests.mask, 1.0 / (1.0 + np.exp(-logits)), 0.0)
-            for name, logits in point_logits(model, store, requests, max_pairs).items()}
+    return probabilities(point_logits(model, store, requests, max_pairs), requests.mask)
+
+
+def probabilities(logits: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Logits [B, m] by name as probabilities (0 at padding)."""
+    return {name: np.where(mask, 1.0 / (1.0 + np.exp(-value)), 0.0) for name, value in logits.items()}
 
 
 class CoarseScorer:
