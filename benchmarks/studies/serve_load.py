@@ -188,4 +188,4 @@ def _print(rows: dict) -> None:
         share = f"{100 * row['model_share']:.1f}%" if "model_share" in row else ""
         table.add_row(name, f"{row['rps']:.0f}", f"{row['rps_over_noop']:.3f}", f"{row['p50_ms']:.1f}",
                       f"{row['p99_ms']:.1f}", str(row["non_2xx"]), share, served)
-    Console().print(table)
+    Console(width=160).print(table)
