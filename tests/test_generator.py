@@ -159,3 +159,22 @@ def test_grn_generators_propose_candidates_reproducibly(logs, store):
     assert samples.shape == (16, 6, 10)
     np.testing.assert_array_equal(samples, GRNSamples(model, samples=6, seed=3).propose(requests, 10, ctx))
     assert not np.array_equal(samples, GRNSamples(model, samples=6, seed=4).propose(requests, 10, ctx))
+
+
+def test_greedy_ctr_reference_reads_the_teacher_from_the_evaluator_or_the_ranker_dir(models, models_dir, logs, store):
+    from types import SimpleNamespace
+
+    from relist.rerank.registry import GENERATORS, RerankConfig
+    from relist.train.config import ConfigError
+    from relist.train.generator import reference_generator
+
+    cfg = GeneratorTrainConfig(imitation=0.1, imitate="greedy_ctr")
+    no_prior = SimpleNamespace(prior=None)  # an evaluator trained without the teacher
+    with pytest.raises(ConfigError, match="--ranker"):
+        reference_generator(cfg, no_prior)
+    requests, _ = logged_requests(logs, "valid", 8)
+    ctx = Context(store, RulesConfig().build())
+    expected = GENERATORS["greedy_ctr"](models, RerankConfig()).propose(requests, 5, ctx)
+    for reference in (reference_generator(cfg, models.evaluator), reference_generator(cfg, no_prior,
+                                                                                      models_dir / "ranker")):
+        np.testing.assert_array_equal(reference.propose(requests, 5, ctx), expected)

@@ -41,7 +41,7 @@ from relist.objective import Objective
 from relist.rerank.baselines import GreedyCTR
 from relist.rerank.generators import Context, Generator
 from relist.rerank.grn import rules_hook
-from relist.rerank.list_scorer import ListScorer
+from relist.rerank.list_scorer import ListScorer, teacher_prior
 from relist.rerank.policy import GreedyUpstreamScore
 from relist.rerank.rules import BusinessRules, RulesConfig
 from relist.train.config import ConfigError, TrainConfig, save_config
@@ -164,15 +164,23 @@ def request_inputs(store: FeatureStore, requests: Requests, rules: BusinessRules
     return batch
 
 
-def reference_generator(cfg: GeneratorTrainConfig, scorer: ListScorer) -> Generator | None:
-    """What the behaviour term imitates (None without one)."""
+def reference_generator(cfg: GeneratorTrainConfig, scorer: ListScorer,
+                        ranker_dir: str | Path | None = None) -> Generator | None:
+    """What the behaviour term imitates (None without one). Greedy by CTR reads the fine-ranking teacher:
+    the one the evaluator starts from, or the one in ``ranker_dir``."""
     if cfg.imitation == 0:
         return None
     if cfg.imitate == "greedy_upstream_score":
         return GreedyUpstreamScore()
-    if scorer.prior is None:
-        raise ConfigError("imitate: greedy_ctr needs an evaluator trained on top of the fine-ranking teacher")
-    return GreedyCTR(lambda requests, store: {"ctr": scorer.prior(requests, store)["ctr"]})
+    prior = scorer.prior
+    if prior is None and ranker_dir is not None:
+        from relist.train.ranking import load_ranking_model
+
+        prior = teacher_prior(load_ranking_model(ranker_dir))
+    if prior is None:
+        raise ConfigError("imitate: greedy_ctr needs the fine-ranking teacher (give its directory, --ranker), "
+                          "or set imitate: greedy_upstream_score")
+    return GreedyCTR(lambda requests, store: {"ctr": prior(requests, store)["ctr"]})
 
 
 def request_batches(data_dir: Path, store: FeatureStore, cfg: GeneratorTrainConfig, reference: Generator | None):
@@ -221,7 +229,7 @@ def train_generator(
     torch.manual_seed(cfg.train.seed)
     model = SampledGRN(vocab, cfg.model, cfg.samples, cfg.temperature, cfg.rules.build())
     requests, _ = logged_requests(data_dir, "valid", cfg.valid_requests)
-    batches = request_batches(data_dir, store, cfg, reference_generator(cfg, scorer))
+    batches = request_batches(data_dir, store, cfg, reference_generator(cfg, scorer, ranker_dir))
     result = fit(model, policy_gradient_loss(scorer, cfg), batches,
                  greedy_value(scorer, requests, store, cfg), cfg.train, out_dir, resume)
     if is_main():
