@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
-from benchmarks.studies.rerank import CONFIGS, ROOT, train_models  # noqa: E402
+from benchmarks.studies.rerank import CONFIGS, ROOT, default_world_models  # noqa: E402
 from relist.data.features import FeatureStore  # noqa: E402
 from relist.eval.rerank import LoggedTest, RerankEvalConfig  # noqa: E402
 from relist.eval.simulated import true_rewards  # noqa: E402
@@ -30,8 +30,7 @@ from relist.objective import Objective  # noqa: E402
 from relist.rerank.generators import Context  # noqa: E402
 from relist.rerank.registry import Models, build_generators, build_ranking  # noqa: E402
 from relist.sim.config import load_sim_config  # noqa: E402
-from relist.sim.logs import simulate_logs  # noqa: E402
-from relist.sim.world import build_world, world_of_logs  # noqa: E402
+from relist.sim.world import world_of_logs  # noqa: E402
 from relist.train.config import load_config  # noqa: E402
 
 
@@ -50,11 +49,7 @@ class Config(BaseModel):
 
 def run(cfg: Config, work: Path) -> dict:
     torch.set_num_threads(1)
-    data = work / "default" / "sim"
-    if not (data / "lists").is_dir():
-        simulate_logs(build_world(load_sim_config(ROOT / cfg.world)), data, cfg.lists, progress=False)
-    models_dir = work / "default" / f"seed{cfg.seed}"
-    train_models(data, models_dir, cfg.seed, None)
+    data, models_dir = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
     world, store = world_of_logs(data), FeatureStore.from_dir(data)
     models, _ = Models.load(models_dir, store)
     eval_cfg = load_config(CONFIGS / "rerank_eval.yaml", RerankEvalConfig)

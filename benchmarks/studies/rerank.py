@@ -124,6 +124,17 @@ def train_models(data: Path, models: Path, seed: int, generator_steps: int | Non
     return seconds
 
 
+def default_world_models(work: Path, sim: SimConfig, lists: int, seed: int) -> tuple[Path, Path]:
+    """This study's default-world logs and one seed's models under ``work`` (made where missing), so that
+    every study given the same ``--work`` reuses them: (log directory, models directory)."""
+    data = work / "default" / "sim"
+    if not (data / "lists").is_dir():
+        simulate_logs(build_world(sim), data, lists, progress=False)
+    models = work / "default" / f"seed{seed}"
+    train_models(data, models, seed, None)
+    return data, models
+
+
 def judging_world(spec: WorldSpec, data: Path) -> World:
     """The world whose truth judges the lists: the one that wrote the logs, or it after a behaviour change."""
     world = world_of_logs(data)

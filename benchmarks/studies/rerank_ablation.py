@@ -21,14 +21,13 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.studies.rerank import CONFIGS, DONE, ROOT, WorldSpec, _merged, train_models, validity
+from benchmarks.studies.rerank import CONFIGS, DONE, ROOT, WorldSpec, _merged, default_world_models, validity
 from relist.data.features import FeatureStore
 from relist.eval.metrics import paired_relative
 from relist.eval.rerank import LoggedTest, RerankEvalConfig, build_policies, serve
 from relist.eval.simulated import true_rewards
 from relist.rerank.registry import Models
-from relist.sim.logs import simulate_logs
-from relist.sim.world import build_world, world_of_logs
+from relist.sim.world import world_of_logs
 from relist.train.config import load_config
 
 
@@ -92,11 +91,7 @@ def _train_variant(data: Path, base: Path, out: Path, variant: Variant, seed: in
 
 def run(cfg: Config, work: Path) -> dict:
     torch.set_num_threads(1)
-    data = work / "default" / "sim"
-    if not (data / "lists").is_dir():
-        simulate_logs(build_world(cfg.world.sim_config()), data, cfg.world.lists, progress=False)
-    base = work / "default" / f"seed{cfg.seed}"
-    train_models(data, base, cfg.seed, None)
+    data, base = default_world_models(work, cfg.world.sim_config(), cfg.world.lists, cfg.seed)
     world, store = world_of_logs(data), FeatureStore.from_dir(data)
     logged = LoggedTest.read(data, cfg.requests, "valid")  # the design bucket: validation requests only
     eval_cfg = load_config(ROOT / "relist" / "configs" / "rerank_eval.yaml", RerankEvalConfig)

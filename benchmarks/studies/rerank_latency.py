@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.studies.rerank import CONFIGS, ROOT, train_models
+from benchmarks.studies.rerank import CONFIGS, ROOT, default_world_models
 
 FLOOR = "greedy_upstream_score"
 
@@ -42,15 +42,9 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.rerank.generators import Context
     from relist.rerank.registry import Models
     from relist.sim.config import load_sim_config
-    from relist.sim.logs import simulate_logs
-    from relist.sim.world import build_world
     from relist.train.config import load_config
 
-    data = work / "default" / "sim"
-    if not (data / "lists").is_dir():
-        simulate_logs(build_world(load_sim_config(ROOT / cfg.world)), data, cfg.lists, progress=False)
-    models_dir = work / "default" / f"seed{cfg.seed}"
-    train_models(data, models_dir, cfg.seed, None)
+    data, models_dir = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
     torch.set_num_threads(cfg.threads)
     store = FeatureStore.from_dir(data)
     models, _ = Models.load(models_dir, store)

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.studies.rerank import ROOT, train_models
+from benchmarks.studies.rerank import ROOT, default_world_models
 
 FLOORS = ("upstream", "popular")  # what the service serves when it does not re-rank
 ROLES = ("ranker", "evaluator", "generator", "prm", "dlcm", "seq2slate")
@@ -68,14 +68,8 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.serve.config import load_serve_config
     from relist.serve.registry import VERSIONS, export_version
     from relist.sim.config import load_sim_config
-    from relist.sim.logs import simulate_logs
-    from relist.sim.world import build_world
 
-    data = work / "default" / "sim"
-    if not (data / "lists").is_dir():
-        simulate_logs(build_world(load_sim_config(ROOT / cfg.world)), data, cfg.lists, progress=False)
-    models = work / "default" / f"seed{cfg.seed}"
-    train_models(data, models, cfg.seed, None)
+    data, models = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
     serve_config = ROOT / cfg.serve_config
     model_dir = work / "serve_load_versions"
     if not (model_dir / VERSIONS / "v1").is_dir():
