@@ -200,6 +200,14 @@ class Estimator(ABC):
     def terms(self, x: Inputs) -> Terms: ...
 
 
+class SelfNormalised:
+    """Mixed in before an importance-weighted estimator: each slot's sum divided by its mean weight."""
+
+    def terms(self, x: Inputs) -> Terms:
+        t = super().terms(x)
+        return Terms(t.numer, denom=t.weights, weights=t.weights)
+
+
 class ListIPS(Estimator):
     name, summary = "ips", "whole-list importance weighting; unbiased for any reward"
 
@@ -208,12 +216,8 @@ class ListIPS(Estimator):
         return Terms(w * x.logs.list_reward[:, None], weights=w)
 
 
-class ListSNIPS(ListIPS):
+class ListSNIPS(SelfNormalised, ListIPS):
     name, summary = "snips", "whole-list weighting divided by the mean weight"
-
-    def terms(self, x: Inputs) -> Terms:
-        t = super().terms(x)
-        return Terms(t.numer, denom=t.weights, weights=t.weights)
 
 
 class IndependentIPS(Estimator):
@@ -225,12 +229,8 @@ class IndependentIPS(Estimator):
         return Terms(w * x.logs.rewards, weights=w)
 
 
-class IndependentSNIPS(IndependentIPS):
+class IndependentSNIPS(SelfNormalised, IndependentIPS):
     name, summary = "sniips", "independent IPS, each slot divided by its mean weight"
-
-    def terms(self, x: Inputs) -> Terms:
-        t = super().terms(x)
-        return Terms(t.numer, denom=t.weights, weights=t.weights)
 
 
 class CascadeIPS(Estimator):
@@ -241,12 +241,8 @@ class CascadeIPS(Estimator):
         return Terms(w * x.logs.rewards, weights=w)
 
 
-class CascadeSNIPS(CascadeIPS):
+class CascadeSNIPS(SelfNormalised, CascadeIPS):
     name, summary = "snrips", "cascade IPS, each slot divided by its mean weight"
-
-    def terms(self, x: Inputs) -> Terms:
-        t = super().terms(x)
-        return Terms(t.numer, denom=t.weights, weights=t.weights)
 
 
 class PseudoInverseEstimator(Estimator):
