@@ -1,12 +1,15 @@
 """Shared by the serving tests: a tiny world (logs + one tiny trained model per role), a live server on
-127.0.0.1 run with the same uvicorn settings as `relist serve`, and waiting on conditions with deadlines."""
+127.0.0.1 run with the same uvicorn settings as `relist serve`, waiting on conditions with deadlines, and
+a pipeline whose scorer rates every list NaN."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from relist.models.evaluator import DCWNConfig
@@ -92,3 +95,24 @@ class LiveServer(BackgroundServer):
 
     def __init__(self, app, config: ServeConfig = ServeConfig()):
         super().__init__(app, limits_of(config), start_timeout_s=DEADLINE_S)
+
+
+class NaNScorer:
+    """A list scorer whose every value is NaN: finite weights can still overflow."""
+
+    name = "evaluator"
+
+    def on_store(self, store):
+        return self
+
+    def values(self, requests, lists, objective=None):
+        return np.full((1, *lists.shape[:-1]), np.nan)
+
+
+def scored_nan(pipeline):
+    """The same pipeline with its list ranking scored by :class:`NaNScorer`."""
+    from relist.rerank.list_ranking import ListRanking
+
+    ranking = pipeline.ranking
+    return dataclasses.replace(pipeline, ranking=ListRanking(ranking.generators, NaNScorer(), ranking.cfg,
+                                                             ranking.incumbent))

@@ -7,16 +7,13 @@ test_serve_hardening.py.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import STAGES, metric_value, tiny_logs, tiny_world  # noqa: F401 (tiny_logs: test_serve_pipeline)
+from serve_helpers import STAGES, metric_value, scored_nan, tiny_logs, tiny_world  # noqa: F401 (tiny_logs: test_serve_pipeline)
 
 from relist.data.logs import logged_requests
-from relist.rerank.list_ranking import ListRanking
 from relist.serve.app import create_app
 from relist.serve.config import ServeConfig
 
@@ -287,19 +284,9 @@ def test_the_schema_says_what_the_server_does(client):
 def test_a_non_finite_list_reward_is_served_as_a_fallback(client, logged):
     """Finite weights can still overflow: a NaN reward must never reach a client as `list_reward: null`."""
 
-    class NaNScorer:
-        name = "evaluator"
-
-        def on_store(self, store):
-            return self
-
-        def values(self, requests, lists, objective=None):
-            return np.full((1, *lists.shape[:-1]), np.nan)
-
     registry = client.app.state.registry
     good = registry.pipeline
-    ranking = ListRanking(good.ranking.generators, NaNScorer(), good.ranking.cfg, good.ranking.incumbent)
-    registry.pipeline = dataclasses.replace(good, ranking=ranking)
+    registry.pipeline = scored_nan(good)
     try:
         r = client.post("/v1/rerank", json=body_of(logged))
     finally:

@@ -21,10 +21,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
-from serve_helpers import DEADLINE_S, LiveServer, free_port, tiny_world, wait_for
+from serve_helpers import DEADLINE_S, LiveServer, free_port, scored_nan, tiny_world, wait_for
 
 from benchmarks.studies import serve_bad_input as bad_input  # its cases are the ones replayed here
-from relist.rerank.list_ranking import ListRanking
 from relist.serve.app import create_app
 from relist.serve.config import ServeConfig
 from relist.serve.registry import MANIFEST, VERSIONS, Manifest, Registry, VersionError, export_version, sha256_of
@@ -175,18 +174,8 @@ def test_smoke_requests_refuse_a_model_that_scores_nan(app):
     pipeline = app.state.registry.pipeline
     smoke_test(pipeline)  # the served version passes
 
-    class NaNScorer:
-        name = "evaluator"
-
-        def on_store(self, store):
-            return self
-
-        def values(self, requests, lists, objective=None):
-            return np.full((1, *lists.shape[:-1]), np.nan)
-
-    ranking = ListRanking(pipeline.ranking.generators, NaNScorer(), pipeline.ranking.cfg, pipeline.ranking.incumbent)
     with pytest.raises(ModelCheckError, match="generator 'upstream': the evaluator scorer rates its smoke list nan"):
-        smoke_test(dataclasses.replace(pipeline, ranking=ranking))
+        smoke_test(scored_nan(pipeline))
     rankers = {**pipeline.rankers, "fine": lambda store, user, ids: np.full(len(ids), np.nan)}
     with pytest.raises(ModelCheckError, match="ranker 'fine' gives non-finite"):
         smoke_test(dataclasses.replace(pipeline, rankers=rankers))
