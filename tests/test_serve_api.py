@@ -306,6 +306,13 @@ def test_admin_errors_name_the_version_without_server_paths(client, world):
     assert r.status_code == 422 and fields(r) == ["version"], r.text
 
 
+def test_the_request_schema_names_every_list_objective():
+    from relist import objective
+    from relist.serve import schemas
+
+    assert schemas.OBJECTIVES == objective.OBJECTIVES == tuple(schemas.ObjectiveWeights.model_fields)
+
+
 def test_per_request_objective_weights_change_what_is_served(client, logged):
     served = {}
     for name, weights in {"clicks": {"ipv": 1.0}, "views": {"pv": 1.0}, "spend": {"gmv": 1.0}}.items():

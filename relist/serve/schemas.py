@@ -71,7 +71,7 @@ class Candidate(_Body):
     score: FiniteFloat | None = Field(None, description="upstream point-wise score, e.g. a CTR in [0, 1]")
 
 
-OBJECTIVES = ("pv", "ipv", "buys", "gmv")
+OBJECTIVES = ("pv", "ipv", "buys", "gmv")  # relist.objective.OBJECTIVES, spelled out: schemas stay torch-free
 
 
 class ObjectiveWeights(_Body):
