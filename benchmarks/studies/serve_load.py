@@ -126,12 +126,12 @@ def _bodies(requests, work: Path) -> dict[str, Path]:
     for endpoint, bodies in lines.items():
         paths[endpoint] = work / f"bodies_{endpoint}.jsonl"
         paths[endpoint].write_text("\n".join(bodies) + "\n")
+        paths[endpoint].with_suffix(".lua").write_text(LUA)  # wrk's script: send the bodies in turn
     return paths
 
 
 def _wrk(base: str, endpoint: str, bodies: Path, connections: int, seconds: int) -> dict:
-    script = bodies.with_suffix(".lua")
-    script.write_text(LUA)
+    script = bodies.with_suffix(".lua")  # written with the bodies
     done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
                            "-s", str(script), f"{base}/v1/{endpoint}"], capture_output=True, text=True,
                           timeout=seconds + 60, env={**os.environ, "RELIST_BODIES": str(bodies)})
