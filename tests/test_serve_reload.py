@@ -104,13 +104,6 @@ def test_a_version_whose_pipeline_cannot_be_built_is_refused(model_dir, logs):
     assert not (model_dir / VERSIONS / "v5").exists()
 
 
-def point_current_at(model_dir, version: str) -> None:
-    """Repoint CURRENT in one rename, as a deploy does: a watcher never reads a half-written file."""
-    tmp = model_dir / f"{CURRENT}.tmp"
-    tmp.write_text(f"{version}\n")
-    tmp.replace(model_dir / CURRENT)
-
-
 def test_hot_reload_under_load(model_dir, logs):
     """Clients keep sending while versions change: no failed request, each response from one version."""
     app = create_app(model_dir, ServeConfig(watch_interval_s=0.1), admin_token=TOKEN)
@@ -149,7 +142,7 @@ def test_hot_reload_under_load(model_dir, logs):
         r = admin.post("/admin/reload", json={"version": "v3"})
         assert r.status_code == 409 and "sha256" in r.text and "still serving v2" in r.text
         assert str(model_dir) not in r.text  # no server paths in answers
-        point_current_at(model_dir, "v3")  # ... and by the pointer watcher
+        (model_dir / CURRENT).write_text("v3\n")  # ... and by the pointer watcher
         wait_for(lambda: metric_value(admin, 'relist_reloads_total{outcome="refused"}') >= 2, "v3 refused twice")
         assert admin.get("/readyz").json() == {"status": "ready", "model_version": "v2", "refused_version": "v3"}
         assert metric_value(admin, "relist_current_refused") == 1
@@ -274,3 +267,10 @@ def test_app_from_env_is_what_uvicorn_workers_build(monkeypatch, model_dir):
     monkeypatch.setenv(ENV_CONFIG, str(DEFAULT_CONFIG))
     with TestClient(app_from_env()) as client:
         assert client.get("/readyz").json()["model_version"] == "v1"
+
+
+def test_an_empty_pointer_is_a_write_in_progress_not_a_refused_version(model_dir):
+    registry = Registry(model_dir)
+    (model_dir / CURRENT).write_text("")  # `echo v2 > CURRENT` between its truncate and its write
+    assert not registry.pointer_changed() and registry.follow_pointer() is None
+    assert registry.refused_version is None and registry.pipeline.version == "v1"

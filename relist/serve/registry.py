@@ -349,9 +349,13 @@ class Registry:
             return old, new
 
     def pointer_changed(self) -> bool:
-        """Whether CURRENT names another version than the served one (and not one already refused)."""
+        """Whether CURRENT names another version than the served one (and not one already refused).
+
+        An empty CURRENT is a write in progress (``echo v2 > CURRENT`` truncates, then writes), not a
+        change: the next look sees the name.
+        """
         state = self._pointer_state()
-        return state is not None and state[0] != self.pipeline.version and state != self._refused
+        return state is not None and state[0] != "" and state[0] != self.pipeline.version and state != self._refused
 
     def follow_pointer(self) -> tuple[Pipeline, Pipeline] | None:
         """Reload when CURRENT changed; a refused pointer value is not retried until it changes again."""
