@@ -1,0 +1,102 @@
+"""The compiled path (ONNX graphs in ONNX Runtime) returns exactly the eager path's lists on fixed seeds: GRN
+greedy, sampled and LAST-shifted decoding under the rules, the evaluator's values and the teacher's logits, and
+therefore list ranking's served lists (so every true-reward table is unchanged by compilation)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from relist.data.logs import logged_requests
+from relist.rerank.compiled import MANIFEST, OnnxGRN, compiled_models, export_onnx
+from relist.rerank.generators import Context
+from relist.rerank.grn import GRNGreedy, GRNSamples
+from relist.rerank.last import LAST, LASTConfig
+from relist.rerank.registry import RerankConfig, build_ranking
+from relist.rerank.rules import BusinessRules
+
+RULES = BusinessRules(cate_window=2)
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    export_onnx(models, RULES, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fast(models, onnx_dir):
+    return compiled_models(models, onnx_dir)
+
+
+@pytest.fixture(scope="module")
+def requests(logs):
+    return logged_requests(logs, "test", 200)[0]
+
+
+def test_the_manifest_names_every_graph_and_what_it_reads(onnx_dir, fast):
+    manifest = json.loads((onnx_dir / MANIFEST).read_text())
+    assert set(manifest["graphs"]) == {"generator_encoder", "generator_decoder", "evaluator", "ranker"}
+    for graph in manifest["graphs"].values():
+        assert (onnx_dir / graph["file"]).is_file() and graph["inputs"] and graph["outputs"]
+    assert manifest["slots"] == 10 and manifest["rules"]["cate_window"] == 2 and manifest["members"] == 2
+    assert isinstance(fast.generator, OnnxGRN) and fast.evaluator.compiled is not None
+
+
+@pytest.mark.parametrize("rows", [slice(0, 1), slice(3, 4), slice(0, 200)])
+def test_greedy_and_sampled_lists_are_the_eager_ones(models, fast, store, requests, rows):
+    ctx = Context(store, RULES)
+    batch = requests[rows]
+    for n in (10, 6):
+        assert (GRNGreedy(fast.generator).propose(batch, n, ctx) == GRNGreedy(models.generator).propose(batch, n,
+                                                                                                       ctx)).all()
+        eager, compiled = (GRNSamples(m.generator, 8, 1.0, seed=3).propose(batch, n, ctx) for m in (models, fast))
+        assert (eager == compiled).all() and len({tuple(x) for x in eager[0]}) > 1  # real samples, the same ones
+
+
+def test_a_call_the_graph_cannot_take_runs_eagerly_with_the_same_result(models, fast, store, requests):
+    other = Context(store, BusinessRules(cate_window=3, max_per_shop=1))
+    batch = requests[:20]
+    assert (GRNGreedy(fast.generator).propose(batch, 10, other) == GRNGreedy(models.generator).propose(batch, 10,
+                                                                                                      other)).all()
+    longer = Context(store, RULES)
+    assert (GRNGreedy(fast.generator).propose(batch, 12, longer) == GRNGreedy(models.generator).propose(batch, 12,
+                                                                                                       longer)).all()
+
+
+def test_evaluator_and_teacher_agree_to_float_rounding(models, fast, store, requests):
+    lists = GRNSamples(models.generator, 4).propose(requests, 10, Context(store, RULES))
+    np.testing.assert_allclose(fast.evaluator.values(requests, lists), models.evaluator.values(requests, lists),
+                               rtol=1e-4, atol=1e-5)
+    eager, compiled = models.point_scores(requests, store), fast.point_scores(requests, store)
+    for head in ("ctr", "next"):
+        np.testing.assert_allclose(compiled[head], eager[head], rtol=1e-4, atol=1e-6)
+
+
+def test_last_shifts_to_the_same_lists(models, fast, store, requests):
+    cfg = LASTConfig()  # K = 8: two directions x four step sizes
+    eager = LAST(models.generator, models.evaluator, cfg).rerank(requests[:64], 10, Context(store, RULES))
+    compiled = LAST(fast.generator, fast.evaluator, cfg).rerank(requests[:64], 10, Context(store, RULES))
+    assert (eager.lists == compiled.lists).all() and (eager.source == compiled.source).all()
+    np.testing.assert_allclose(eager.reward, compiled.reward, rtol=1e-4, atol=1e-5)
+
+
+def test_list_ranking_serves_the_same_lists(models, fast, store, requests):
+    cfg = RerankConfig()
+    names = ["upstream", "greedy_upstream_score", "greedy_ctr", "beam", "grn", "grn_samples", "last"]
+    served = []
+    for m in (models, fast):
+        ranking, _, _ = build_ranking(m, cfg, names)
+        ranked = ranking.rank(requests[:40], 10, Context(store, RULES))
+        served.append((ranked.lists, ranked.source))
+    assert (served[0][0] == served[1][0]).all() and (served[0][1] == served[1][1]).all()
+
+
+def test_weights_are_read_not_copied(models, fast):
+    assert fast.generator.model is models.generator  # LAST's gradient runs on the deployed weights
+    assert all(torch.equal(a, b) for a, b in zip(fast.evaluator.model.parameters(),
+                                                 models.evaluator.model.parameters(), strict=True))
