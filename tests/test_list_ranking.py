@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relist.data.logs import logged_requests
+from relist.rerank.budget import Budget, StageCosts
 from relist.rerank.generators import Context
 from relist.rerank.list_ranking import ListRanking, ListRankingConfig, duplicates
 from relist.rerank.list_scorer import pessimistic
@@ -105,6 +106,19 @@ def test_a_list_the_incumbent_dominates_is_never_served_instead_of_it(seed, beta
     assert (picked[dominated] == 0).all()
     gain = pessimistic(values - values[:, :, :1], beta)[np.arange(b), picked]
     assert (gain[picked != 0] > margin).all()  # a challenger wins only by more than the margin
+
+
+def test_the_incumbent_runs_first_and_is_served_when_scoring_is_out_of_time(logs, store):
+    requests, _ = logged_requests(logs, "test", 10)
+    ctx = Context(store, BusinessRules(cate_window=0), budget=Budget(60_000.0, costs := StageCosts()))
+    costs.record("list_ranking.score", 1.0, 1e9)  # scoring is known to overrun the budget
+    generators = {"upstream": Upstream(), "random": RandomOrder(1), "inc": RandomOrder(2)}
+    ranking = ListRanking(generators, TableScorer(), ListRankingConfig(refine=NO_SEARCH), incumbent="inc")
+    assert ranking.run_order == ["inc", "upstream", "random"]
+    ranked = ranking.rank(requests, 10, ctx)
+    np.testing.assert_array_equal(ranked.lists, RandomOrder(2).propose(requests, 10, ctx)[:, 0])
+    assert (ranked.source == "inc").all() and np.isnan(ranked.reward).all()
+    assert ctx.budget.skipped == ["list_ranking.score"]
 
 
 def test_local_search_never_ends_below_its_start(logs, store):

@@ -246,7 +246,8 @@ def _export_dict_module(module: nn.Module, batch: dict[str, Tensor], outputs: li
     with torch.no_grad():
         _outputs(module, recording, outputs, encoder)
     keys = list(recording.read)
-    return _export(_DictGraph(exportable(module), keys, outputs, encoder), tuple(batch[k] for k in keys), keys, outputs, path)
+    graph = _DictGraph(exportable(module), keys, outputs, encoder)
+    return _export(graph, tuple(batch[k] for k in keys), keys, outputs, path)
 
 
 def example_requests(store, candidates: int = 7, requests: int = 3):

@@ -11,6 +11,10 @@ ensemble in one call (any objective, relist.objective), and per request one list
   member rates it no higher) is therefore never served instead of it;
 * without one (or when the incumbent did not run), the list of highest pessimistic value wins.
 
+The incumbent runs first, so when the budget has no time left to score the lists, the incumbent's
+list is served (the first proposal that keeps the rules), and only with no time for any model the
+upstream order.
+
 The chosen list is then refined by evaluator-guided local search under the same criterion
 (relist.rerank.local_search). Lists that break a business rule are served only when no proposal
 keeps them all (and are then flagged). The evaluation, the server (a batch of one request under
@@ -39,8 +43,8 @@ class ListRankingConfig(BaseModel):
 
     generators: list[str] = Field(
         ["greedy_upstream_score", "greedy_ctr", "beam", "prm", "dlcm", "seq2slate", "grn", "grn_samples"],
-        description="generators whose lists compete, in the order they run; those whose models are missing "
-                    "are left out")
+        description="generators whose lists compete, in the order they run (the incumbent first); those whose "
+                    "models are missing are left out")
     incumbent: str | None = Field(AUTO, description="the generator whose list is served unless another beats it "
                                                     "pessimistically; 'auto': the best on validation requests; "
                                                     "null: no incumbent")
@@ -80,11 +84,20 @@ class ListRanking:
         """List ranking as a generator: the served list [B, 1, n]."""
         return self.rank(requests, n, ctx).lists[:, None]
 
+    @property
+    def run_order(self) -> list[str]:
+        """The incumbent first, then the others in their configured order: what a tight budget affords is
+        the incumbent's list, not just the upstream floor."""
+        first = [self.incumbent] if self.incumbent in self.generators else []
+        return first + [name for name in self.generators if name not in first]
+
     def proposals(self, requests: Requests, n: int, ctx: Context) -> tuple[np.ndarray, list[str]]:
-        """Every generator's lists side by side [B, K, n] and the generator of each of the K columns."""
+        """Every generator's lists side by side [B, K, n] (in :attr:`run_order`) and the generator of each of
+        the K columns."""
         size = len(requests) * requests.candidates.shape[1] * n
         parts, source = [], []
-        for name, generator in self.generators.items():
+        for name in self.run_order:
+            generator = self.generators[name]
             if not ctx.budget.affords(name, size):
                 continue
             with ctx.budget.stage(name, size):
@@ -109,7 +122,7 @@ class ListRanking:
         eligible = np.where(any_keeps[:, None], keeps, fresh)
         at = np.arange(b)
         if not ctx.budget.affords("list_ranking.score", b * k * n):
-            pick = eligible.argmax(1)  # the first eligible proposal, in generator order
+            pick = eligible.argmax(1)  # the first eligible proposal in run order: the incumbent's when it ran
             return RankedLists(proposals[at, pick], np.full(b, np.nan), np.asarray(source)[pick], ~any_keeps, 0,
                                np.zeros(b, np.int64))
         with ctx.budget.stage("list_ranking.score", b * k * n):

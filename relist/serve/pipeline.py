@@ -223,7 +223,7 @@ class Pipeline:
 
 def _failed_stage(budget: Budget, ranking: ListRanking) -> str:
     """The generator (or step) that was running when a failure happened: the first not yet timed."""
-    steps = [*ranking.generators, "list_ranking.score", "local_search.round"]
+    steps = [*ranking.run_order, "list_ranking.score", "local_search.round"]
     done = set(budget.timings_ms) | set(budget.skipped)
     return next((step for step in steps if step not in done), "list_ranking")
 
