@@ -10,7 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relist.rerank.beam import beam_search
+from relist.data.requests import Requests
+from relist.rerank.beam import beam_search, greedy_under_rules
+from relist.rerank.generators import Context
 from relist.rerank.rules import BusinessRules
 
 IPV = np.array([0.0, 1.0, 0.0, 0.0])
@@ -145,3 +147,27 @@ def test_per_request_weights_value_each_request_by_its_own_objective():
         alone = beam_search(ctr[row:row + 1], nxt[row:row + 1], ids[row:row + 1], none[:1], none[:1], mask[:1], 3, 4,
                             weights[row], BusinessRules(0))
         np.testing.assert_allclose(both.value[row], alone.value[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([0, 1, 2, 3]), st.sampled_from([None, 1, 2]))
+def test_greedy_under_rules_is_the_width_one_beam(seed, window, shop_cap):
+    rng = np.random.default_rng(seed)
+    b, m, n = 6, 9, 7
+    ids = np.stack([rng.choice(np.arange(1, 60), m, replace=False) for _ in range(b)])
+    mask = np.arange(m)[None] < rng.integers(3, m + 1, b)[:, None]  # some requests have fewer than n candidates
+    ids = np.where(mask, ids, 0)
+    scores = np.where(mask, rng.random((b, m)), np.nan).astype(np.float32)
+    requests = Requests.from_arrays(np.arange(b), np.ones(b, np.int64), ids, scores)
+    rules = BusinessRules(cate_window=window, max_per_shop=shop_cap)
+    cates, shops = rng.integers(0, 3, (b, m)), rng.integers(0, 3, (b, m))
+    ctx = Context(_AnyStore(), rules, cates=cates, shops=shops)
+    key = np.nan_to_num(scores, nan=0.0).astype(np.float64)
+    beam = beam_search(key, np.ones_like(key), ids, cates, shops, mask, n, 1, rules=rules).items[:, 0]
+    np.testing.assert_array_equal(greedy_under_rules(key, requests, n, ctx), beam)
+
+
+class _AnyStore:
+    def item_features(self, ids):
+        zeros = torch.zeros(np.asarray(ids).shape, dtype=torch.long)
+        return {"cate": zeros, "shop": zeros}

@@ -100,3 +100,23 @@ def test_weights_are_read_not_copied(models, fast):
     assert fast.generator.model is models.generator  # LAST's gradient runs on the deployed weights
     assert all(torch.equal(a, b) for a, b in zip(fast.evaluator.model.parameters(),
                                                  models.evaluator.model.parameters(), strict=True))
+
+
+def test_an_exported_version_serves_on_its_graphs_the_lists_of_the_eager_version(models_dir, logs, tmp_path):
+    from relist.rerank.registry import ROLES
+    from relist.serve.config import PipelineConfig
+    from relist.serve.registry import export_version, load_version
+
+    roles = {role: models_dir / role for role in ROLES if (models_dir / role).is_dir()}
+    config = PipelineConfig.of(["upstream", "greedy_ctr", "beam", "grn", "grn_samples", "last"])
+    served = {}
+    for onnx in (True, False):
+        version = export_version(tmp_path / "models", f"onnx-{onnx}", logs, roles, config, onnx=onnx)
+        assert (version / "onnx" / MANIFEST).is_file() == onnx
+        pipeline = load_version(version)
+        assert isinstance(pipeline.models.generator, OnnxGRN) == onnx
+        requests = logged_requests(logs, "test", 25)[0]
+        inputs = [pipeline.request_input(None, ids[real], scores[real], 10) for ids, scores, real in
+                  zip(requests.candidates, requests.cand_scores, requests.mask, strict=True)]
+        served[onnx] = [(list(r.items), r.generator) for r in map(pipeline.rerank, inputs)]
+    assert served[True] == served[False]

@@ -2,8 +2,11 @@
 
 The models are the rerank study's default-world models (trained under ``--work`` if missing, so a
 shared ``--work`` reuses them); the requests are logged test requests, each served alone with its own
-candidates (m up to 50) for n=10 slots, under the business rules. Medians and p99 per policy, and the
-ratio to a greedy sort by the upstream score measured in the same run (the floor any re-ranker pays).
+candidates (m up to 50) for n=10 slots, under the business rules. Every policy runs twice: eagerly and
+on the compiled path a served version runs (relist.rerank.compiled: the GRN, evaluator and teacher as
+ONNX graphs in ONNX Runtime, written as ``relist export`` writes them). Medians and p99 per policy and
+path, and the ratio to a greedy sort by the upstream score measured in the same run (the floor any
+re-ranker pays).
 
     python -m benchmarks rerank_latency --work WORK
 """
@@ -29,7 +32,8 @@ class Config(BaseModel):
     lists: int = 20_000
     seed: int = 0
     requests: int = Field(200, ge=10, description="logged test requests, each served alone")
-    threads: int = Field(2, ge=1, description="torch threads (the server's default)")
+    threads: int = Field(2, ge=1, description="torch threads")
+    onnx_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per graph (the server's)")
     policies: list[str] = [FLOOR, "greedy_ctr", "beam", "prm", "dlcm", "seq2slate", "grn", "grn_samples", "last",
                            "list_retrieval", "list_retrieval_last"]
 
@@ -39,6 +43,7 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.data.logs import logged_requests
     from relist.eval.latency import one_by_one, request_timings_ms, summary_ms
     from relist.eval.rerank import RerankEvalConfig, build_policies
+    from relist.rerank.compiled import compiled_models, export_onnx
     from relist.rerank.generators import Context
     from relist.rerank.registry import Models
     from relist.sim.config import load_sim_config
@@ -47,25 +52,36 @@ def run(cfg: Config, work: Path) -> dict:
     data, models_dir = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
     torch.set_num_threads(cfg.threads)
     store = FeatureStore.from_dir(data)
-    models, _ = Models.load(models_dir, store)
+    eager, _ = Models.load(models_dir, store)
     eval_cfg = load_config(CONFIGS / "rerank_eval.yaml", RerankEvalConfig)
     eval_cfg = eval_cfg.model_copy(update={"policies": [p for p in cfg.policies if p not in eval_cfg.retrieval]})
-    policies, skipped, _ = build_policies(eval_cfg, data, models)
-    ctx = Context(store, eval_cfg.rerank.rules.build(), eval_cfg.rerank.objective)
+    rules = eval_cfg.rerank.rules.build()
+    onnx_dir = work / "onnx" / f"seed{cfg.seed}"
+    export_onnx(eager, rules, onnx_dir)
+    paths = {"eager": eager, "compiled": compiled_models(eager, onnx_dir, cfg.onnx_threads)}
+    ctx = Context(store, rules, eval_cfg.rerank.objective)
     requests, _ = logged_requests(data, "test", cfg.requests)
     singles = one_by_one(requests, eval_cfg.n)
-    rows = {}
-    for name in cfg.policies:
-        if name in policies:
-            timings = request_timings_ms(lambda r, p=policies[name]: p.propose(r, eval_cfg.n, ctx), singles)
-            rows[name] = summary_ms(timings)
-    for row in rows.values():
-        row["median_over_floor"] = row["median_ms"] / rows[FLOOR]["median_ms"]
-        row["p99_over_floor"] = row["p99_ms"] / rows[FLOOR]["median_ms"]
-    table = Table(title=f"single-request latency, m<=50, n={eval_cfg.n}, {cfg.threads} threads")
-    for col in ("policy", "median ms", "p99 ms", f"median / {FLOOR}"):
+    out, skipped = {}, []
+    for path, models in paths.items():
+        policies, skipped, _ = build_policies(eval_cfg, data, models)
+        out[path] = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p.propose(r, eval_cfg.n, ctx),
+                                                         singles))
+                     for name in cfg.policies if name in policies}
+    floor = out["eager"][FLOOR]["median_ms"]
+    for rows in out.values():
+        for row in rows.values():
+            row["median_over_floor"] = row["median_ms"] / floor
+            row["p99_over_floor"] = row["p99_ms"] / floor
+    table = Table(title=f"single-request latency, m<=50, n={eval_cfg.n}, {cfg.threads} torch threads, "
+                        f"{cfg.onnx_threads} ONNX Runtime thread(s)")
+    for col in ("policy", "eager median ms", "eager p99 ms", "compiled median ms", "compiled p99 ms",
+                f"compiled median / {FLOOR}"):
         table.add_column(col, justify="right")
-    for name, row in rows.items():
-        table.add_row(name, f"{row['median_ms']:.2f}", f"{row['p99_ms']:.2f}", f"{row['median_over_floor']:.0f}x")
+    for name, row in out["eager"].items():
+        fast = out["compiled"][name]
+        table.add_row(name, f"{row['median_ms']:.2f}", f"{row['p99_ms']:.2f}", f"{fast['median_ms']:.2f}",
+                      f"{fast['p99_ms']:.2f}", f"{fast['median_over_floor']:.1f}x")
     Console().print(table)
-    return {"rows": rows, "skipped": skipped, "requests": len(singles), "threads": cfg.threads}
+    return {**out, "skipped": skipped, "requests": len(singles), "threads": cfg.threads,
+            "onnx_threads": cfg.onnx_threads}

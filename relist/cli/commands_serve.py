@@ -67,6 +67,9 @@ def export(
     coarse: Path = typer.Option(None, help="DSSM student run: /v1/recommend's coarse ranking."),
     config: Path = typer.Option(None, help="Service YAML config whose `pipeline` section the version gets."),
     activate: bool = typer.Option(False, help="Point CURRENT at the new version (serving replicas follow)."),
+    onnx: bool = typer.Option(True, help="Also write the GRN, evaluator and teacher as ONNX graphs (onnx/ with "
+                                         "its manifest onnx.json) and serve the version on them; --no-onnx: "
+                                         "eager torch."),
 ) -> None:
     """Pack a catalogue and trained models into a checksummed model version."""
     from relist.rerank.registry import ROLES
@@ -80,7 +83,7 @@ def export(
 
     data = ready_logs_in(data, model_dir, console.print)  # the catalogue in the ids the models were trained on
     cfg = load_serve_config(config)
-    path = export_version(model_dir, name, data, roles, cfg.pipeline, activate)
+    path = export_version(model_dir, name, data, roles, cfg.pipeline, activate, onnx)
     console.print(f"wrote {path}" + (" (now CURRENT)" if activate else ""))
 
 

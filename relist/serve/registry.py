@@ -9,6 +9,11 @@ Layout::
         manifest.json              # version, created, pipeline config, every file's sha256 and size
         items.parquet users.parquet  # the catalogue the FeatureStore is built from
         models/<role>/             # model.safetensors + its YAML spec, per role (e.g. evaluator)
+        onnx/                      # the GRN, evaluator and teacher as ONNX graphs + onnx.json (relist.rerank.compiled)
+
+A version exported with ONNX graphs (the default) is served on them: ONNX Runtime runs the GRN's slot
+loop, the evaluator and the teacher, with the same lists as the eager modules (tests/test_compiled.py)
+at a fraction of the per-request cost (benchmarks/results/rerank_latency.json).
 
 A version is written to a hidden temporary directory and renamed into place, so
 a reader never sees half of one. Loading verifies every checksum before it
@@ -51,6 +56,7 @@ CURRENT = "CURRENT"
 LAST_GOOD = "LAST_GOOD"
 UNREADABLE_POINTER = "(CURRENT unreadable)"  # the refused "version" when CURRENT cannot be read
 VERSIONS = "versions"
+ONNX_DIR = "onnx"
 CATALOGUE = ("items.parquet", "users.parquet")
 MODEL_SUFFIXES = (".safetensors", ".yaml", ".yml", ".json")  # never pickles: .pt/.pth/.pkl are not packed
 NAME = re.compile(VERSION_NAME)
@@ -79,6 +85,8 @@ class Manifest(BaseModel):
     created: str
     pipeline: PipelineConfig
     models: dict[str, str] = Field(description="role -> directory inside the version")
+    onnx: str | None = Field(None, description="directory of the ONNX graphs the version is served on "
+                                               "(relist.rerank.compiled); none: eager torch")
     files: dict[str, FileEntry] = Field(description="relative path -> checksum; every file of the version")
 
 
@@ -98,12 +106,14 @@ def check_name(name: str) -> str:
 
 def export_version(model_dir: str | Path, name: str, data_dir: str | Path,
                    models: Mapping[str, str | Path] | None = None,
-                   pipeline: PipelineConfig | None = None, activate: bool = False) -> Path:
+                   pipeline: PipelineConfig | None = None, activate: bool = False, onnx: bool = True) -> Path:
     """Pack a catalogue (``data_dir``'s items/users) and trained model directories into a new version.
 
     ``models`` maps a role (relist.rerank.registry.ROLES) to a training output directory; its top-level
     weights and configs are copied. The version appears atomically; with ``activate`` it becomes
-    CURRENT. The packed version is loaded once before it is published, so a broken one never is.
+    CURRENT. With ``onnx`` the GRN, evaluator and teacher are also written as ONNX graphs under the
+    version's business rules, and the version is served on them. The packed version is loaded once
+    before it is published, so a broken one never is.
     """
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     check_name(name)
@@ -132,10 +142,16 @@ def export_version(model_dir: str | Path, name: str, data_dir: str | Path,
             (tmp / "models" / role).mkdir(parents=True)
             for p in files:
                 shutil.copy2(p, tmp / "models" / role / p.name)
+        pipeline = with_incumbent(pipeline or PipelineConfig(), data_dir, tmp / "models")
+        roles = {role: f"models/{role}" for role in models}
+        if onnx and roles:
+            from relist.rerank.compiled import export_onnx
+
+            export_onnx(_load_models(tmp, roles, FeatureStore.from_dir(tmp)), pipeline.rerank.rules.build(),
+                        tmp / ONNX_DIR)
         manifest = Manifest(
-            version=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
-            pipeline=with_incumbent(pipeline or PipelineConfig(), data_dir, tmp / "models"),
-            models={role: f"models/{role}" for role in models},
+            version=name, created=datetime.now(UTC).isoformat(timespec="seconds"), pipeline=pipeline,
+            models=roles, onnx=ONNX_DIR if onnx and roles else None,
             files={str(p.relative_to(tmp)): FileEntry(sha256=sha256_of(p), bytes=p.stat().st_size)
                    for p in sorted(tmp.rglob("*")) if p.is_file()},
         )
@@ -215,18 +231,28 @@ def load_version(version_dir: str | Path, name: str | None = None) -> Pipeline:
             if rel.endswith(".safetensors"):
                 check_finite_weights(version_dir / rel, rel)
         store = FeatureStore.from_dir(version_dir)  # with its vocabulary.parquet, if any
-        loaded = {}
-        for role, rel in manifest.models.items():
-            if role not in ROLES:
-                raise VersionError(f"unknown model role '{role}'")
-            loaded[role] = load_role(role, version_dir / rel, store, version_dir / "models" / "ranker")
-        pipeline = build_pipeline(manifest.version, store, manifest.pipeline, Models(store, **loaded))
+        models = _load_models(version_dir, manifest.models, store)
+        if manifest.onnx is not None:
+            from relist.rerank.compiled import compiled_models
+
+            models = compiled_models(models, version_dir / manifest.onnx)
+        pipeline = build_pipeline(manifest.version, store, manifest.pipeline, models)
         smoke_test(pipeline)
         return pipeline
     except (VersionError, ModelCheckError) as err:
         raise VersionError(f"{version_dir}: {err}") from err
     except Exception as err:  # a model file that verifies but does not load or run
         raise VersionError(f"{version_dir}: cannot be served: {type(err).__name__}: {err}") from err
+
+
+def _load_models(version_dir: Path, roles: Mapping[str, str], store: FeatureStore) -> Models:
+    """The eager models of a version's roles (role -> directory inside the version)."""
+    loaded = {}
+    for role, rel in roles.items():
+        if role not in ROLES:
+            raise VersionError(f"unknown model role '{role}'")
+        loaded[role] = load_role(role, version_dir / rel, store, version_dir / "models" / "ranker")
+    return Models(store, **loaded)
 
 
 def _check_weights(path: Path) -> None:
