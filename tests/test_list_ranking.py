@@ -173,3 +173,20 @@ def _requests(b: int, m: int, rng: np.random.Generator):
 
     candidates = np.stack([rng.choice(np.arange(1, 500), m, replace=False) for _ in range(b)])
     return Requests.from_arrays(np.arange(b), np.ones(b), candidates, rng.random((b, m)))
+
+
+def test_generators_rarely_served_on_validation_are_left_out_but_never_the_incumbent(models, logs):
+    from relist.rerank.registry import RerankConfig, build_ranking
+
+    valid, _ = logged_requests(logs, "valid", 60)
+    names = ["upstream", "greedy_upstream_score", "greedy_ctr", "beam", "grn", "grn_samples"]
+    cfg = RerankConfig(ranking=ListRankingConfig(generators=names, min_share=0.3, refine=NO_SEARCH))
+    ranking, left_out, choice = build_ranking(models, cfg, validation=(valid, 10))
+    shares = choice["served_share_on_validation"]
+    assert set(shares) >= set(names) and abs(sum(shares.values()) - 1.0) < 1e-9
+    assert ranking.incumbent in ranking.generators
+    for name in shares:
+        kept = name in ranking.generators
+        assert kept == (name == ranking.incumbent or shares[name] >= 0.3)
+        assert kept or any(line.startswith(f"{name}: served on fewer") for line in left_out)
+    assert len(ranking.generators) < len(shares)  # something was left out at this share

@@ -54,6 +54,9 @@ class ListRankingConfig(BaseModel):
     beta: float = Field(1.0, ge=0, description="pessimism: a value counts as mean - beta x members' std")
     margin: float = Field(0.0, ge=0, description="a challenger must beat the incumbent by more than this "
                                                  "(pessimistically, in the objective's units)")
+    min_share: float = Field(0.0, ge=0, lt=1, description="with validation requests: generators whose list is "
+                                                         "served on fewer than this share of them are left out "
+                                                         "(they cost time and rarely win); 0: keep all")
     refine: LocalSearchConfig = LocalSearchConfig()
 
 

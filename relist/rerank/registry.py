@@ -196,8 +196,26 @@ def build_ranking(models: Models, cfg: RerankConfig, generators: Iterable[str] |
                                                 cfg.ranking.beta)
             choice = {"incumbent": incumbent, "gains_on_validation": gains, "requests": len(requests)}
             built |= {incumbent: pool[incumbent]}
+    if validation is not None and cfg.ranking.min_share > 0:
+        built, choice["served_share_on_validation"] = often_served(
+            ListRanking(built, scorer, cfg.ranking, incumbent), validation, cfg, models.store)
+        missing += [f"{name}: served on fewer than {cfg.ranking.min_share:.0%} of validation requests"
+                    for name in choice["served_share_on_validation"] if name not in built]
     elif incumbent is not None and incumbent not in built:
         more, absent = build_generators([incumbent], models, cfg)
         built |= more
         missing += absent
     return ListRanking(built, scorer, cfg.ranking, incumbent), missing, choice
+
+
+def often_served(ranking: ListRanking, validation: tuple[Requests, int], cfg: RerankConfig,
+                 store: FeatureStore) -> tuple[dict[str, Generator], dict[str, float]]:
+    """The generators whose list ``ranking`` serves on at least ``cfg.ranking.min_share`` of the validation
+    requests (the incumbent always), and every generator's share."""
+    requests, n = validation
+    ranked = ranking.rank(requests, n, Context(store, cfg.rules.build(), cfg.objective))
+    served = np.asarray([name.split("+")[0] for name in ranked.source])
+    shares = {name: float((served == name).mean()) for name in ranking.generators}
+    keep = {name: generator for name, generator in ranking.generators.items()
+            if name == ranking.incumbent or shares[name] >= cfg.ranking.min_share}
+    return keep, shares

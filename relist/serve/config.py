@@ -7,11 +7,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from relist.rerank.list_ranking import ListRankingConfig
+from relist.rerank.local_search import LocalSearchConfig
 from relist.rerank.registry import RerankConfig
 from relist.serve.schemas import MAX_BUDGET_MS, SCHEMA_MAX_CANDIDATES
 
 SERVED_GENERATORS = ["upstream", "greedy_upstream_score", "beam_upstream", "greedy_ctr", "beam", "prm", "dlcm",
                      "seq2slate", "grn", "grn_samples", "last"]
+SERVED_MIN_SHARE = 0.02  # at export, generators served on fewer validation requests are left out (serve.yaml)
 
 
 class PipelineConfig(BaseModel):
@@ -20,7 +22,8 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     rerank: RerankConfig = Field(
-        RerankConfig(ranking=ListRankingConfig(generators=SERVED_GENERATORS)),
+        RerankConfig(ranking=ListRankingConfig(generators=SERVED_GENERATORS, min_share=SERVED_MIN_SHARE,
+                                               refine=LocalSearchConfig(rounds=0))),
         description="generators, list ranking (incumbent, pessimism, local search), rules and the objective: the "
                     "same settings as `relist eval rerank`; generators whose models the version lacks are left out")
     recall_size: int = Field(1000, ge=1, description="/v1/recommend: items recalled from the catalogue")
@@ -30,9 +33,10 @@ class PipelineConfig(BaseModel):
 
     @classmethod
     def of(cls, generators: list[str], **ranking: object) -> PipelineConfig:
-        """The default pipeline with these generators (and list-ranking settings, e.g. ``incumbent=None``)."""
+        """The default pipeline with exactly these generators (none left out at export unless ``min_share`` is
+        given) and list-ranking settings, e.g. ``incumbent=None``."""
         default = cls().rerank
-        updated = default.ranking.model_copy(update={"generators": list(generators), **ranking})
+        updated = default.ranking.model_copy(update={"generators": list(generators), "min_share": 0.0, **ranking})
         return cls(rerank=default.model_copy(update={"ranking": ListRankingConfig.model_validate(
             updated.model_dump())}))
 

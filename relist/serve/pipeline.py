@@ -287,9 +287,10 @@ def _fine_ranker(models: Models) -> Ranker:
 
 
 def with_incumbent(config: PipelineConfig, data_dir: str | Path, models_dir: str | Path) -> PipelineConfig:
-    """The config with an 'auto' incumbent resolved on ``data_dir``'s validation requests (what export stores)."""
+    """The config with an 'auto' incumbent and ``min_share`` resolved on ``data_dir``'s validation requests
+    (what export stores): the incumbent named, the rarely served generators left out."""
     ranking = config.rerank.ranking
-    if ranking.incumbent != AUTO or not (Path(data_dir) / "lists" / "valid").is_dir():
+    if (ranking.incumbent != AUTO and not ranking.min_share) or not (Path(data_dir) / "lists" / "valid").is_dir():
         return config
     store = FeatureStore.from_dir(data_dir)
     models, _ = Models.load(models_dir, store)
@@ -297,8 +298,12 @@ def with_incumbent(config: PipelineConfig, data_dir: str | Path, models_dir: str
         return config
     valid, _ = logged_requests(data_dir, "valid", VALID_REQUESTS)
     names = list(dict.fromkeys([UPSTREAM, *ranking.generators]))
-    chosen, _, _ = build_ranking(models, config.rerank, names, (valid, N_VALID))
-    ranking = ranking.model_copy(update={"incumbent": chosen.incumbent})
+    chosen, left_out, _ = build_ranking(models, config.rerank, names, (valid, N_VALID))
+    if left_out:
+        log.info("export: %s", "; ".join(left_out))
+    kept = [name for name in names if name in chosen.generators]
+    ranking = ranking.model_copy(update={"incumbent": chosen.incumbent, "min_share": 0.0,
+                                         "generators": kept + [n for n in chosen.generators if n not in kept]})
     return config.model_copy(update={"rerank": config.rerank.model_copy(update={"ranking": ranking})})
 
 
