@@ -323,3 +323,28 @@ def test_per_request_objective_weights_change_what_is_served(client, logged):
     for bad, field in (({"ipv": 0.0}, "objective"), ({"ipv": -1.0}, "objective.ipv"), ({"cvr": 1.0}, "objective.cvr")):
         r = client.post("/v1/rerank", json=body_of(logged, objective=bad))
         assert r.status_code == 422 and field in fields(r), (bad, r.text)
+
+
+def test_concurrent_requests_are_re_ranked_together_each_as_it_would_be_alone(world, client):
+    import asyncio
+
+    import httpx
+
+    requests, _ = logged_requests(world / "logs", "test", 6)
+    bodies = [body_of(requests, row, strategy="beam") for row in range(6)]
+    bodies.append(body_of(requests, 0, strategy="no_such_strategy"))  # its own batch, its own error
+    app = create_app(world / "models", ServeConfig(watch_pointer=False, batch_wait_ms=100.0, max_batch=4))
+
+    async def together():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            return await asyncio.gather(*(http.post("/v1/rerank", json=body) for body in bodies))
+
+    responses = asyncio.run(together())
+    assert [r.status_code for r in responses] == [200] * 6 + [422]
+    served = [r.json() for r in responses[:6]]
+    sizes = [out["batch_size"] for out in served]
+    assert 1 < max(sizes) <= 4  # together, at most max_batch at once
+    alone = [client.post("/v1/rerank", json=body).json() for body in bodies[:6]]
+    assert [out["items"] for out in served] == [out["items"] for out in alone]
+    assert all(out["batch_size"] == 1 for out in alone)
+    assert all(out["timings_ms"]["queue"] >= 0 and out["generator"] in ("beam", "upstream") for out in served)

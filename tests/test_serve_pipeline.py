@@ -108,3 +108,20 @@ def test_recall_prefers_history_categories_and_skips_history_items(pipeline):
     assert not np.isin(ids, hist).any() and len(set(ids.tolist())) == 30
     assert np.isin(store.item_cate[ids[:5]], store.item_cate[hist]).all()
     assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_a_batch_serves_every_request_the_list_it_gets_alone(models, logs):
+    from relist.data.logs import logged_requests
+
+    pipeline = build_pipeline("b", models.store, PipelineConfig.of(["upstream", "greedy_ctr", "beam", "grn"]),
+                              models)
+    requests, _ = logged_requests(logs, "test", 12)
+    inputs = [pipeline.request_input(None, ids[real][:30 + 2 * i], scores[real][:30 + 2 * i], 10 if i % 3 else 6)
+              for i, (ids, scores, real) in enumerate(zip(requests.candidates, requests.cand_scores, requests.mask,
+                                                          strict=True))]  # lists of several lengths, two n
+    together = pipeline.rerank_batch(inputs)
+    alone = [pipeline.rerank(inp) for inp in inputs]
+    assert [list(r.items) for r in together] == [list(r.items) for r in alone]
+    assert [r.generator for r in together] == [r.generator for r in alone]
+    np.testing.assert_allclose([r.list_reward for r in together], [r.list_reward for r in alone], rtol=1e-5)
+    assert {r.batch for r in together} == {4, 8} and all(r.batch == 1 for r in alone)

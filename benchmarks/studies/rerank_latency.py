@@ -6,7 +6,8 @@ candidates (m up to 50) for n=10 slots, under the business rules. Every policy r
 on the compiled path a served version runs (relist.rerank.compiled: the GRN, evaluator and teacher as
 ONNX graphs in ONNX Runtime, written as ``relist export`` writes them). Medians and p99 per policy and
 path, and the ratio to a greedy sort by the upstream score measured in the same run (the floor any
-re-ranker pays).
+re-ranker pays). The row ``served`` is list ranking as ``relist export`` configures a version by default:
+the generators served on at least 2% of validation requests, the incumbent first, no local search.
 
     python -m benchmarks rerank_latency --work WORK
 """
@@ -23,6 +24,7 @@ from rich.table import Table
 from benchmarks.studies.rerank import CONFIGS, ROOT, default_world_models
 
 FLOOR = "greedy_upstream_score"
+SERVED = "served"  # list ranking as an exported version serves it (serve.yaml's defaults resolved on validation)
 
 
 class Config(BaseModel):
@@ -45,7 +47,9 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.eval.rerank import RerankEvalConfig, build_policies
     from relist.rerank.compiled import compiled_models, export_onnx
     from relist.rerank.generators import Context
-    from relist.rerank.registry import Models
+    from relist.rerank.registry import Models, build_ranking
+    from relist.serve.config import PipelineConfig
+    from relist.serve.pipeline import UPSTREAM, VALID_REQUESTS
     from relist.sim.config import load_sim_config
     from relist.train.config import load_config
 
@@ -63,11 +67,15 @@ def run(cfg: Config, work: Path) -> dict:
     requests, _ = logged_requests(data, "test", cfg.requests)
     singles = one_by_one(requests, eval_cfg.n)
     out, skipped = {}, []
+    valid, _ = logged_requests(data, "valid", VALID_REQUESTS)
+    served_cfg = PipelineConfig().rerank  # what `relist export` resolves on validation requests and serves
+    served_names = list(dict.fromkeys([UPSTREAM, *served_cfg.ranking.generators]))
     for path, models in paths.items():
         policies, skipped, _ = build_policies(eval_cfg, data, models)
+        policies[SERVED], _, choice = build_ranking(models, served_cfg, served_names, (valid, eval_cfg.n))
         out[path] = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p.propose(r, eval_cfg.n, ctx),
                                                          singles))
-                     for name in cfg.policies if name in policies}
+                     for name in [*cfg.policies, SERVED] if name in policies}
     floor = out["eager"][FLOOR]["median_ms"]
     for rows in out.values():
         for row in rows.values():
@@ -83,5 +91,6 @@ def run(cfg: Config, work: Path) -> dict:
         table.add_row(name, f"{row['median_ms']:.2f}", f"{row['p99_ms']:.2f}", f"{fast['median_ms']:.2f}",
                       f"{fast['p99_ms']:.2f}", f"{fast['median_over_floor']:.1f}x")
     Console().print(table)
-    return {**out, "skipped": skipped, "requests": len(singles), "threads": cfg.threads,
+    return {**out, "served_generators": list(policies[SERVED].generators), "served_choice": choice,
+            "skipped": skipped, "requests": len(singles), "threads": cfg.threads,
             "onnx_threads": cfg.onnx_threads}

@@ -7,6 +7,7 @@ longest are padded (relist.data.padding).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,19 @@ class Requests:
     def __getitem__(self, rows) -> Requests:
         return Requests(self.request_id[rows], self.user_id[rows], self.candidates[rows],
                         self.cand_scores[rows], self.mask[rows])
+
+    @classmethod
+    def stack(cls, parts: Sequence[Requests]) -> Requests:
+        """Several batches as one, every candidate list padded to the longest (e.g. requests served together)."""
+        m = max(part.candidates.shape[1] for part in parts)
+
+        def padded(name: str, value) -> np.ndarray:
+            return np.concatenate([np.pad(getattr(part, name), ((0, 0), (0, m - part.candidates.shape[1])),
+                                          constant_values=value) for part in parts])
+
+        return cls(np.concatenate([part.request_id for part in parts]),
+                   np.concatenate([part.user_id for part in parts]), padded("candidates", PAD_ID),
+                   padded("cand_scores", 0.0), padded("mask", False))
 
     def trimmed(self, at_least: int = 0) -> Requests:
         """Without the padding columns no request of the batch uses (a request alone has its own length),

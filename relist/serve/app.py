@@ -21,7 +21,7 @@ import math
 import os
 import random
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
@@ -37,9 +37,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from relist.data.ids import RequestItems, RequestUser
+from relist.serve.batching import Batcher
 from relist.serve.config import ServeConfig, load_serve_config
 from relist.serve.metrics import CONTENT_TYPE, ServeMetrics
-from relist.serve.pipeline import UPSTREAM, Pipeline, RerankResult, UnknownStrategy
+from relist.serve.pipeline import UPSTREAM, Pipeline, RerankInput, RerankResult, UnknownStrategy
 from relist.serve.registry import Registry, UnknownVersion, VersionError
 from relist.serve.schemas import (
     ErrorResponse,
@@ -144,6 +145,7 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
 
     # CPU-bound pipelines run in at most this many threads; more would only contend for the same cores.
     limiter = anyio.CapacityLimiter(config.pipeline_threads)
+    batcher = Batcher(limiter, config.max_batch, config.batch_wait_ms)  # concurrent /v1/rerank requests together
     body_errors = _errors(400, 413, 415, 422)
 
     @app.post("/v1/rerank", response_model=RerankResponse, tags=["serving"], responses=body_errors)
@@ -161,14 +163,15 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
         scored = candidates[0].score is not None  # the schema checked: all or none
         scores = np.array([c.score for c in candidates], np.float32) if scored else None
 
-        def attempt(budget_ms: float) -> RerankResult:
+        def make_input() -> RerankInput:
             cates, shops = [c.category for c in candidates], [c.shop for c in candidates]
-            inp = pipeline.request_input(user, ids, scores, body.n, cates, shops, body.request_id,
-                                         body.objective_of())
-            return pipeline.rerank(inp, body.strategy, budget_ms)
+            return pipeline.request_input(user, ids, scores, body.n, cates, shops, body.request_id,
+                                          body.objective_of())
 
-        result = await _serve("rerank", pipeline, attempt, body.budget_ms or config.default_budget_ms,
-                              floor=(ids[:body.n], UPSTREAM), metrics=metrics, limiter=limiter)
+        budget_ms = body.budget_ms or config.default_budget_ms
+        result = await _serve("rerank", pipeline, lambda: batcher.rerank(pipeline, make_input, body.strategy,
+                                                                         budget_ms),
+                              floor=(ids[:body.n], UPSTREAM), metrics=metrics)
         return RerankResponse(**_response_fields(pipeline, body.request_id, result, request_items),
                               duplicate_candidates=repeats)
 
@@ -186,8 +189,9 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
             return result
 
         popular = np.argsort(-pipeline.popularity[1:], kind="stable")[:body.n] + 1
-        result = await _serve("recommend", pipeline, attempt, body.budget_ms or config.default_budget_ms,
-                              floor=(popular, "popular"), metrics=metrics, limiter=limiter)
+        budget_ms = body.budget_ms or config.default_budget_ms
+        result = await _serve("recommend", pipeline, lambda: _in_thread(attempt, budget_ms, limiter),
+                              floor=(popular, "popular"), metrics=metrics)
         return RecommendResponse(**_response_fields(pipeline, body.request_id, result),
                                  candidates_considered=considered)
 
@@ -223,13 +227,10 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
     return app
 
 
-async def _serve(endpoint: str, pipeline: Pipeline, attempt: Callable[[float], RerankResult],
-                 budget_ms: float, floor: tuple[np.ndarray, str], metrics: ServeMetrics,
-                 limiter: anyio.CapacityLimiter) -> RerankResult:
+async def _in_thread(attempt: Callable[[float], RerankResult], budget_ms: float,
+                     limiter: anyio.CapacityLimiter) -> RerankResult:
     """Run ``attempt(budget left)`` in a pipeline thread; the wait for one counts against the budget (an
-    overloaded server degrades to cheaper lists instead of falling behind). An unknown strategy is the
-    client's error (422); any other error, and a list reward that is not finite, serves ``floor`` (items,
-    generator name) flagged as a fallback: never a 5xx for a valid request."""
+    overloaded server degrades to cheaper lists instead of falling behind)."""
     arrived = perf_counter()
 
     def run() -> RerankResult:
@@ -239,8 +240,16 @@ async def _serve(endpoint: str, pipeline: Pipeline, attempt: Callable[[float], R
         result.timings_ms = {"queue": waited_ms, **result.timings_ms, "total": total_ms}
         return result
 
+    return await anyio.to_thread.run_sync(run, limiter=limiter)
+
+
+async def _serve(endpoint: str, pipeline: Pipeline, run: Callable[[], Awaitable[RerankResult]],
+                 floor: tuple[np.ndarray, str], metrics: ServeMetrics) -> RerankResult:
+    """The result of ``run()``. An unknown strategy is the client's error (422); any other error, and a
+    list reward that is not finite, serves ``floor`` (items, generator name) flagged as a fallback: never a
+    5xx for a valid request."""
     try:
-        result = await anyio.to_thread.run_sync(run, limiter=limiter)
+        result = await run()
     except UnknownStrategy as err:
         raise _field_error(("body", "strategy"), str(err), "unknown_strategy") from None
     except Exception as err:
@@ -275,7 +284,7 @@ def _response_fields(pipeline: Pipeline, request_id: int | None, result: RerankR
                 scorer=pipeline.scorer.name, generator=result.generator, model_version=pipeline.version,
                 fallback=result.fallback, breaks_rules=result.breaks_rules,
                 budget_exceeded=result.budget_exceeded, skipped_stages=result.skipped,
-                timings_ms={k: round(v, 4) for k, v in result.timings_ms.items()},
+                timings_ms={k: round(v, 4) for k, v in result.timings_ms.items()}, batch_size=result.batch,
                 unknown_items=int((~pipeline.store.known_items(items)).sum()))
 
 

@@ -50,6 +50,10 @@ class ServeConfig(BaseModel):
     torch_threads: int = Field(1, ge=1, description="torch threads per worker (workers x threads <= cores)")
     pipeline_threads: int = Field(1, ge=1, description="requests a worker re-ranks at once; the others wait, "
                                                        "and the wait counts against their budget")
+    max_batch: int = Field(16, ge=1, description="/v1/rerank requests of one worker re-ranked together at most "
+                                                 "(relist.serve.batching); 1: one at a time")
+    batch_wait_ms: float = Field(1.0, ge=0, le=100, description="how long the first request of a batch waits for "
+                                                                "others to join (it counts against its budget)")
     default_budget_ms: float = Field(20.0, gt=0, le=MAX_BUDGET_MS, description="time budget of a request "
                                                                                "that names none")
     max_candidates: int = Field(500, ge=1, le=SCHEMA_MAX_CANDIDATES, description="candidates per request")

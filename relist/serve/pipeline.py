@@ -17,7 +17,7 @@ import copy
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -70,6 +70,7 @@ class RerankResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # what failed, when fallback
     failed_stage: str | None = None
+    batch: int = 1  # requests re-ranked together with this one (relist.serve.batching)
 
 
 class UnknownStrategy(ValueError):
@@ -114,24 +115,50 @@ class Pipeline:
     def rerank(self, inp: RerankInput, strategy: str | None = None,
                budget_ms: float = float("inf")) -> RerankResult:
         """The best list the budget allows; the upstream order when a model fails."""
+        return self.rerank_batch([inp], strategy, budget_ms)[0]
+
+    def rerank_batch(self, inputs: Sequence[RerankInput], strategy: str | None = None,
+                     budget_ms: float = float("inf")) -> list[RerankResult]:
+        """Each request's best list, requests served together (one batch per list length, store view and
+        objective) under one budget; every request gets the upstream order where its batch's models fail."""
         ranking = self._ranking_for(strategy)
+        results: list[RerankResult | None] = [None] * len(inputs)
         budget = Budget(budget_ms, self.costs)
-        objective = inp.objective or self.config.rerank.objective
-        ctx = Context(inp.store, self.config.rerank.rules.build(), objective, budget, inp.cates, inp.shops)
-        upstream = inp.requests.candidates[0, :inp.n]
+        groups: dict[tuple, list[int]] = {}
+        for i, inp in enumerate(inputs):
+            objective = inp.objective or self.config.rerank.objective
+            groups.setdefault((inp.n, id(inp.store), tuple(objective.vector())), []).append(i)
+        for (n, _, _), rows in groups.items():
+            for i, result in zip(rows, self._rerank_together([inputs[i] for i in rows], n, ranking, budget),
+                                 strict=True):
+                results[i] = result
+        return results
+
+    def _rerank_together(self, inputs: list[RerankInput], n: int, ranking: ListRanking,
+                         budget: Budget) -> list[RerankResult]:
+        requests = Requests.stack([inp.requests for inp in inputs])
+        m = requests.candidates.shape[1]
+        cates, shops = (np.concatenate([np.pad(x, ((0, 0), (0, m - x.shape[1]))) for x in parts])
+                        for parts in ([inp.cates for inp in inputs], [inp.shops for inp in inputs]))
+        objective = inputs[0].objective or self.config.rerank.objective
+        ctx = Context(inputs[0].store, self.config.rerank.rules.build(), objective, budget, cates, shops)
+        start_ms = budget.elapsed_ms()
         try:
-            ranked = ranking.rank(inp.requests, inp.n, ctx)
+            ranked = ranking.rank(requests, n, ctx)
         except Exception as err:  # any model error: serve the floor, never fail the request
             log.exception("re-ranking on model version %s failed", self.version)
-            breaks = not ctx.keeps_rules(inp.requests, upstream[None, None, :])[0, 0]
-            return RerankResult(upstream, None, UPSTREAM, fallback=True, breaks_rules=breaks,
-                                skipped=budget.skipped, timings_ms=dict(budget.timings_ms),
-                                error=f"{type(err).__name__}: {err}", failed_stage=_failed_stage(budget, ranking))
+            upstream = requests.candidates[:, None, :n]
+            breaks = ~ctx.keeps_rules(requests, upstream)[:, 0]
+            return [RerankResult(upstream[i, 0], None, UPSTREAM, fallback=True, breaks_rules=bool(breaks[i]),
+                                 skipped=list(budget.skipped), timings_ms=dict(budget.timings_ms),
+                                 error=f"{type(err).__name__}: {err}", failed_stage=_failed_stage(budget, ranking))
+                    for i in range(len(inputs))]
         scored = "list_ranking.score" not in budget.skipped  # an unscored list has no reward (not a NaN one)
-        return RerankResult(ranked.lists[0], float(ranked.reward[0]) if scored else None, str(ranked.source[0]),
-                            breaks_rules=bool(ranked.breaks_rules[0]), budget_exceeded=budget.exceeded,
-                            skipped=list(budget.skipped), timings_ms={**budget.timings_ms,
-                                                                      "total": budget.elapsed_ms()})
+        timings = {**budget.timings_ms, "total": budget.elapsed_ms() - start_ms}
+        return [RerankResult(ranked.lists[i], float(ranked.reward[i]) if scored else None, str(ranked.source[i]),
+                             breaks_rules=bool(ranked.breaks_rules[i]), budget_exceeded=budget.exceeded,
+                             skipped=list(budget.skipped), timings_ms=dict(timings), batch=len(inputs))
+                for i in range(len(inputs))]
 
     def recommend(self, user: UserLike | None, n: int, strategy: str | None = None,
                   budget_ms: float = float("inf"), request_id: int | None = None,

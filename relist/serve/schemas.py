@@ -160,7 +160,9 @@ class RerankResponse(BaseModel):
                                            "them all)")
     budget_exceeded: bool = Field(description="a stage was skipped or ran past the time budget")
     skipped_stages: list[str]
-    timings_ms: dict[str, float] = Field(description="per stage, plus 'total'")
+    timings_ms: dict[str, float] = Field(description="per stage, plus 'queue' and 'total'")
+    batch_size: int = Field(1, ge=1, description="requests re-ranked together with this one (dynamic batching; "
+                                                 "stage timings are the batch's)")
     unknown_items: int = Field(description="served items the catalogue does not know (neutral features)")
     duplicate_candidates: int = Field(0, description="candidates left out because their id came earlier in "
                                                      "the request (each id counts once)")
