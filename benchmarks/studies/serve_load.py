@@ -72,9 +72,10 @@ def run(cfg: Config, work: Path) -> dict:
     data, models = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
     serve_config = ROOT / cfg.serve_config
     model_dir = work / "serve_load_versions"
-    if not (model_dir / VERSIONS / "v1").is_dir():
-        export_version(model_dir, "v1", data, {role: models / role for role in ROLES},
-                       load_serve_config(serve_config).pipeline, activate=True)
+    shutil.rmtree(model_dir, ignore_errors=True)  # exported anew: the version is what today's export writes
+    export_version(model_dir, "v1", data, {role: models / role for role in ROLES},
+                   load_serve_config(serve_config).pipeline, activate=True)
+    manifest = json.loads((model_dir / VERSIONS / "v1" / "manifest.json").read_text())
     requests, _ = logged_requests(data, "test", cfg.bodies)
     bodies = _bodies(requests, work)
     port = _free_port()
@@ -105,8 +106,11 @@ def run(cfg: Config, work: Path) -> dict:
         server.wait(30)
     _print(rows)
     serve = load_serve_config(serve_config)
+    ranking = manifest["pipeline"]["rerank"]["ranking"]
     return {"rows": rows, "workers": serve.workers, "torch_threads": serve.torch_threads,
-            "default_budget_ms": serve.default_budget_ms, "duration_s": cfg.duration_s}
+            "default_budget_ms": serve.default_budget_ms, "max_batch": serve.max_batch,
+            "batch_wait_ms": serve.batch_wait_ms, "duration_s": cfg.duration_s, "onnx": manifest["onnx"],
+            "served_generators": ranking["generators"], "incumbent": ranking["incumbent"]}
 
 
 def _bodies(requests, work: Path) -> dict[str, Path]:

@@ -27,32 +27,50 @@ class StageCosts:
     stage last ran (``half_life_s``), and a stage skipped for long is tried again. Fading with time,
     not with the number of skips, means a flood of tiny-budget requests cannot talk a slow stage
     into running.
+
+    Requests served together (relist.serve.batching) cost far less than that many requests alone, so
+    the estimates are kept per batch size (rounded up to a power of two). A batch size not measured yet
+    is assumed to cost what the nearest measured one costs per call, not per request: optimistic, as
+    for a stage never measured, so that it runs once and is measured.
     """
 
     def __init__(self, smoothing: float = 0.2, half_life_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic):
         self.smoothing, self.half_life_s, self.clock = smoothing, half_life_s, clock
-        self._unit_ms: dict[str, tuple[float, float]] = {}  # stage -> (ms per unit, when last measured)
+        self._unit_ms: dict[tuple[str, int], tuple[float, float]] = {}  # (stage, rows) -> (ms per unit, when)
         self._lock = threading.Lock()
 
-    def expected_ms(self, stage: str, size: float = 1.0) -> float:
-        unit, measured = self._unit_ms.get(stage, (0.0, 0.0))
-        return unit * size * 0.5 ** ((self.clock() - measured) / self.half_life_s)
+    def expected_ms(self, stage: str, size: float = 1.0, rows: int = 1) -> float:
+        bucket = _bucket(rows)
+        measured = [r for (name, r) in self._unit_ms if name == stage]
+        if not measured:
+            return 0.0
+        nearest = bucket if bucket in measured else min(measured, key=lambda r: (abs(math.log2(r / bucket)), -r))
+        unit, when = self._unit_ms[(stage, nearest)]
+        return unit * size * (nearest / bucket if nearest != bucket else 1.0) * 0.5 ** (
+            (self.clock() - when) / self.half_life_s)
 
-    def record(self, stage: str, size: float, ms: float) -> None:
+    def record(self, stage: str, size: float, ms: float, rows: int = 1) -> None:
+        key = (stage, _bucket(rows))
         unit = ms / max(size, 1.0)
         with self._lock:
-            old = self._unit_ms.get(stage)
+            old = self._unit_ms.get(key)
             if old is not None:
                 unit = old[0] + self.smoothing * (unit - old[0])
-            self._unit_ms[stage] = (unit, self.clock())
+            self._unit_ms[key] = (unit, self.clock())
+
+
+def _bucket(rows: int) -> int:
+    """Batch sizes share an estimate up to the next power of two (1, 2, 4, 8, ...)."""
+    return 1 << max(int(rows) - 1, 0).bit_length()
 
 
 class Budget:
     """A deadline from the moment the work began, what each stage took, and what was skipped for time."""
 
-    def __init__(self, ms: float = math.inf, costs: StageCosts | None = None):
-        self.ms = ms
+    def __init__(self, ms: float = math.inf, costs: StageCosts | None = None, rows: int = 1):
+        """``rows``: the requests the work is for (a batch served together is costed as one)."""
+        self.ms, self.rows = ms, rows
         self.costs = StageCosts() if costs is None else costs
         self.start = perf_counter()
         self.timings_ms: dict[str, float] = {}
@@ -75,7 +93,7 @@ class Budget:
 
     def affords(self, stage: str, size: float = 1.0) -> bool:
         """Whether ``stage`` is expected to finish in time; a refusal is recorded as a skip."""
-        if self.unlimited or self.costs.expected_ms(stage, size) <= self.remaining_ms():
+        if self.unlimited or self.costs.expected_ms(stage, size, self.rows) <= self.remaining_ms():
             return True
         self.skipped.append(stage)
         return False
@@ -87,4 +105,4 @@ class Budget:
         yield
         ms = (perf_counter() - start) * 1e3
         self.timings_ms[name] = self.timings_ms.get(name, 0.0) + ms
-        self.costs.record(name, size, ms)
+        self.costs.record(name, size, ms, self.rows)

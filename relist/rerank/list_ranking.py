@@ -13,7 +13,7 @@ ensemble in one call (any objective, relist.objective), and per request one list
 
 The incumbent runs first, so when the budget has no time left to score the lists, the incumbent's
 list is served (the first proposal that keeps the rules), and only with no time for any model the
-upstream order.
+upstream order. Under a time budget, a single proposal per request is served unscored.
 
 The chosen list is then refined by evaluator-guided local search under the same criterion
 (relist.rerank.local_search). Lists that break a business rule are served only when no proposal
@@ -68,6 +68,7 @@ class RankedLists:
     breaks_rules: np.ndarray  # [B] bool: no proposal kept every rule
     proposals: int  # distinct lists scored in the batch
     moves: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [B] local-search moves
+    scored: bool = True  # False: served unscored (no time to score, or no request had a choice); reward NaN
 
 
 class ListRanking:
@@ -124,10 +125,11 @@ class ListRanking:
         any_keeps = keeps.any(1)
         eligible = np.where(any_keeps[:, None], keeps, fresh)
         at = np.arange(b)
-        if not ctx.budget.affords("list_ranking.score", b * k * n):
+        nothing_to_choose = k == 1 and not ctx.budget.unlimited  # e.g. only the floor ran: no time is spent
+        if nothing_to_choose or not ctx.budget.affords("list_ranking.score", b * k * n):
             pick = eligible.argmax(1)  # the first eligible proposal in run order: the incumbent's when it ran
             return RankedLists(proposals[at, pick], np.full(b, np.nan), np.asarray(source)[pick], ~any_keeps, 0,
-                               np.zeros(b, np.int64))
+                               np.zeros(b, np.int64), scored=False)
         with ctx.budget.stage("list_ranking.score", b * k * n):
             values = np.asarray(scorer.values(requests, proposals, ctx.objective), dtype=np.float64)
         incumbent = source.index(self.incumbent) if self.incumbent in source else None

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 from typing import Protocol
 
 import numpy as np
@@ -123,12 +124,13 @@ class Pipeline:
         objective) under one budget; every request gets the upstream order where its batch's models fail."""
         ranking = self._ranking_for(strategy)
         results: list[RerankResult | None] = [None] * len(inputs)
-        budget = Budget(budget_ms, self.costs)
+        start = perf_counter()
         groups: dict[tuple, list[int]] = {}
         for i, inp in enumerate(inputs):
             objective = inp.objective or self.config.rerank.objective
             groups.setdefault((inp.n, id(inp.store), tuple(objective.vector())), []).append(i)
         for (n, _, _), rows in groups.items():
+            budget = Budget(budget_ms - (perf_counter() - start) * 1e3, self.costs, len(rows))
             for i, result in zip(rows, self._rerank_together([inputs[i] for i in rows], n, ranking, budget),
                                  strict=True):
                 results[i] = result
@@ -142,7 +144,6 @@ class Pipeline:
                         for parts in ([inp.cates for inp in inputs], [inp.shops for inp in inputs]))
         objective = inputs[0].objective or self.config.rerank.objective
         ctx = Context(inputs[0].store, self.config.rerank.rules.build(), objective, budget, cates, shops)
-        start_ms = budget.elapsed_ms()
         try:
             ranked = ranking.rank(requests, n, ctx)
         except Exception as err:  # any model error: serve the floor, never fail the request
@@ -153,8 +154,8 @@ class Pipeline:
                                  skipped=list(budget.skipped), timings_ms=dict(budget.timings_ms),
                                  error=f"{type(err).__name__}: {err}", failed_stage=_failed_stage(budget, ranking))
                     for i in range(len(inputs))]
-        scored = "list_ranking.score" not in budget.skipped  # an unscored list has no reward (not a NaN one)
-        timings = {**budget.timings_ms, "total": budget.elapsed_ms() - start_ms}
+        scored = ranked.scored  # an unscored list has no reward (not a NaN one)
+        timings = {**budget.timings_ms, "total": budget.elapsed_ms()}
         return [RerankResult(ranked.lists[i], float(ranked.reward[i]) if scored else None, str(ranked.source[i]),
                              breaks_rules=bool(ranked.breaks_rules[i]), budget_exceeded=budget.exceeded,
                              skipped=list(budget.skipped), timings_ms=dict(timings), batch=len(inputs))
