@@ -34,6 +34,8 @@ class Requests:
     @classmethod
     def stack(cls, parts: Sequence[Requests]) -> Requests:
         """Several batches as one, every candidate list padded to the longest (e.g. requests served together)."""
+        if len(parts) == 1:
+            return parts[0]
         m = max(part.candidates.shape[1] for part in parts)
 
         def padded(name: str, value) -> np.ndarray:

@@ -46,7 +46,8 @@ class ServeConfig(BaseModel):
 
     host: str = Field("127.0.0.1", description="bind address; anything else must be asked for")
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    workers: int = Field(2, ge=1, description="uvicorn worker processes: one per core (a Python process cannot "
+                                              "use two; 2 on the 2-core reference machine)")
     torch_threads: int = Field(1, ge=1, description="torch threads per worker (workers x threads <= cores)")
     pipeline_threads: int = Field(1, ge=1, description="requests a worker re-ranks at once; the others wait, "
                                                        "and the wait counts against their budget")

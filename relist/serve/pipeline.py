@@ -140,7 +140,8 @@ class Pipeline:
                          budget: Budget) -> list[RerankResult]:
         requests = Requests.stack([inp.requests for inp in inputs])
         m = requests.candidates.shape[1]
-        cates, shops = (np.concatenate([np.pad(x, ((0, 0), (0, m - x.shape[1]))) for x in parts])
+        cates, shops = (np.concatenate([x if x.shape[1] == m else np.pad(x, ((0, 0), (0, m - x.shape[1])))
+                                        for x in parts])
                         for parts in ([inp.cates for inp in inputs], [inp.shops for inp in inputs]))
         objective = inputs[0].objective or self.config.rerank.objective
         ctx = Context(inputs[0].store, self.config.rerank.rules.build(), objective, budget, cates, shops)
