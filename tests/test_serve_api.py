@@ -200,6 +200,16 @@ def test_ops_endpoints(client):
         assert name in text
 
 
+def test_a_request_out_of_time_is_counted_as_degraded_not_as_a_fallback(client, logged):
+    key = 'relist_degraded_total{endpoint="rerank",generator="upstream"}'
+    before, fallbacks = metric_value(client, key), client.get("/metrics").text.count("relist_fallbacks_total{")
+    out = client.post("/v1/rerank", json=body_of(logged, budget_ms=0.001)).json()
+    assert out["generator"] == "upstream" and out["budget_exceeded"] and not out["fallback"]
+    assert metric_value(client, key) == before + 1
+    assert client.get("/metrics").text.count("relist_fallbacks_total{") == fallbacks
+    assert metric_value(client, "relist_batch_size_count") >= 1
+
+
 def test_requests_are_counted_by_status(client):
     key = 'relist_requests_total{endpoint="rerank",status="422"}'
     before = metric_value(client, key)

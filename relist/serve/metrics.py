@@ -42,6 +42,11 @@ class ServeMetrics:
                                ["stage"], registry=r)
         self.served_by = Counter("relist_served_lists", "Served lists by the generator that produced them",
                                  ["generator"], registry=r)
+        self.degraded = Counter("relist_degraded", "Requests served with a stage skipped for time (the budget), "
+                                "by endpoint and the generator that served them", ["endpoint", "generator"],
+                                registry=r)
+        self.batch_size = Histogram("relist_batch_size", "Requests re-ranked together (dynamic batching)",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.duplicates = Counter("relist_duplicate_candidates", "Candidates left out of /v1/rerank requests "
                                   "because their id came earlier in the request", registry=r)
         self.reloads = Counter("relist_reloads", "Model reload attempts by outcome", ["outcome"], registry=r)
@@ -70,7 +75,10 @@ class ServeMetrics:
             self.skipped.labels(stage).inc()
         if result.fallback:
             self.fallbacks.labels(endpoint, result.failed_stage or "pipeline").inc()
+        elif result.skipped:
+            self.degraded.labels(endpoint, result.generator).inc()
         self.served_by.labels(result.generator).inc()
+        self.batch_size.observe(result.batch)
 
     def exposition(self) -> bytes:
         if MULTIPROC_ENV in os.environ:
