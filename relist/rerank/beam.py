@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from relist.data.features import FeatureStore
@@ -62,67 +61,58 @@ def beam_search(
     """Search lists of ``n`` of the ``m`` candidates [B, m] that maximise the expected list value.
 
     ``weights`` are the objective's weights over (PV, IPV, purchases, GMV): [4], or [B, 4] per request.
+    Arrays throughout (numpy's small operations cost a fraction of torch's); ties go to the earlier
+    beam and candidate.
     """
-    ctr, nxt, ids, cates, shops, mask = (torch.as_tensor(np.asarray(x)) for x in
-                                         (p_ctr, p_next, cand_ids, cand_cates, cand_shops, cand_mask))
-    ctr, nxt = ctr.double(), nxt.double()
-    mask = mask.bool()
-    buy = torch.as_tensor(np.asarray(p_buy)).double() * ctr if p_buy is not None else torch.zeros_like(ctr)
-    gmv = buy * torch.as_tensor(np.asarray(price)).double() if price is not None else torch.zeros_like(ctr)
+    ctr, nxt = (np.asarray(x, dtype=np.float64) for x in (p_ctr, p_next))
+    ids, cates, shops = (np.asarray(x) for x in (cand_ids, cand_cates, cand_shops))
+    mask = np.asarray(cand_mask, dtype=bool)
+    buy = np.asarray(p_buy, dtype=np.float64) * ctr if p_buy is not None else np.zeros_like(ctr)
+    gmv = buy * np.asarray(price, dtype=np.float64) if price is not None else np.zeros_like(ctr)
     B, m = ctr.shape
     # One extra "nothing left" column (index m) lets a request with fewer than n candidates finish.
-    ctr, nxt, buy, gmv = (torch.cat([x, torch.zeros(B, 1, dtype=x.dtype)], 1) for x in (ctr, nxt, buy, gmv))
-    ids = torch.cat([ids, torch.full((B, 1), PAD_ID, dtype=ids.dtype)], 1)
-    cates, shops = (torch.cat([x, torch.zeros(B, 1, dtype=x.dtype)], 1) for x in (cates, shops))
-    real = torch.cat([mask, torch.zeros(B, 1, dtype=torch.bool)], 1)
+    ctr, nxt, buy, gmv, cates, shops = (np.concatenate([x, np.zeros((B, 1), x.dtype)], 1)
+                                        for x in (ctr, nxt, buy, gmv, cates, shops))
+    ids = np.concatenate([ids, np.full((B, 1), PAD_ID, ids.dtype)], 1)
+    real = np.concatenate([mask, np.zeros((B, 1), bool)], 1)
 
-    key = torch.full((B, k), -torch.inf, dtype=torch.float64)
+    rows = np.arange(B)[:, None]
+    key = np.full((B, k), -np.inf)
     key[:, 0] = 0.0  # one empty prefix to start from
-    exposure = torch.ones(B, k, dtype=torch.float64)
-    totals = torch.zeros(B, k, 4, dtype=torch.float64)  # PV, IPV, purchases, GMV
-    relaxed = torch.zeros(B, k, dtype=torch.bool)
-    chosen = torch.zeros(B, k, m + 1, dtype=torch.bool)
-    prefix = torch.zeros(B, k, 0, dtype=torch.long)
-    gains = torch.stack([real.double(), ctr, buy, gmv], -1)  # per exposure, [B, m+1, 4]
-    w = torch.as_tensor(np.asarray(weights), dtype=torch.float64).reshape(-1, 4)[:, None, None, :]  # [B|1,1,1,4]
-    beam_cates, beam_shops, beam_ids, beam_real = (_per_beam(x, k) for x in (cates, shops, ids, real))
+    exposure = np.ones((B, k))
+    totals = np.zeros((B, k, 4))  # PV, IPV, purchases, GMV
+    relaxed = np.zeros((B, k), bool)
+    chosen = np.zeros((B, k, m + 1), bool)
+    prefix = np.zeros((B, k, 0), np.int64)
+    gains = np.stack([real.astype(np.float64), ctr, buy, gmv], -1)  # per exposure, [B, m+1, 4]
+    w = np.asarray(weights, dtype=np.float64).reshape(-1, 4)[:, None, None, :]  # [B|1, 1, 1, 4]
+    beam_cates, beam_shops, beam_ids, beam_real = (np.repeat(x, k, 0) for x in (cates, shops, ids, real))
     for slot in range(n):
         prefix_cols = prefix.reshape(B * k, slot)
         allowed, slot_relaxed = rules.feasible_mask(
-            beam_cates.gather(1, prefix_cols), beam_shops.gather(1, prefix_cols), beam_cates, beam_shops,
-            chosen.reshape(B * k, m + 1), slot, cand_ids=beam_ids, cand_mask=beam_real,
+            np.take_along_axis(beam_cates, prefix_cols, 1), np.take_along_axis(beam_shops, prefix_cols, 1),
+            beam_cates, beam_shops, chosen.reshape(B * k, m + 1), slot, cand_ids=beam_ids, cand_mask=beam_real,
         )
         allowed = allowed.reshape(B, k, m + 1)
         allowed[:, :, m] = ~allowed[:, :, :m].any(2)  # "nothing left" only when nothing is left
-        slot_relaxed = slot_relaxed.reshape(B, k, 1).expand(B, k, m + 1)
+        slot_relaxed = slot_relaxed.reshape(B, k)
         step = exposure[:, :, None, None] * gains[:, None]  # [B, k, m+1, 4]
-        step_value = (step * w).sum(-1)
-        cand_key = key[:, :, None] + step_value - RELAX_PENALTY * slot_relaxed
-        cand_key = cand_key.masked_fill(~allowed, -torch.inf).reshape(B, k * (m + 1))
-        key, best = cand_key.topk(k, 1)
+        cand_key = key[:, :, None] + (step * w).sum(-1) - RELAX_PENALTY * slot_relaxed[:, :, None]
+        cand_key = np.where(allowed, cand_key, -np.inf).reshape(B, k * (m + 1))
+        best = np.argsort(-cand_key, axis=1, kind="stable")[:, :k]
+        key = np.take_along_axis(cand_key, best, 1)
         beam, col = best // (m + 1), best % (m + 1)
-        totals = _pick(totals, beam) + step.reshape(B, k * (m + 1), 4)[torch.arange(B)[:, None], best]
-        relaxed = _pick(relaxed, beam) | slot_relaxed.reshape(B, k * (m + 1)).gather(1, best)
-        exposure = _pick(exposure, beam) * nxt.gather(1, col)
-        chosen = _pick(chosen, beam).scatter(2, col[:, :, None], True)
+        totals = totals[rows, beam] + step.reshape(B, k * (m + 1), 4)[rows, best]
+        relaxed = relaxed[rows, beam] | slot_relaxed[rows, beam]
+        exposure = exposure[rows, beam] * np.take_along_axis(nxt, col, 1)
+        chosen = chosen[rows, beam]
+        chosen[rows, np.arange(k)[None, :], col] = True
         chosen[:, :, m] = False
-        prefix = torch.cat([_pick(prefix, beam), col[:, :, None]], 2)
-    valid = torch.isfinite(key)
-    value = torch.where(valid, (totals * w[:, :, 0]).sum(-1), -torch.inf)
-    items = ids[:, None, :].expand(B, k, m + 1).gather(2, prefix)
-    return BeamLists(prefix.numpy(), items.numpy(), value.numpy(), totals.numpy(), relaxed.numpy(),
-                     valid.numpy())
-
-
-def _per_beam(x: torch.Tensor, k: int) -> torch.Tensor:
-    """[B, m] request rows repeated for each of the k beams: [B*k, m]."""
-    return x.repeat_interleave(k, 0)
-
-
-def _pick(x: torch.Tensor, beam: torch.Tensor) -> torch.Tensor:
-    """Rows of the surviving beams: x [B, k, ...] indexed by beam [B, k]."""
-    index = beam.reshape(*beam.shape, *([1] * (x.dim() - 2))).expand(*beam.shape, *x.shape[2:])
-    return x.gather(1, index)
+        prefix = np.concatenate([prefix[rows, beam], col[:, :, None]], 2)
+    valid = np.isfinite(key)
+    value = np.where(valid, (totals * w[:, :, 0]).sum(-1), -np.inf)
+    items = np.take_along_axis(np.broadcast_to(ids[:, None, :], (B, k, m + 1)), prefix, 2)
+    return BeamLists(prefix, items, value, totals, relaxed, valid)
 
 
 ScoresFn = Callable[[Requests, FeatureStore], dict[str, np.ndarray]]
@@ -179,20 +169,20 @@ def greedy_under_rules(scores: np.ndarray, requests: Requests, n: int, ctx: Cont
     operations: with one prefix per request there is nothing to rank but the next candidate. The rules
     and their relaxation are the same ``feasible_mask`` (ties go to the earlier candidate).
     """
-    cates, shops = ctx.attributes(requests)
-    key = torch.as_tensor(np.asarray(scores, dtype=np.float64))
-    ids, real = torch.as_tensor(requests.candidates), torch.as_tensor(requests.mask).bool()
+    cates, shops = (x.numpy() for x in ctx.attributes(requests))
+    key = np.asarray(scores, dtype=np.float64)
+    ids, real = requests.candidates, np.asarray(requests.mask, dtype=bool)
     b, m = key.shape
-    chosen = torch.zeros(b, m, dtype=torch.bool)
-    prefix = torch.zeros(b, 0, dtype=torch.long)
-    rows = torch.arange(b)
-    out = torch.full((b, n), PAD_ID, dtype=ids.dtype)
+    chosen = np.zeros((b, m), bool)
+    prefix = np.zeros((b, 0), np.int64)
+    rows = np.arange(b)
+    out = np.full((b, n), PAD_ID, dtype=ids.dtype)
     for slot in range(n):
-        allowed, _ = ctx.rules.feasible_mask(cates.gather(1, prefix), shops.gather(1, prefix), cates, shops, chosen,
-                                             slot, cand_ids=ids, cand_mask=real)
-        col = key.masked_fill(~allowed, -torch.inf).argmax(1)
+        allowed, _ = ctx.rules.feasible_mask(np.take_along_axis(cates, prefix, 1), np.take_along_axis(shops, prefix, 1),
+                                             cates, shops, chosen, slot, cand_ids=ids, cand_mask=real)
+        col = np.where(allowed, key, -np.inf).argmax(1)
         left = allowed.any(1)  # a request out of candidates pads the rest of its list
-        out[:, slot] = torch.where(left, ids[rows, col], PAD_ID)
+        out[:, slot] = np.where(left, ids[rows, col], PAD_ID)
         chosen[rows[left], col[left]] = True
-        prefix = torch.cat([prefix, col[:, None]], 1)
-    return out.numpy()
+        prefix = np.concatenate([prefix, col[:, None]], 1)
+    return out

@@ -8,6 +8,10 @@ the rules step by step — first the scatter window, then the shop cap — and
 flags the row, so a generator still returns its best partial-rule list and the
 caller knows it broke a rule.
 
+The masks take numpy arrays or torch tensors alike (and return the same kind): the decoders of the
+neural generators run them on tensors, beam search and greedy sorts on arrays, where a small
+operation costs a fraction of a torch one.
+
 Conventions: category and shop 0 mean "unknown" (relist.data.features) and never
 conflict with anything; ``pinned`` maps a slot to an item id that must stand
 there whenever it is among the request's candidates (it then also may not
@@ -59,13 +63,14 @@ class BusinessRules:
         allowed = ~chosen
         if cand_mask is not None:
             allowed = allowed & cand_mask
-        if reserve_pinned:
-            allowed = allowed & ~self._reserved(cand_ids, slot)
-        has_pin = torch.zeros(allowed.shape[0], 1, dtype=torch.bool, device=allowed.device)
+        reserved = self._reserved(cand_ids, slot) if reserve_pinned else None
+        if reserved is not None:
+            allowed = allowed & ~reserved
+        has_pin = _falses(allowed, (allowed.shape[0], 1))
         if slot in self.pinned and cand_ids is not None:
             pinned_here = (cand_ids == self.pinned[slot]) & allowed
-            has_pin = pinned_here.any(1, keepdim=True)
-            allowed = torch.where(has_pin, pinned_here, allowed)
+            has_pin = pinned_here.any(1)[:, None]
+            allowed = _where(has_pin, pinned_here, allowed)
         window = self.cate_window if window is None else window
         if window > 0 and prefix_cates.shape[1] > 0:
             recent = prefix_cates[:, -window:]
@@ -86,7 +91,7 @@ class BusinessRules:
         slots (never the no-repeat and padding constraints).
         """
         mask = self.allowed_mask(*args, **kwargs)
-        relaxed = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+        relaxed = _falses(mask, (mask.shape[0],))
         empty = ~mask.any(1)
         steps = [(w, True, True) for w in range(self.cate_window - 1, -1, -1)]
         steps += [(0, False, True), (0, False, False)]
@@ -96,7 +101,7 @@ class BusinessRules:
             looser = self.allowed_mask(*args, **kwargs, window=window, shop_cap=shop_cap,
                                        reserve_pinned=reserve_pinned)
             fix = empty & looser.any(1)
-            mask = torch.where(fix[:, None], looser, mask)
+            mask = _where(fix[:, None], looser, mask)
             relaxed |= fix
             empty &= ~fix
         return mask, relaxed
@@ -132,12 +137,27 @@ class BusinessRules:
             ok &= ~over.any(1)
         return ok
 
-    def _reserved(self, cand_ids: torch.Tensor | None, slot: int) -> torch.Tensor:
-        """Candidates pinned to another slot, which they alone may fill."""
+    def _reserved(self, cand_ids: Mask | None, slot: int) -> Mask | None:
+        """Candidates pinned to another slot, which they alone may fill (None: none are)."""
         others = [item for s, item in self.pinned.items() if s != slot]
         if cand_ids is None or not others:
-            return torch.zeros((), dtype=torch.bool)
+            return None
+        if isinstance(cand_ids, np.ndarray):
+            return np.isin(cand_ids, others)
         return torch.isin(cand_ids, torch.as_tensor(others, dtype=cand_ids.dtype, device=cand_ids.device))
+
+
+Mask = np.ndarray | torch.Tensor
+
+
+def _falses(like: Mask, shape: tuple[int, ...]) -> Mask:
+    if isinstance(like, np.ndarray):
+        return np.zeros(shape, dtype=bool)
+    return torch.zeros(shape, dtype=torch.bool, device=like.device)
+
+
+def _where(condition: Mask, a: Mask, b: Mask) -> Mask:
+    return np.where(condition, a, b) if isinstance(condition, np.ndarray) else torch.where(condition, a, b)
 
 
 def item_attributes(store: FeatureStore, ids: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
