@@ -86,32 +86,35 @@ def beam_search(
     prefix = np.zeros((B, k, 0), np.int64)
     gains = np.stack([real.astype(np.float64), ctr, buy, gmv], -1)  # per exposure, [B, m+1, 4]
     w = np.asarray(weights, dtype=np.float64).reshape(-1, 4)[:, None, None, :]  # [B|1, 1, 1, 4]
+    value_per_exposure = (gains * w[:, 0]).sum(-1)  # [B, m+1]: a candidate's value where it is seen
     beam_cates, beam_shops, beam_ids, beam_real = (np.repeat(x, k, 0) for x in (cates, shops, ids, real))
+    beam_rows = np.arange(B * k)[:, None]
     for slot in range(n):
         prefix_cols = prefix.reshape(B * k, slot)
         allowed, slot_relaxed = rules.feasible_mask(
-            np.take_along_axis(beam_cates, prefix_cols, 1), np.take_along_axis(beam_shops, prefix_cols, 1),
+            beam_cates[beam_rows, prefix_cols], beam_shops[beam_rows, prefix_cols],
             beam_cates, beam_shops, chosen.reshape(B * k, m + 1), slot, cand_ids=beam_ids, cand_mask=beam_real,
         )
         allowed = allowed.reshape(B, k, m + 1)
         allowed[:, :, m] = ~allowed[:, :, :m].any(2)  # "nothing left" only when nothing is left
         slot_relaxed = slot_relaxed.reshape(B, k)
-        step = exposure[:, :, None, None] * gains[:, None]  # [B, k, m+1, 4]
-        cand_key = key[:, :, None] + (step * w).sum(-1) - RELAX_PENALTY * slot_relaxed[:, :, None]
+        cand_key = key[:, :, None] + exposure[:, :, None] * value_per_exposure[:, None, :] \
+            - RELAX_PENALTY * slot_relaxed[:, :, None]
         cand_key = np.where(allowed, cand_key, -np.inf).reshape(B, k * (m + 1))
         best = np.argsort(-cand_key, axis=1, kind="stable")[:, :k]
-        key = np.take_along_axis(cand_key, best, 1)
+        key = cand_key[rows, best]
         beam, col = best // (m + 1), best % (m + 1)
-        totals = totals[rows, beam] + step.reshape(B, k * (m + 1), 4)[rows, best]
+        seen = exposure[rows, beam]
+        totals = totals[rows, beam] + seen[:, :, None] * gains[rows, col]
         relaxed = relaxed[rows, beam] | slot_relaxed[rows, beam]
-        exposure = exposure[rows, beam] * np.take_along_axis(nxt, col, 1)
+        exposure = seen * nxt[rows, col]
         chosen = chosen[rows, beam]
         chosen[rows, np.arange(k)[None, :], col] = True
         chosen[:, :, m] = False
         prefix = np.concatenate([prefix[rows, beam], col[:, :, None]], 2)
     valid = np.isfinite(key)
     value = np.where(valid, (totals * w[:, :, 0]).sum(-1), -np.inf)
-    items = np.take_along_axis(np.broadcast_to(ids[:, None, :], (B, k, m + 1)), prefix, 2)
+    items = ids[rows[:, :, None], prefix]
     return BeamLists(prefix, items, value, totals, relaxed, valid)
 
 
@@ -178,8 +181,8 @@ def greedy_under_rules(scores: np.ndarray, requests: Requests, n: int, ctx: Cont
     rows = np.arange(b)
     out = np.full((b, n), PAD_ID, dtype=ids.dtype)
     for slot in range(n):
-        allowed, _ = ctx.rules.feasible_mask(np.take_along_axis(cates, prefix, 1), np.take_along_axis(shops, prefix, 1),
-                                             cates, shops, chosen, slot, cand_ids=ids, cand_mask=real)
+        allowed, _ = ctx.rules.feasible_mask(cates[rows[:, None], prefix], shops[rows[:, None], prefix], cates, shops,
+                                             chosen, slot, cand_ids=ids, cand_mask=real)
         col = np.where(allowed, key, -np.inf).argmax(1)
         left = allowed.any(1)  # a request out of candidates pads the rest of its list
         out[:, slot] = np.where(left, ids[rows, col], PAD_ID)
