@@ -137,3 +137,19 @@ def test_a_batch_serves_every_request_the_list_it_gets_alone(models, logs):
     assert [r.generator for r in together] == [r.generator for r in alone]
     np.testing.assert_allclose([r.list_reward for r in together], [r.list_reward for r in alone], rtol=1e-5)
     assert {r.batch for r in together} == {4, 8} and all(r.batch == 1 for r in alone)
+
+
+def test_generators_left_out_at_export_can_still_be_forced(models, models_dir, logs):
+    from relist.serve.pipeline import with_incumbent
+
+    config = with_incumbent(PipelineConfig.of(["greedy_ctr", "beam", "grn", "grn_samples"], min_share=0.3), logs,
+                            models_dir)
+    ranking = config.rerank.ranking
+    assert ranking.min_share == 0 and ranking.incumbent in ranking.generators and config.forced_only
+    assert not set(config.forced_only) & set(ranking.generators)
+    pipeline = build_pipeline("f", models.store, config, models)
+    assert set(pipeline.strategies) == {"upstream", "greedy_ctr", "beam", "grn", "grn_samples", ranking.incumbent}
+    inp = pipeline.request_input(None, np.arange(1, 31), np.linspace(0.9, 0.1, 30), 10)
+    for name in config.forced_only:
+        assert pipeline.rerank(inp, strategy=name).generator in (name, "upstream")
+    assert pipeline.rerank(inp).generator in (*ranking.generators, "upstream")

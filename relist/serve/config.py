@@ -26,6 +26,9 @@ class PipelineConfig(BaseModel):
                                                refine=LocalSearchConfig(rounds=0))),
         description="generators, list ranking (incumbent, pessimism, local search), rules and the objective: the "
                     "same settings as `relist eval rerank`; generators whose models the version lacks are left out")
+    forced_only: list[str] = Field([], description="generators that do not compete in list ranking but that a "
+                                                  "request may force by name (export puts here those min_share "
+                                                  "leaves out)")
     recall_size: int = Field(1000, ge=1, description="/v1/recommend: items recalled from the catalogue")
     coarse_keep: int = Field(200, ge=1, description="/v1/recommend: items the coarse ranker passes on")
     rerank_candidates: int = Field(50, ge=1,

@@ -31,9 +31,9 @@ from relist.data.padding import PAD_ID
 from relist.data.requests import Requests
 from relist.objective import Objective
 from relist.rerank.budget import Budget, StageCosts
-from relist.rerank.generators import Context
+from relist.rerank.generators import Context, Generator
 from relist.rerank.list_ranking import AUTO, ListRanking
-from relist.rerank.registry import Models, build_ranking
+from relist.rerank.registry import Models, build_generators, build_ranking
 from relist.serve.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,11 @@ class Pipeline:
     rankers: dict[str, Ranker]  # "coarse" and/or "fine", for /v1/recommend
     popularity: np.ndarray  # [n_items + 1] clicks in the users' histories, for /v1/recommend's recall
     costs: StageCosts = field(default_factory=StageCosts)
+    forced_only: dict[str, Generator] = field(default_factory=dict)  # servable by name, not in list ranking
 
     @property
     def strategies(self) -> list[str]:
-        return list(self.ranking.generators)
+        return [*self.ranking.generators, *self.forced_only]
 
     @property
     def scorer(self):
@@ -106,12 +107,12 @@ class Pipeline:
         """All generators, or one forced generator (with the upstream floor, no incumbent, no refinement)."""
         if strategy is None:
             return self.ranking
-        if strategy not in self.ranking.generators:
+        generators = self.ranking.generators | self.forced_only
+        if strategy not in generators:
             raise UnknownStrategy(strategy, self.strategies)
         names = list(dict.fromkeys([UPSTREAM, strategy]))
         cfg = self.ranking.cfg.model_copy(update={"refine": self.ranking.cfg.refine.model_copy(update={"rounds": 0})})
-        return ListRanking({name: self.ranking.generators[name] for name in names}, self.ranking.scorer, cfg,
-                           strategy)
+        return ListRanking({name: generators[name] for name in names}, self.ranking.scorer, cfg, strategy)
 
     def rerank(self, inp: RerankInput, strategy: str | None = None,
                budget_ms: float = float("inf")) -> RerankResult:
@@ -170,7 +171,7 @@ class Pipeline:
         Returns the result and how many candidates reached re-ranking. A ranker that fails or would
         overrun the budget is passed over (the order so far stands); a failure sets ``fallback``.
         """
-        if strategy is not None and strategy not in self.ranking.generators:
+        if strategy is not None and strategy not in self.strategies:
             raise UnknownStrategy(strategy, self.strategies)
         budget = Budget(budget_ms, self.costs)
         store, user_id = _user_view(self.store, user)
@@ -327,21 +328,26 @@ def with_incumbent(config: PipelineConfig, data_dir: str | Path, models_dir: str
         return config
     valid, _ = logged_requests(data_dir, "valid", VALID_REQUESTS)
     names = list(dict.fromkeys([UPSTREAM, *ranking.generators]))
-    chosen, left_out, _ = build_ranking(models, config.rerank, names, (valid, N_VALID))
+    chosen, left_out, choice = build_ranking(models, config.rerank, names, (valid, N_VALID))
     if left_out:
         log.info("export: %s", "; ".join(left_out))
     kept = [name for name in names if name in chosen.generators]
     ranking = ranking.model_copy(update={"incumbent": chosen.incumbent, "min_share": 0.0,
                                          "generators": kept + [n for n in chosen.generators if n not in kept]})
-    return config.model_copy(update={"rerank": config.rerank.model_copy(update={"ranking": ranking})})
+    rare = [name for name in choice.get("served_share_on_validation", {}) if name not in chosen.generators]
+    return config.model_copy(update={"rerank": config.rerank.model_copy(update={"ranking": ranking}),
+                                     "forced_only": list(dict.fromkeys([*config.forced_only, *rare]))})
 
 
 def build_pipeline(version: str, store: FeatureStore, config: PipelineConfig, models: Models) -> Pipeline:
     """Assemble and warm up a pipeline; raises on a generator name no builder knows or a model that fails."""
     names = list(dict.fromkeys([UPSTREAM, *config.rerank.ranking.generators]))
     ranking, left_out, _ = build_ranking(models, config.rerank, names)
-    if left_out:
-        log.warning("model version %s lacks the models of generators %s; they are not served", version, left_out)
+    forced, absent = build_generators([name for name in config.forced_only if name not in names], models,
+                                      config.rerank)
+    if left_out or absent:
+        log.warning("model version %s lacks the models of generators %s; they are not served", version,
+                    left_out + absent)
     rankers = {}
     if models.coarse is not None:
         rankers["coarse"] = _coarse_ranker(models.coarse)
@@ -349,6 +355,6 @@ def build_pipeline(version: str, store: FeatureStore, config: PipelineConfig, mo
         rankers["fine"] = _fine_ranker(models)
     popularity = np.bincount(store.user_hist[store.user_hist_mask].ravel(), minlength=store.n_items + 1)
     pipeline = Pipeline(version, store, models, config, ranking, rankers,
-                        popularity[: store.n_items + 1].astype(np.float64))
+                        popularity[: store.n_items + 1].astype(np.float64), forced_only=forced)
     pipeline.warm_up()
     return pipeline
