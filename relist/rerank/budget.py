@@ -26,7 +26,10 @@ class StageCosts:
     slow spell would keep it skipped for good; the estimate therefore fades with the time since the
     stage last ran (``half_life_s``), and a stage skipped for long is tried again. Fading with time,
     not with the number of skips, means a flood of tiny-budget requests cannot talk a slow stage
-    into running.
+    into running. The half-life is short (3 s): under load a stage measured once in a slow spell (a batch
+    that shared the cores with the event loop) must be tried again within seconds, or a worker stays on
+    the floor for good — measured with wrk at 8 connections (benchmarks/results/serve_load.json): a 30 s
+    half-life served 0–37% of the lists from a model stage, 3 s 98–99%.
 
     Requests served together (relist.serve.batching) cost far less than that many requests alone, so
     the estimates are kept per batch size (rounded up to a power of two). A batch size not measured yet
@@ -34,7 +37,7 @@ class StageCosts:
     for a stage never measured, so that it runs once and is measured.
     """
 
-    def __init__(self, smoothing: float = 0.2, half_life_s: float = 30.0,
+    def __init__(self, smoothing: float = 0.2, half_life_s: float = 3.0,
                  clock: Callable[[], float] = time.monotonic):
         self.smoothing, self.half_life_s, self.clock = smoothing, half_life_s, clock
         self._unit_ms: dict[tuple[str, int], tuple[float, float]] = {}  # (stage, rows) -> (ms per unit, when)
