@@ -56,7 +56,10 @@ class Batcher:
                 await asyncio.sleep(self.wait_s)
             while self._pending:
                 batch = self._take()
-                outcomes = await anyio.to_thread.run_sync(_run, batch, limiter=self.limiter)
+                try:
+                    outcomes = await anyio.to_thread.run_sync(_run, batch, limiter=self.limiter)
+                except BaseException as err:  # never leave a request waiting (e.g. cancelled at shutdown)
+                    outcomes = [err] * len(batch)
                 for item, outcome in zip(batch, outcomes, strict=True):
                     if item.future.done():  # the client is gone
                         continue
