@@ -58,7 +58,7 @@ class Batcher:
                 batch = self._take()
                 try:
                     outcomes = await anyio.to_thread.run_sync(_run, batch, limiter=self.limiter)
-                except BaseException as err:  # never leave a request waiting (e.g. cancelled at shutdown)
+                except Exception as err:  # never leave a request waiting
                     outcomes = [err] * len(batch)
                 for item, outcome in zip(batch, outcomes, strict=True):
                     if item.future.done():  # the client is gone
