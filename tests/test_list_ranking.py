@@ -190,3 +190,14 @@ def test_generators_rarely_served_on_validation_are_left_out_but_never_the_incum
         assert kept == (name == ranking.incumbent or shares[name] >= 0.3)
         assert kept or any(line.startswith(f"{name}: served on fewer") for line in left_out)
     assert len(ranking.generators) < len(shares)  # something was left out at this share
+
+
+def test_a_named_incumbent_outside_the_generators_is_built_and_kept_when_rare_ones_are_left_out(models, logs):
+    from relist.rerank.registry import RerankConfig, build_ranking
+
+    valid, _ = logged_requests(logs, "valid", 60)
+    cfg = RerankConfig(ranking=ListRankingConfig(generators=["upstream", "grn"], incumbent="greedy_ctr",
+                                                 min_share=0.3, refine=NO_SEARCH))
+    ranking, _, choice = build_ranking(models, cfg, validation=(valid, 10))
+    assert ranking.incumbent == "greedy_ctr" and "greedy_ctr" in ranking.generators
+    assert "greedy_ctr" in choice["served_share_on_validation"]

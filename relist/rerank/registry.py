@@ -196,15 +196,15 @@ def build_ranking(models: Models, cfg: RerankConfig, generators: Iterable[str] |
                                                 cfg.ranking.beta)
             choice = {"incumbent": incumbent, "gains_on_validation": gains, "requests": len(requests)}
             built |= {incumbent: pool[incumbent]}
+    elif incumbent is not None and incumbent not in built:
+        more, absent = build_generators([incumbent], models, cfg)
+        built |= more
+        missing += absent
     if validation is not None and cfg.ranking.min_share > 0:
         built, choice["served_share_on_validation"] = often_served(
             ListRanking(built, scorer, cfg.ranking, incumbent), validation, cfg, models.store)
         missing += [f"{name}: served on fewer than {cfg.ranking.min_share:.0%} of validation requests"
                     for name in choice["served_share_on_validation"] if name not in built]
-    elif incumbent is not None and incumbent not in built:
-        more, absent = build_generators([incumbent], models, cfg)
-        built |= more
-        missing += absent
     return ListRanking(built, scorer, cfg.ranking, incumbent), missing, choice
 
 
