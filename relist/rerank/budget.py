@@ -50,8 +50,7 @@ class StageCosts:
             return 0.0
         nearest = bucket if bucket in measured else min(measured, key=lambda r: (abs(math.log2(r / bucket)), -r))
         unit, when = self._unit_ms[(stage, nearest)]
-        return unit * size * (nearest / bucket if nearest != bucket else 1.0) * 0.5 ** (
-            (self.clock() - when) / self.half_life_s)
+        return unit * size * nearest / bucket * 0.5 ** ((self.clock() - when) / self.half_life_s)
 
     def record(self, stage: str, size: float, ms: float, rows: int = 1) -> None:
         key = (stage, _bucket(rows))

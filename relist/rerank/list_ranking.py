@@ -17,8 +17,8 @@ upstream order. Under a time budget, a single proposal per request is served uns
 
 The chosen list is then refined by evaluator-guided local search under the same criterion
 (relist.rerank.local_search). Lists that break a business rule are served only when no proposal
-keeps them all (and are then flagged). The evaluation, the server (a batch of one request under
-its time budget) and every benchmark run this one class.
+keeps them all (and are then flagged). The evaluation, the server (the requests that arrived together,
+under their time budget) and every benchmark run this one class.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class RankedLists:
     breaks_rules: np.ndarray  # [B] bool: no proposal kept every rule
     proposals: int  # distinct lists scored in the batch
     moves: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [B] local-search moves
-    scored: bool = True  # False: served unscored (no time to score, or no request had a choice); reward NaN
+    scored: bool = True  # False: served unscored (no time to score, or one proposal under a budget); reward NaN
 
 
 class ListRanking:

@@ -1,11 +1,12 @@
-"""What the server runs for one request: list ranking over the version's generators, under a budget.
+"""What the server runs for its requests: list ranking over the version's generators, under a budget.
 
-A request becomes a batch of one (:class:`RerankInput`): its candidates, upstream scores, the
-category and shop overrides the business rules read, the store view carrying its user overrides,
-and its objective. The one :class:`~relist.rerank.list_ranking.ListRanking` of relist chooses the
-list — the same code the offline evaluation runs — with the request's time budget: a generator
-that would overrun it is skipped before it starts, and the upstream order (always proposed first)
-is the floor. When a model fails, the upstream order is served and the response says so.
+A request becomes one row (:class:`RerankInput`): its candidates, upstream scores, the category and
+shop overrides the business rules read, the store view carrying its user overrides, and its
+objective; requests that arrive together are re-ranked as one batch (relist.serve.batching). The one
+:class:`~relist.rerank.list_ranking.ListRanking` of relist chooses the lists — the same code the
+offline evaluation runs — with the time budget: a generator that would overrun it is skipped before
+it starts (the incumbent runs first), and the upstream order is the floor. When a model fails, the
+upstream order is served and the response says so.
 
 A :class:`Pipeline` is immutable once built (its cost estimates aside), so a hot reload swaps one
 reference and a request in flight finishes on the version it started with.
