@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -201,3 +202,15 @@ def test_a_named_incumbent_outside_the_generators_is_built_and_kept_when_rare_on
     ranking, _, choice = build_ranking(models, cfg, validation=(valid, 10))
     assert ranking.incumbent == "greedy_ctr" and "greedy_ctr" in ranking.generators
     assert "greedy_ctr" in choice["served_share_on_validation"]
+
+
+def test_the_incumbent_bound_is_on_the_mean_gain_not_on_each_request():
+    """Members that disagree on single requests but agree on the average: a real gain, which the mean of
+    per-request pessimistic values would call a loss."""
+    from relist.rerank.registry import mean_gain_bound
+
+    rng = np.random.default_rng(0)
+    gains = 0.02 + rng.normal(0.0, 0.1, (4, 2000))  # [members, requests]
+    assert pessimistic(gains, 1.0).mean() < 0 < mean_gain_bound(gains, 1.0) < gains.mean()
+    assert mean_gain_bound(np.full((4, 50), 0.3), 1.0) == pytest.approx(0.3)  # nobody doubts it
+    assert mean_gain_bound(gains[:, :5], 1.0) < mean_gain_bound(gains, 1.0)  # few requests, less sure

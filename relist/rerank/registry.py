@@ -26,7 +26,7 @@ from relist.rerank.generators import Context, Generator
 from relist.rerank.grn import GRNGreedy, GRNSamples
 from relist.rerank.last import LAST, LASTConfig
 from relist.rerank.list_ranking import AUTO, ListRanking, ListRankingConfig
-from relist.rerank.list_scorer import ListScorer, UpstreamValue, pessimistic, teacher_logits
+from relist.rerank.list_scorer import ListScorer, UpstreamValue, teacher_logits
 from relist.rerank.policy import GreedyUpstreamScore, RandomOrder, Upstream
 from relist.rerank.rules import RulesConfig
 
@@ -161,16 +161,29 @@ def choose_incumbent(generators: dict[str, Generator], names: Iterable[str], sco
     """The generator whose lists the evaluator rates best on (validation) requests, pessimistically.
 
     Each candidate's lists are compared, per request, with the first candidate's (paired, so the
-    members' shared errors cancel); the mean pessimistic gain decides. Returns the name and every gain.
+    members' shared errors cancel). An incumbent is one choice for every request, so what decides is
+    a lower bound on its *mean* gain (``mean_gain_bound``), not the mean of per-request bounds: a
+    member's noise on one request averages out over requests and must not make every change look
+    unsafe. Returns the name and every candidate's bound.
     """
     names = [name for name in names if name in generators]
     if not names:
         raise ValueError("no incumbent candidate among the built generators")
     lists = np.concatenate([generators[name].propose(requests, n, ctx)[:, :1] for name in names], 1)
     values = np.asarray(scorer.on_store(ctx.store).values(requests, lists, ctx.objective), dtype=np.float64)
-    gains = {name: float(pessimistic(values[:, :, k] - values[:, :, 0], beta).mean())
-             for k, name in enumerate(names)}
+    gains = {name: mean_gain_bound(values[:, :, k] - values[:, :, 0], beta) for k, name in enumerate(names)}
     return max(gains, key=gains.get), gains
+
+
+def mean_gain_bound(gains: np.ndarray, beta: float) -> float:
+    """[E members, B requests] per-request gains -> their mean minus ``beta`` standard errors, where the
+    error counts both how far the members disagree on the mean gain and how much it varies over the
+    requests (a lower bound on the gain over the population the requests were drawn from)."""
+    per_member = gains.mean(1)
+    per_request = gains.mean(0)
+    members = per_member.var(ddof=1) if len(per_member) > 1 else 0.0
+    sampling = per_request.var(ddof=1) / len(per_request) if len(per_request) > 1 else 0.0
+    return float(per_member.mean() - beta * np.sqrt(members + sampling))
 
 
 def build_ranking(models: Models, cfg: RerankConfig, generators: Iterable[str] | None = None,
