@@ -222,7 +222,8 @@ def print_rerank_report(report: dict, console: Console | None = None) -> None:
     console.print(table)
     for name, shares in report.get("list_retrieval_sources", {}).items():
         text = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))
-        incumbent = report.get("incumbents", {}).get(name, {}).get("incumbent")
-        console.print(f"{name} (incumbent {incumbent}) served lists from: {text}")
+        choice = report.get("incumbents", {}).get(name)  # absent from a report pooled over seeds
+        said = f" (incumbent {choice['incumbent']})" if choice is not None else ""
+        console.print(f"{name}{said} served lists from: {text}")
     for line in report.get("skipped", []):
         console.print(f"[yellow]skipped[/yellow] {line}")
