@@ -71,3 +71,35 @@ def test_logged_click_ndcg_counts_unshown_items_as_unclicked():
     assert logged_click_ndcg(logged, np.array([[4, 5, 1]]), 3)[0] == 0.0
     nothing = LoggedTest(requests, shown=np.array([[1, 2, PAD_ID]]), clicks=np.zeros((1, 3), np.int8))
     assert np.isnan(logged_click_ndcg(nothing, np.array([[1, 2, 3]]), 3)[0])
+
+
+def test_evaluator_validity_cli_judges_each_generators_lists_by_the_truth(logs, models_dir, tmp_path):
+    """`relist eval evaluator`: per generator the evaluator's mean against the simulator's truth of the very
+    lists it proposed (checked here for the logged lists, recomputed from the world), JSON and HTML."""
+    from relist.data.logs import logged_requests
+    from relist.eval.simulated import true_rewards
+    from relist.sim.world import world_of_logs
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for role in ("ranker", "evaluator"):
+        (models / role).symlink_to(models_dir / role)
+    app, train_app, eval_app = typer.Typer(), typer.Typer(), typer.Typer()
+    app.add_typer(train_app, name="train")
+    app.add_typer(eval_app, name="eval")
+    commands_rerank_eval.register(app, train_app, eval_app)
+    out = tmp_path / "validity.json"
+    result = CliRunner().invoke(app, ["eval", "evaluator", "--data", str(logs), "--models", str(models),
+                                      "--requests", "12", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert {"logged", "upstream", "greedy_ctr", "beam"} <= set(report["generators"])
+    assert report["generators"]["beam"]["lists_per_request"] > 1 and report["requests"] == 12
+    requests, shown = logged_requests(logs, "test", 12)
+    truth = true_rewards(world_of_logs(logs), requests.user_id, shown)["ipv"].mean()
+    logged = report["generators"]["logged"]
+    assert logged["true"] == pytest.approx(truth)
+    assert logged["bias"] == pytest.approx(logged["predicted"] - logged["true"])
+    curse = report["winners_curse"]["mean"]
+    assert curse["true_of_pick"] <= curse["true_best"] + 1e-9
+    assert "<img" in out.with_suffix(".html").read_text()

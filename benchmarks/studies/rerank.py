@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relist.data.features import FeatureStore
 from relist.data.requests import Requests
-from relist.eval.evaluator_validity import evaluator_validity
+from relist.eval.evaluator_validity import generator_validity
 from relist.eval.rerank import (
     LoggedTest,
     RerankEvalConfig,
@@ -39,7 +39,6 @@ from relist.eval.rerank import (
     serve,
 )
 from relist.rerank.generators import Context
-from relist.rerank.list_ranking import ListRanking
 from relist.rerank.registry import Models
 from relist.sim.config import SimConfig, load_sim_config
 from relist.sim.logs import simulate_logs
@@ -168,13 +167,10 @@ def stack_served(runs: list[Served]) -> Served:
 
 def validity(world: World, models: Models, policies: dict, logged: LoggedTest, cfg: RerankEvalConfig,
              requests: int) -> dict:
-    """The evaluator-validity instrument on each generator's proposals (not the list rankings')."""
-    sample = logged.requests[:requests]
+    """The evaluator-validity instrument on each generator's proposals, without its scatter sample."""
     ctx = Context(models.store, cfg.rerank.rules.build(), cfg.rerank.objective)
-    proposals = {"logged": logged.shown[:requests, None]}
-    proposals |= {name: p.propose(sample, cfg.n, ctx) for name, p in policies.items() if not isinstance(p, ListRanking)}
-    report = evaluator_validity(world, models.evaluator, sample, proposals, cfg.rerank.objective,
-                                cfg.rerank.ranking.beta)
+    report = generator_validity(world, models.evaluator, policies, logged.requests[:requests],
+                                logged.shown[:requests], cfg.n, ctx, cfg.rerank.ranking.beta)
     report.pop("scatter")
     return report
 

@@ -1,4 +1,5 @@
-"""`relist eval rerank` (all re-ranking policies) and `relist train baseline` (PRM, DLCM, Seq2Slate)."""
+"""`relist eval rerank` (all re-ranking policies), `relist eval evaluator` (is the evaluator a good judge of
+them?) and `relist train baseline` (PRM, DLCM, Seq2Slate)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,40 @@ def eval_rerank(
     console.print(f"wrote {path}")
 
 
+def eval_evaluator(
+    data: Path = typer.Option(..., help="Simulated log directory (from `relist simulate`): the truth judges."),
+    models: Path = typer.Option(..., help="One folder per trained model role (evaluator/ needed; the others "
+                                          "propose lists where present)."),
+    config: Path = typer.Option(CONFIGS / "rerank_eval.yaml", help="Evaluation config (YAML): its policies "
+                                                                     "propose, its rerank section sets rules, "
+                                                                     "objective and beta."),
+    requests: int = typer.Option(300, min=1, help="First test requests judged."),
+    out: Path = typer.Option(None, help="Write the JSON here, and an HTML report with plots beside it "
+                                        "(default: MODELS/evaluator_validity.json)."),
+) -> None:
+    """Off-policy evaluator validity: on what each generator proposes, the evaluator's bias, correlations
+    with the truth and winner's curse."""
+    from relist.eval.evaluator_validity import evaluate_evaluator
+    from relist.eval.report import figure_html, validity_plots, validity_table_html, write_report
+    from relist.eval.rerank import RerankEvalConfig
+    from relist.train.config import load_config
+
+    report = evaluate_evaluator(load_config(config, RerankEvalConfig), data, models, requests)
+    for name, row in report["generators"].items():
+        console.print(f"{name:>22}: predicted {row['predicted']:.3f}  true {row['true']:.3f}  "
+                      f"bias {row['bias']:+.3f}  Kendall {row['kendall_across_requests']:.3f}")
+    curse = report["winners_curse"]["pessimistic"]
+    console.print(f"Kendall's tau within a request {report['kendall_within_request']:.3f}; the pick is worth "
+                  f"{curse['true_of_pick']:.3f} true, the best proposal {curse['true_best']:.3f}")
+    path = out if out is not None else models / "evaluator_validity.json"
+    html = write_report(path.with_suffix(".html"), "relist evaluator validity",
+                        [("Evaluator validity on every generator's proposals",
+                          figure_html(validity_plots(report)) + validity_table_html(report))])
+    path = write_stamped({k: v for k, v in report.items() if k != "scatter"}, path)
+    console.print(f"wrote {path} and {html}")
+
+
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:
     train_app.command("baseline")(train_baseline)
     eval_app.command("rerank")(eval_rerank)
+    eval_app.command("evaluator")(eval_evaluator)

@@ -12,8 +12,6 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from relist.eval.report import (
@@ -23,6 +21,8 @@ from relist.eval.report import (
     policy_table_html,
     reward_bars,
     reward_vs_latency,
+    validity_plots,
+    validity_table_html,
     write_report,
 )
 
@@ -47,46 +47,16 @@ def _gauc_table(records: dict) -> tuple[str, dict]:
             + "".join(rows) + "</table>"), gauc
 
 
-def _calibration_plots(validity: dict):
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    bins = validity["calibration"]["deciles"]
-    a.plot([r["predicted"] for r in bins], [r["true"] for r in bins], "o-", label="evaluator")
-    top = max(max(r["predicted"] for r in bins), max(r["true"] for r in bins))
-    a.plot([0, top], [0, top], "k--", lw=1, label="perfect")
-    a.set_xlabel("predicted click probability (decile mean)")
-    a.set_ylabel("true click probability")
-    a.legend()
-    b.scatter(validity["scatter"]["predicted"], validity["scatter"]["true"], s=4, alpha=0.4)
-    b.set_xlabel("evaluator list reward LR (members' mean)")
-    b.set_ylabel("true expected IPV")
-    b.set_title(f"every generator's proposals: Pearson {validity['pearson_all_lists']:.3f}")
-    return fig
-
-
-def validity_table_html(validity: dict) -> str:
-    """Per generator: the evaluator's bias and correlations on the lists it proposes, and the winner's curse."""
-    rows = "".join(
-        f"<tr><td>{name}</td><td>{g['predicted']:.3f}</td><td>{g['true']:.3f}</td><td>{g['bias']:+.3f}</td>"
-        f"<td>{g['spread']:.3f}</td><td>{g['pearson_across_requests']:.3f}</td>"
-        f"<td>{g['kendall_across_requests']:.3f}</td></tr>" for name, g in validity["generators"].items())
-    curse = validity["winners_curse"]
-    return ("<table><tr><th>generator</th><th>predicted LR</th><th>true IPV</th><th>bias</th><th>members' std</th>"
-            "<th>Pearson</th><th>Kendall</th></tr>" + rows + "</table>"
-            f"<p>Kendall's tau within a request (all proposals): {validity['kendall_within_request']:.3f}. "
-            f"Winner's curse: the list the evaluator picks is worth {curse['pessimistic']['true_of_pick']:.3f} "
-            f"true IPV (pessimistic pick; {curse['mean']['true_of_pick']:.3f} by the mean) against "
-            f"{curse['mean']['true_best']:.3f} for the truly best proposal of the same set.</p>")
-
-
 def build_report(out: Path, data: Path, records: dict, latency_requests: int) -> Callable[[Path], dict]:
     def run(step_out: Path) -> dict:
         from relist.data.features import FeatureStore
         from relist.data.logs import logged_requests
+        from relist.eval.evaluator_validity import generator_validity
         from relist.eval.latency import one_by_one, request_timings_ms, summary_ms
         from relist.eval.rerank import RerankEvalConfig, build_policies
         from relist.rerank.generators import Context
         from relist.rerank.registry import Models
-        from relist.sim.world import is_simulated
+        from relist.sim.world import is_simulated, world_of_logs
         from relist.train.config import load_config
 
         torch.set_num_threads(2)
@@ -113,7 +83,8 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
                   f"{', '.join(table.get('skipped', [])) or 'none'}</p>"
         measurements = {"latency": latency, "gauc": gauc}
         if is_simulated(data):
-            validity = _validity(data, loaded, policies, ctx, requests[:300], shown[:300], n)
+            validity = generator_validity(world_of_logs(data), loaded.evaluator, policies, requests[:300], shown[:300],
+                                          n, ctx)
             measurements["evaluator_validity"] = {k: v for k, v in validity.items() if k != "scatter"}
             sections = [
                 ("Re-ranking policies: true expected reward on held-out requests (simulator)",
@@ -122,7 +93,7 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
                 ("Reward vs p99 latency per request", figure_html(reward_vs_latency(
                     table, {k: v["p99_ms"] for k, v in latency.items()})) + _latency_table(latency)),
                 ("Evaluator validity on every generator's proposals: calibration, LR vs truth, bias",
-                 figure_html(_calibration_plots(validity)) + validity_table_html(validity)),
+                 figure_html(validity_plots(validity)) + validity_table_html(validity)),
             ]
         else:
             sections = [
@@ -140,17 +111,6 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
         return {"report": str(path), **measurements}
 
     return run
-
-
-def _validity(data: Path, models, policies: dict, ctx, sample, shown: np.ndarray, n: int) -> dict:
-    """relist.eval.evaluator_validity on the logged lists and each generator's proposals (test requests)."""
-    from relist.eval.evaluator_validity import evaluator_validity
-    from relist.rerank.list_ranking import ListRanking
-    from relist.sim.world import world_of_logs
-
-    proposals = {"logged": shown[:, None]} | {name: policy.propose(sample, n, ctx) for name, policy in policies.items()
-                                              if not isinstance(policy, ListRanking)}
-    return evaluator_validity(world_of_logs(data), models.evaluator, sample, proposals, ctx.objective)
 
 
 def _offline_table(report: dict) -> str:

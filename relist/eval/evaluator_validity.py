@@ -17,15 +17,22 @@ and over all proposals of a request together:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy.stats import kendalltau
 
+from relist.data.features import FeatureStore
 from relist.data.requests import Requests
 from relist.eval.metrics import mean_ci, pearson
+from relist.eval.rerank import LoggedTest, RerankEvalConfig
 from relist.objective import Objective
+from relist.rerank.generators import Context
+from relist.rerank.list_ranking import ListRanking
 from relist.rerank.list_scorer import ListScorer, pessimistic
+from relist.rerank.registry import Models, build_generators
 from relist.sim.user_model import outcomes
-from relist.sim.world import World
+from relist.sim.world import World, is_simulated, world_of_logs
 
 
 def calibration(p_pred: np.ndarray, p_true: np.ndarray, weight: np.ndarray, bins: int = 10) -> dict:
@@ -95,3 +102,31 @@ def evaluator_validity(world: World, scorer: ListScorer, requests: Requests, pro
         "scatter": {"predicted": predicted[:, :].ravel()[:3000].tolist(),
                     "true": true_value.ravel()[:3000].tolist()},
     }
+
+
+def generator_validity(world: World, scorer: ListScorer, policies: dict, requests: Requests, shown: np.ndarray,
+                       n: int, ctx: Context, beta: float = 1.0) -> dict:
+    """The instrument on the logged lists ``shown`` [B, n'] and on what each generator of ``policies``
+    proposes for ``requests`` (list rankings are left out: they choose among these, they do not propose)."""
+    proposals = {"logged": shown[:, None]}
+    proposals |= {name: policy.propose(requests, n, ctx) for name, policy in policies.items()
+                  if not isinstance(policy, ListRanking)}
+    return evaluator_validity(world, scorer, requests, proposals, ctx.objective, beta)
+
+
+def evaluate_evaluator(cfg: RerankEvalConfig, data_dir: str | Path, models_dir: str | Path,
+                       requests: int = 300) -> dict:
+    """The instrument for a models folder on the first ``requests`` test requests of simulated logs:
+    every policy of ``cfg`` its models allow proposes."""
+    if not is_simulated(data_dir):
+        raise ValueError(f"{data_dir}: not simulated logs; evaluator validity needs the simulator's truth")
+    store = FeatureStore.from_dir(data_dir)
+    models, _ = Models.load(models_dir, store)
+    if models.evaluator is None:
+        raise ValueError(f"{models_dir}: no trained evaluator (evaluator/) to judge")
+    generators, _ = build_generators(cfg.policies, models, cfg.rerank)
+    logged = LoggedTest.read(data_dir, requests)
+    ctx = Context(store, cfg.rerank.rules.build(), cfg.rerank.objective)
+    return generator_validity(world_of_logs(data_dir), models.evaluator, generators, logged.requests,
+                              logged.shown, cfg.n, ctx, cfg.rerank.ranking.beta) | {
+        "data": str(data_dir), "models": str(models_dir), "config": cfg.model_dump(mode="json")}

@@ -82,6 +82,38 @@ def reward_vs_latency(report: dict, latency_p99_ms: dict[str, float], metric: st
     return fig
 
 
+def validity_plots(validity: dict):
+    """The evaluator's calibration by decile, and its list reward against the truth over every proposal."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    bins = validity["calibration"]["deciles"]
+    a.plot([r["predicted"] for r in bins], [r["true"] for r in bins], "o-", label="evaluator")
+    top = max(max(r["predicted"] for r in bins), max(r["true"] for r in bins))
+    a.plot([0, top], [0, top], "k--", lw=1, label="perfect")
+    a.set_xlabel("predicted click probability (decile mean)")
+    a.set_ylabel("true click probability")
+    a.legend()
+    b.scatter(validity["scatter"]["predicted"], validity["scatter"]["true"], s=4, alpha=0.4)
+    b.set_xlabel("evaluator list reward LR (members' mean)")
+    b.set_ylabel("true expected IPV")
+    b.set_title(f"every generator's proposals: Pearson {validity['pearson_all_lists']:.3f}")
+    return fig
+
+
+def validity_table_html(validity: dict) -> str:
+    """Per generator: the evaluator's bias and correlations on the lists it proposes, and the winner's curse."""
+    rows = "".join(
+        f"<tr><td>{name}</td><td>{g['predicted']:.3f}</td><td>{g['true']:.3f}</td><td>{g['bias']:+.3f}</td>"
+        f"<td>{g['spread']:.3f}</td><td>{g['pearson_across_requests']:.3f}</td>"
+        f"<td>{g['kendall_across_requests']:.3f}</td></tr>" for name, g in validity["generators"].items())
+    curse = validity["winners_curse"]
+    return ("<table><tr><th>generator</th><th>predicted LR</th><th>true IPV</th><th>bias</th><th>members' std</th>"
+            "<th>Pearson</th><th>Kendall</th></tr>" + rows + "</table>"
+            f"<p>Kendall's tau within a request (all proposals): {validity['kendall_within_request']:.3f}. "
+            f"Winner's curse: the list the evaluator picks is worth {curse['pessimistic']['true_of_pick']:.3f} "
+            f"true IPV (pessimistic pick; {curse['mean']['true_of_pick']:.3f} by the mean) against "
+            f"{curse['mean']['true_best']:.3f} for the truly best proposal of the same set.</p>")
+
+
 def example_lists_html(example: dict, cate_of: dict[int, int]) -> str:
     """Candidates, upstream list and served list side by side, coloured by category."""
     palette = plt.get_cmap("tab20")
