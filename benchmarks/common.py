@@ -145,7 +145,7 @@ class WorldModels(BaseModel):
 
 
 def _shipped(cls, file: str, seed: int, epochs: int | None, **train):
-    from relist.train.config import load_config
+    from relist.io.config import load_config
 
     cfg = load_config(relist_config(file), cls)
     train = {"seed": seed, **({"epochs": epochs} if epochs else {}), **{k: v for k, v in train.items() if v}}
@@ -154,10 +154,10 @@ def _shipped(cls, file: str, seed: int, epochs: int | None, **train):
 
 def role_configs(spec: WorldModels) -> dict[str, BaseModel]:
     """Each role's training config: the shipped one with ``spec``'s seed and budgets."""
+    from relist.models.ranking.config import RankingConfig
     from relist.train.baselines import BaselineTrainConfig
     from relist.train.evaluator import EvaluatorTrainConfig
     from relist.train.generator import GeneratorTrainConfig
-    from relist.train.ranking import RankingConfig
 
     configs = {
         "ranker": _shipped(RankingConfig, "ranking_teacher.yaml", spec.seed, spec.ranker_epochs, num_threads=1),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from relist.data.features import FeatureStore
+from relist.io.train_config import TrainConfig
 from relist.models.baselines.inputs import BaselineConfig
 from relist.models.evaluator import DCWNConfig
 from relist.models.generator import GRNConfig
@@ -16,7 +17,6 @@ from relist.models.ranking.config import TeacherConfig
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import build_world
-from relist.train.config import TrainConfig
 
 TINY_EVALUATOR = DCWNConfig(dim=8, hidden=8, heads=2, dropout=0.0, members=2)
 TINY_GENERATOR = GRNConfig(dim=8, hidden=8, heads=2)
@@ -41,10 +41,11 @@ def store(logs):
 
 def train_roles(logs: Path, out: Path, roles: tuple[str, ...]) -> Path:
     """Tiny models of ``roles`` trained on ``logs`` into ``out/<role>`` (the layout every consumer reads)."""
+    from relist.models.ranking.config import RankingConfig
     from relist.train.baselines import BaselineTrainConfig, train_baseline
     from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
     from relist.train.generator import GeneratorTrainConfig, train_generator
-    from relist.train.ranking import RankingConfig, train_ranking
+    from relist.train.ranking import train_ranking
 
     if "ranker" in roles:
         teacher = RankingConfig(model="teacher", dim=8,

@@ -12,19 +12,19 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from relist.io.train_config import TrainConfig
 from relist.models.evaluator import DCWNConfig
 from relist.models.generator import GRNConfig
-from relist.models.ranking.config import StudentConfig, TeacherConfig
+from relist.models.ranking.config import RankingConfig, StudentConfig, TeacherConfig
 from relist.serve.config import PipelineConfig, ServeConfig
 from relist.serve.http_server import BackgroundServer, limits_of
 from relist.serve.registry import export_version
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import build_world
-from relist.train.config import TrainConfig
 from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
 from relist.train.generator import GeneratorTrainConfig, train_generator
-from relist.train.ranking import RankingConfig, train_ranking
+from relist.train.ranking import train_ranking
 
 STAGES = ["greedy_upstream_score", "beam_upstream", "beam", "grn", "last"]
 DEADLINE_S = 60.0  # how long a test waits for a condition before it fails (never how long it expects)

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from relist.train.config import TrainConfig
+from relist.io.train_config import TrainConfig
+from relist.io.weights import load_weights, save_weights
 from relist.train.distributed import shutdown
-from relist.train.trainer import fit, load_weights, save_weights
+from relist.train.trainer import fit
 
 CFG = TrainConfig(epochs=2, lr=0.01, patience=None, monitor="mse", device="cpu", num_threads=1)
 X_VAL = torch.randn(32, 3, generator=torch.Generator().manual_seed(99))

@@ -11,6 +11,7 @@ import torch
 from torch.func import functional_call
 
 from relist.data.logs import logged_requests
+from relist.io.train_config import TrainConfig
 from relist.models.generator import GRN, GRNConfig, chosen_items, load_generator
 from relist.models.inputs import list_inputs
 from relist.models.vocab import Vocab
@@ -18,7 +19,6 @@ from relist.objective import Objective
 from relist.rerank.generators import Context
 from relist.rerank.grn import GRNGreedy, GRNSamples, rules_hook
 from relist.rerank.rules import BusinessRules, RulesConfig, item_attributes
-from relist.train.config import TrainConfig
 from relist.train.generator import GeneratorTrainConfig, greedy_value, step_rewards, train_generator, without_each
 
 TINY = GRNConfig(dim=8, hidden=16, heads=2, list_len=10)
@@ -164,8 +164,8 @@ def test_grn_generators_propose_candidates_reproducibly(logs, store):
 def test_greedy_ctr_reference_reads_the_teacher_from_the_evaluator_or_the_ranker_dir(models, models_dir, logs, store):
     from types import SimpleNamespace
 
+    from relist.io.config import ConfigError
     from relist.rerank.registry import GENERATORS, RerankConfig
-    from relist.train.config import ConfigError
     from relist.train.generator import reference_generator
 
     cfg = GeneratorTrainConfig(imitation=0.1, imitate="greedy_ctr")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from relist.data.logs import logged_requests
+from relist.io.config import load_config
 from relist.models.evaluator import DCWNConfig, Evaluator
 from relist.models.generator import GRN, GRNConfig
 from relist.models.inputs import list_inputs
@@ -30,7 +31,6 @@ from relist.rerank.list_ranking import ListRanking, ListRankingConfig
 from relist.rerank.list_scorer import ListScorer, pessimistic
 from relist.rerank.local_search import LocalSearchConfig
 from relist.rerank.rules import BusinessRules
-from relist.train.config import load_config
 
 TINY = GRNConfig(dim=8, hidden=16, heads=2, list_len=10)
 CONFIGS = Path(__file__).resolve().parent.parent / "relist" / "configs"

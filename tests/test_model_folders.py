@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from relist.data.features import FeatureStore
-from relist.models.saved import is_complete_model, partial_dir
+from relist.io.model_folder import is_complete_model, partial_dir
+from relist.io.train_config import TrainConfig
 from relist.rerank.registry import Models
 from relist.train import baselines as baseline_training
 from relist.train.baselines import BaselineTrainConfig, train_baseline
-from relist.train.config import TrainConfig
 
 CFG = BaselineTrainConfig.model_validate({
     "model": {"kind": "prm", "dim": 8, "hidden": 8, "dropout": 0.0}, "valid_lists": 50,

@@ -12,14 +12,16 @@ from typer.testing import CliRunner
 import relist.models.ranking.samples as ranking_samples
 from relist.cli import commands_ranking
 from relist.data.stream import ParquetStream
+from relist.io.config import ConfigError
+from relist.io.weights import CheckpointError
 from relist.models.ranking import DSSM, FineRankTeacher
+from relist.models.ranking.config import RankingConfig
 from relist.models.ranking.samples import load_ranking_data
+from relist.models.ranking.saved import load_ranking_model
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import build_world
-from relist.train.config import ConfigError
-from relist.train.ranking import RankingConfig, load_ranking_model, train_ranking
-from relist.train.trainer import CheckpointError
+from relist.train.ranking import train_ranking
 
 TRAIN = {
     "epochs": 2,

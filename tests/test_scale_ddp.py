@@ -23,12 +23,13 @@ import torch
 import relist.train.evaluator as evaluator_training
 from relist.data.features import FeatureStore
 from relist.data.logs import upstream_score_sample
+from relist.io.train_config import TrainConfig
+from relist.io.weights import load_weights, save_weights
 from relist.models.evaluator import DCWNConfig, Evaluator, load_evaluator
 from relist.models.vocab import Vocab
 from relist.sim.config import load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import build_world
-from relist.train.config import TrainConfig
 from relist.train.distributed import shutdown
 from relist.train.evaluator import (
     LABELS,
@@ -40,7 +41,7 @@ from relist.train.evaluator import (
     train_batches,
     train_evaluator,
 )
-from relist.train.trainer import fit, load_weights, save_weights
+from relist.train.trainer import fit
 
 CFG = EvaluatorTrainConfig(  # two members: each rank must draw the same bootstrap resample of every list
     model=DCWNConfig(dim=8, hidden=8, heads=2, dropout=0.0, members=2, prior=False),

@@ -24,11 +24,11 @@ from safetensors.torch import load_file, save_file
 from serve_helpers import DEADLINE_S, LiveServer, free_port, scored_nan, tiny_world, wait_for
 
 from benchmarks.studies import serve_bad_input as bad_input  # its cases are the ones replayed here
+from relist.io.weights import DIGEST, digest
 from relist.serve.app import create_app
 from relist.serve.config import ServeConfig
 from relist.serve.registry import MANIFEST, VERSIONS, Manifest, Registry, VersionError, export_version, sha256_of
 from relist.serve.smoke import ModelCheckError, smoke_test
-from relist.train.trainer import DIGEST, digest
 
 TOKEN = bad_input.TOKEN  # the admin token its admin cases send
 

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from relist.train.config import ConfigError, TrainConfig, load_config
-from relist.train.trainer import CheckpointError, fit, load_weights, save_weights
+from relist.io.config import ConfigError, load_config
+from relist.io.train_config import TrainConfig
+from relist.io.weights import CheckpointError, load_weights, save_weights
+from relist.train.trainer import fit
 
 CFG = TrainConfig(epochs=4, lr=0.05, patience=None, monitor="logloss", device="cpu")
 

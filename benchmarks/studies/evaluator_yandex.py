@@ -38,8 +38,8 @@ from benchmarks.common import cached, data_key, repo_path
 from relist.data.features import FeatureStore
 from relist.data.loaders.yandex import load_yandex
 from relist.eval.metrics import auc, pearson
+from relist.io.train_config import TrainConfig
 from relist.models.evaluator import DCWNConfig, exposure, load_evaluator
-from relist.train.config import TrainConfig
 from relist.train.evaluator import EvaluatorTrainConfig, labelled_batch, read_raw, train_evaluator
 
 COLUMNS = ["request_id", "user_id", "candidates", "cand_scores", "shown", "click", "next", "exposed_len"]

@@ -26,12 +26,12 @@ from benchmarks.studies.rerank import CONFIGS, ROOT, default_world_models  # noq
 from relist.data.features import FeatureStore  # noqa: E402
 from relist.eval.rerank import LoggedTest, RerankEvalConfig  # noqa: E402
 from relist.eval.simulated import true_rewards  # noqa: E402
+from relist.io.config import load_config  # noqa: E402
 from relist.objective import Objective  # noqa: E402
 from relist.rerank.generators import Context  # noqa: E402
 from relist.rerank.registry import Models, build_generators, build_ranking  # noqa: E402
 from relist.sim.config import load_sim_config  # noqa: E402
 from relist.sim.world import world_of_logs  # noqa: E402
-from relist.train.config import load_config  # noqa: E402
 
 
 class Config(BaseModel):

@@ -54,7 +54,7 @@ class Config(BaseModel):
 
 
 def variant_config(base, change: dict, seed: int, epochs: int, teacher_run: Path):
-    from relist.train.ranking import RankingConfig
+    from relist.models.ranking.config import RankingConfig
 
     data = base.model_dump(mode="json")
     for section, values in change.items():
@@ -107,9 +107,9 @@ def print_table(dataset: str, rows: dict) -> None:
 
 
 def run_dataset(name: str, spec: Dataset, variants: dict[str, dict], work: Path) -> dict:
+    from relist.io.config import load_config
+    from relist.models.ranking.config import RankingConfig
     from relist.models.ranking.samples import load_ranking_data
-    from relist.train.config import load_config
-    from relist.train.ranking import RankingConfig
 
     data_dir = repo_path(spec.data) if spec.data else simulated_logs(spec.logs, work)
     data = load_ranking_data(data_dir)

@@ -45,8 +45,9 @@ def timings_ms(call, repeats: int, warmup: int = 10) -> np.ndarray:
 def train_one_epoch(name: str, file: str, logs: Path, data, work: Path) -> tuple[Path, float]:
     """The model of ``file`` trained one epoch (cached) into ``work/name``; that directory and its training
     samples/s. A two-stage student distils from ``work/teacher``."""
-    from relist.train.config import load_config
-    from relist.train.ranking import RankingConfig, train_ranking
+    from relist.io.config import load_config
+    from relist.models.ranking.config import RankingConfig
+    from relist.train.ranking import train_ranking
 
     cfg = load_config(relist_config(file), RankingConfig)
     update = {"train": cfg.train.model_copy(update={"epochs": 1, "num_threads": 1})}
@@ -64,8 +65,8 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.data.requests import Requests
     from relist.models.ranking import CoarseScorer
     from relist.models.ranking.samples import load_ranking_data
+    from relist.models.ranking.saved import load_ranking_model
     from relist.models.ranking.scoring import request_inputs
-    from relist.train.ranking import load_ranking_model
 
     torch.set_num_threads(1)
     logs = simulated_logs(cfg.logs, work)

@@ -54,7 +54,7 @@ class Config(BaseModel):
 
 
 def with_changes(base, change: dict, seed: int, epochs: int):
-    from relist.train.ranking import RankingConfig
+    from relist.models.ranking.config import RankingConfig
 
     data = base.model_dump(mode="json")
     for key, value in change.items():
@@ -80,9 +80,9 @@ def train_and_score(cfg, data_dir: Path, data, out: Path) -> dict:
 
 
 def run(cfg: Config, work: Path) -> dict:
+    from relist.io.config import load_config
+    from relist.models.ranking.config import RankingConfig
     from relist.models.ranking.samples import load_ranking_data
-    from relist.train.config import load_config
-    from relist.train.ranking import RankingConfig
 
     selected(cfg.stages, ("grid", "seeds"), "stages")
     torch.set_num_threads(1)

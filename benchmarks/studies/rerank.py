@@ -38,12 +38,12 @@ from relist.eval.rerank import (
     rerank_report,
     serve,
 )
+from relist.io.config import load_config
 from relist.rerank.generators import Context
 from relist.rerank.registry import Models
 from relist.sim.config import SimConfig, load_sim_config
 from relist.sim.logs import simulate_logs
 from relist.sim.world import World, build_world, world_of_logs
-from relist.train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "relist" / "configs"
@@ -88,10 +88,11 @@ class Config(BaseModel):
 
 def train_models(data: Path, models: Path, seed: int, generator_steps: int | None) -> dict[str, float]:
     """Train whatever is missing under ``models/<role>`` with the shipped configs; seconds per model trained now."""
+    from relist.models.ranking.config import RankingConfig
     from relist.train.baselines import BaselineTrainConfig, train_baseline
     from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
     from relist.train.generator import GeneratorTrainConfig, train_generator
-    from relist.train.ranking import RankingConfig, train_ranking
+    from relist.train.ranking import train_ranking
 
     seconds = {}
 

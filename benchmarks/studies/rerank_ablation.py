@@ -26,9 +26,9 @@ from relist.data.features import FeatureStore
 from relist.eval.metrics import paired_relative
 from relist.eval.rerank import LoggedTest, RerankEvalConfig, build_policies, serve
 from relist.eval.simulated import true_rewards
+from relist.io.config import load_config
 from relist.rerank.registry import Models
 from relist.sim.world import world_of_logs
-from relist.train.config import load_config
 
 
 class Variant(BaseModel):

@@ -45,13 +45,13 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.data.logs import logged_requests
     from relist.eval.latency import one_by_one, request_timings_ms, summary_ms
     from relist.eval.rerank import RerankEvalConfig, build_policies
+    from relist.io.config import load_config
     from relist.rerank.compiled import compiled_models, export_onnx
     from relist.rerank.generators import Context
     from relist.rerank.registry import Models, build_ranking
     from relist.serve.config import PipelineConfig
     from relist.serve.pipeline import UPSTREAM, VALID_REQUESTS
     from relist.sim.config import load_sim_config
-    from relist.train.config import load_config
 
     data, models_dir = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
     torch.set_num_threads(cfg.threads)

@@ -56,7 +56,7 @@ def train_worker(data: str, config: str, steps: int, valid_lists: int, device: s
     """One rank of a fixed-length evaluator training run (this process's own figures)."""
     import torch
 
-    from relist.train.config import load_config
+    from relist.io.config import load_config
     from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
 
     cfg = load_config(config, EvaluatorTrainConfig)
@@ -117,8 +117,9 @@ def data_size(data: Path) -> dict:
 def prior_ranker(data: Path, samples: int, work: Path) -> Path:
     """The fine-ranking teacher the evaluator's heads start from: ranking_teacher.yaml, one epoch on
     ``samples`` training samples (cached)."""
-    from relist.train.config import load_config
-    from relist.train.ranking import RankingConfig, train_ranking
+    from relist.io.config import load_config
+    from relist.models.ranking.config import RankingConfig
+    from relist.train.ranking import train_ranking
 
     cfg = load_config(relist_config("ranking_teacher.yaml"), RankingConfig)
     cfg = cfg.model_copy(update={"max_train_samples": samples,
@@ -130,7 +131,7 @@ def prior_ranker(data: Path, samples: int, work: Path) -> Path:
 
 
 def run(cfg: Config, work: Path) -> dict:
-    from relist.train.config import load_config
+    from relist.io.config import load_config
     from relist.train.evaluator import EvaluatorTrainConfig
 
     data = repo_path(cfg.data) if cfg.data else simulated_logs(cfg.logs, work)

@@ -24,13 +24,13 @@ EXIT_EXPECTED = 2
 WHAT_TO_DO = {
     "relist.data.schema.SchemaError": "fix the file, row and field named above "
                                       "(`relist data validate DIR` lists every problem of a log directory)",
-    "relist.train.config.ConfigError": "fix the config file and field named above "
-                                       "(the shipped files in relist/configs/ document every field)",
+    "relist.io.config.ConfigError": "fix the config file and field named above "
+                                    "(the shipped files in relist/configs/ document every field)",
     "relist.sim.config.SimConfigError": "fix the simulator config field named above "
                                         "(relist/configs/sim_default.yaml documents every field)",
     "relist.serve.registry.VersionError": "export a new version with `relist export`, or point CURRENT "
                                           "at one that serves",
-    "relist.train.trainer.CheckpointError": "train again without --resume, or restore the file named above",
+    "relist.io.weights.CheckpointError": "train again without --resume, or restore the file named above",
     "builtins.FileNotFoundError": "check the path named above",
     "relist.cli.commands_bench.UnknownStudy": "run one of the studies listed above (benchmarks/studies/)",
 }

@@ -28,7 +28,7 @@ def train_initial(
 ) -> None:
     """Train an initial ranker (settings chosen on the valid split) and write its scores as cand_scores and its
     order as the candidates' order, so every re-ranker and the evaluator can start from it."""
-    from relist.train.config import load_config
+    from relist.io.config import load_config
     from relist.train.initial import InitialConfig, train_initial
 
     cfg = InitialConfig() if config is None else load_config(config, InitialConfig)

@@ -21,8 +21,8 @@ def train_ranking(
     seed: int = typer.Option(None, help="Override train.seed."),
 ) -> None:
     """Train the fine-ranking teacher or the (distilled) DSSM student; validation GAUC each epoch."""
-    from relist.train.config import load_config
-    from relist.train.ranking import RankingConfig
+    from relist.io.config import load_config
+    from relist.models.ranking.config import RankingConfig
     from relist.train.ranking import train_ranking as train
 
     cfg = load_config(config, RankingConfig)

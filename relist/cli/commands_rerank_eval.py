@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 
 from relist.eval.provenance import write_stamped
+from relist.io.config import CONFIGS, load_config
 
 console = Console()
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def train_baseline(
@@ -25,7 +25,6 @@ def train_baseline(
     """Train a re-ranking baseline on logged lists (clicks of the exposed items of each list)."""
     from relist.train.baselines import BaselineTrainConfig
     from relist.train.baselines import train_baseline as train
-    from relist.train.config import load_config
 
     settings = load_config(config, BaselineTrainConfig).model_dump()
     if kind is not None:
@@ -50,7 +49,6 @@ def eval_rerank(
 ) -> None:
     """Every re-ranking policy vs logging and oracle: true reward, evaluator score, NDCG on logged clicks."""
     from relist.eval.rerank import RerankEvalConfig, evaluate_rerank, print_rerank_report
-    from relist.train.config import load_config
 
     cfg = load_config(config, RerankEvalConfig)
     if requests is not None:

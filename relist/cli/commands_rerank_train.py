@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from relist.io.config import CONFIGS, load_config
+
 console = Console()
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def train_evaluator(
@@ -23,7 +24,6 @@ def train_evaluator(
 ) -> None:
     """Train the DCWN list evaluator ensemble on logged lists (labels only where the user looked)."""
     from relist.data.split import ready_logs_in
-    from relist.train.config import load_config
     from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
 
     data = ready_logs_in(data, out.parent, console.print)
@@ -42,7 +42,6 @@ def train_generator(
 ) -> None:
     """Train the GRN generator by policy gradient against the frozen evaluator."""
     from relist.data.split import ready_logs_in
-    from relist.train.config import load_config
     from relist.train.generator import GeneratorTrainConfig, train_generator
 
     data = ready_logs_in(data, out.parent, console.print)

@@ -17,9 +17,8 @@ import yaml
 from pydantic import BaseModel
 
 from relist.demo.steps import Step, console, run_steps
-from relist.sim.config import DEFAULT_CONFIG
+from relist.io.config import CONFIGS, load_config
 
-CONFIGS = DEFAULT_CONFIG.parent
 BASELINES = ("prm", "dlcm", "seq2slate")
 
 
@@ -37,8 +36,6 @@ QUICK = DemoSizes(requests=8_000, eval_requests=150, epochs=1, generator_steps=2
 
 def _config(cls: type[BaseModel], file: str, sizes: DemoSizes, **updates) -> BaseModel:
     """A shipped config with the demo's sizes: fewer epochs, fewer steps; nothing else changes."""
-    from relist.train.config import load_config
-
     cfg = load_config(CONFIGS / file, cls)
     train = {"epochs": sizes.epochs}
     if cfg.train.max_steps_per_epoch is not None:
@@ -65,7 +62,8 @@ def _step_simulate(config: Path | None, sizes: DemoSizes) -> Callable[[Path], di
 def _step_ranking(data: Path, file: str, sizes: DemoSizes, teacher: Path | None = None):
     def run(out: Path) -> dict:
         from relist.eval.ranking import evaluate_ranking
-        from relist.train.ranking import RankingConfig, train_ranking
+        from relist.models.ranking.config import RankingConfig
+        from relist.train.ranking import train_ranking
 
         updates = {}
         if teacher is not None:
@@ -115,7 +113,6 @@ def _step_baseline(data: Path, kind: str, sizes: DemoSizes):
 def _step_rerank(data: Path, models: Path, sizes: DemoSizes):
     def run(out: Path) -> dict:
         from relist.eval.rerank import RerankEvalConfig, evaluate_rerank, print_rerank_report
-        from relist.train.config import load_config
 
         cfg = load_config(CONFIGS / "rerank_eval.yaml", RerankEvalConfig)
         report = evaluate_rerank(cfg.model_copy(update={"requests": sizes.eval_requests}), data, models)
@@ -128,7 +125,7 @@ def _step_rerank(data: Path, models: Path, sizes: DemoSizes):
 
 def _step_export(data: Path, models: Path, model_dir: Path, name: str):
     def run(out: Path) -> dict:
-        from relist.models.saved import is_complete_model
+        from relist.io.model_folder import is_complete_model
         from relist.serve.registry import export_version, set_current
 
         if (model_dir / "versions" / name).is_dir():  # same models as an earlier run: serve that version

@@ -54,15 +54,15 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
         from relist.eval.evaluator_validity import generator_validity
         from relist.eval.latency import one_by_one, request_timings_ms, summary_ms
         from relist.eval.rerank import RerankEvalConfig, build_policies
+        from relist.io.config import CONFIGS, load_config
         from relist.rerank.generators import Context
         from relist.rerank.registry import Models
         from relist.sim.world import is_simulated, world_of_logs
-        from relist.train.config import load_config
 
         torch.set_num_threads(2)
         models = out / "models"
         table = json.loads(Path(records["rerank"]["table"]).read_text())
-        cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "rerank_eval.yaml", RerankEvalConfig)
+        cfg = load_config(CONFIGS / "rerank_eval.yaml", RerankEvalConfig)
         store = FeatureStore.from_dir(data)
         loaded, _ = Models.load(models, store)
         policies, _, _ = build_policies(cfg, data, loaded)

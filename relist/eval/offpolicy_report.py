@@ -116,11 +116,10 @@ def policy_lists(data_dir: str | Path, models_dir: str | Path, requests: Request
     """Each policy's lists [B, n] on the logged requests (but those named in ``skip``), and what was skipped."""
     from relist.data.features import FeatureStore
     from relist.eval.rerank import LoggedTest, RerankEvalConfig, build_policies, serve
+    from relist.io.config import CONFIGS, load_config
     from relist.rerank.registry import Models
-    from relist.train.config import load_config
 
-    configs = Path(__file__).resolve().parent.parent / "configs"
-    cfg = load_config(rerank_config or configs / "rerank_eval.yaml", RerankEvalConfig)
+    cfg = load_config(rerank_config or CONFIGS / "rerank_eval.yaml", RerankEvalConfig)
     cfg = cfg.model_copy(update={"n": shown.shape[1], "requests": len(requests)})
     models, missing = Models.load(models_dir, FeatureStore.from_dir(data_dir))
     policies, skipped, _ = build_policies(cfg, data_dir, models)

@@ -9,8 +9,8 @@ from rich.table import Table
 
 from relist.eval.metrics import auc, group_auc
 from relist.models.ranking.samples import RankingData, load_ranking_data
+from relist.models.ranking.saved import load_ranking_model
 from relist.models.ranking.scoring import predict_logits
-from relist.train.ranking import load_ranking_model
 
 LABEL_OF = {"ctr": "click", "next": "next", "buy": "buy"}
 

@@ -37,7 +37,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from relist.models import saved
+from relist.io import model_folder
 from relist.models.inputs import ItemContext
 from relist.models.vocab import Vocab
 
@@ -192,9 +192,9 @@ SPEC_FILE = "evaluator.yaml"
 
 
 def save_spec(spec: EvaluatorSpec, model_dir: str | Path) -> None:
-    saved.save_spec(spec, model_dir, SPEC_FILE)
+    model_folder.save_spec(spec, model_dir, SPEC_FILE)
 
 
 def load_evaluator(model_dir: str | Path) -> tuple[Evaluator, EvaluatorSpec]:
     """A trained ensemble (eval mode) and its spec from a directory written by ``relist train evaluator``."""
-    return saved.load_saved(model_dir, SPEC_FILE, EvaluatorSpec, lambda spec: Evaluator(spec.vocab, spec.model))
+    return model_folder.load_saved(model_dir, SPEC_FILE, EvaluatorSpec, lambda spec: Evaluator(spec.vocab, spec.model))

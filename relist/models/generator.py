@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from relist.data.padding import NEG_INF, PAD_ID, masked_mean
-from relist.models import saved
+from relist.io import model_folder
 from relist.models.inputs import ItemContext
 from relist.models.vocab import Vocab
 
@@ -231,9 +231,9 @@ SPEC_FILE = "generator.yaml"
 
 
 def save_spec(spec: GeneratorSpec, model_dir: str | Path) -> None:
-    saved.save_spec(spec, model_dir, SPEC_FILE)
+    model_folder.save_spec(spec, model_dir, SPEC_FILE)
 
 
 def load_generator(model_dir: str | Path) -> tuple[GRN, GeneratorSpec]:
     """A trained GRN (eval mode) and its spec from a directory written by ``relist train generator``."""
-    return saved.load_saved(model_dir, SPEC_FILE, GeneratorSpec, lambda spec: GRN(spec.vocab, spec.model))
+    return model_folder.load_saved(model_dir, SPEC_FILE, GeneratorSpec, lambda spec: GRN(spec.vocab, spec.model))

@@ -90,7 +90,7 @@ class ListScorer:
     def load(cls, model_dir: str | Path, store: FeatureStore, ranker_dir: str | Path | None = None) -> ListScorer:
         """From a ``relist train evaluator`` directory; an evaluator with a prior needs the ranker it was
         trained with (``ranker_dir``, checked by its weights' checksum)."""
-        from relist.train.ranking import load_ranking_model, weights_digest
+        from relist.models.ranking.saved import load_ranking_model, weights_digest
 
         model, spec = load_evaluator(model_dir)
         prior = None

@@ -71,7 +71,7 @@ class Models:
     def load(cls, models_dir: str | Path, store: FeatureStore,
              roles: Iterable[str] = ROLES) -> tuple[Models, list[str]]:
         """The models under ``models_dir/<role>`` and what is missing there."""
-        from relist.models.saved import incomplete_reason, is_complete_model
+        from relist.io.model_folder import incomplete_reason, is_complete_model
 
         loaded, missing = {}, []
         for role in roles:
@@ -105,7 +105,7 @@ def load_role(role: str, path: Path, store: FeatureStore, ranker_dir: Path | Non
 
         return load_generator(path)[0]
     if role in ("ranker", "coarse"):
-        from relist.train.ranking import load_ranking_model
+        from relist.models.ranking.saved import load_ranking_model
 
         model = load_ranking_model(path)
         if role == "ranker":

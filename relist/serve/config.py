@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from relist.io.config import CONFIGS, load_config
 from relist.rerank.list_ranking import ListRankingConfig
 from relist.rerank.local_search import LocalSearchConfig
 from relist.rerank.registry import RerankConfig
@@ -82,11 +83,9 @@ class ServeConfig(BaseModel):
                                                                     "`relist export`")
 
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serve.yaml"
+DEFAULT_CONFIG = CONFIGS / "serve.yaml"
 
 
 def load_serve_config(path: str | Path | None = None) -> ServeConfig:
     """A service config file (default: the packaged relist/configs/serve.yaml)."""
-    from relist.train.config import load_config
-
     return load_config(path or DEFAULT_CONFIG, ServeConfig)

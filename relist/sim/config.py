@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from relist.io.config import CONFIGS
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -110,7 +112,7 @@ class SimConfig(_Strict):
         return raw
 
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sim_default.yaml"
+DEFAULT_CONFIG = CONFIGS / "sim_default.yaml"
 
 
 class SimConfigError(ValueError):

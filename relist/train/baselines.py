@@ -33,13 +33,14 @@ from relist.data.logs import split_path
 from relist.data.padding import NEG_INF, length_mask, pad_lists
 from relist.data.stream import ParquetStream
 from relist.eval.metrics import ndcg_at_k
+from relist.io.config import save_config
+from relist.io.train_config import TrainConfig
 from relist.models.baselines.inputs import BaselineConfig, initial_list_inputs, initial_order
 from relist.models.baselines.seq2slate import Seq2Slate
 from relist.models.baselines.spec import BaselineSpec, build_baseline, load_baseline, save_spec
-from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
-from relist.train.config import TrainConfig, save_config
 from relist.train.distributed import init_from_env
+from relist.train.model_folder import builds_model_folder
 from relist.train.trainer import FitResult, fit, to_device
 
 CONFIG_FILE = "baseline_train.yaml"

@@ -25,13 +25,14 @@ from relist.data.padding import length_mask
 from relist.data.requests import Requests
 from relist.data.stream import ParquetStream, table_arrays
 from relist.eval.metrics import auc, pearson
+from relist.io.config import ConfigError, save_config
+from relist.io.train_config import TrainConfig
 from relist.models.evaluator import DCWNConfig, Evaluator, EvaluatorSpec, exposure, save_spec
 from relist.models.inputs import list_inputs
-from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
 from relist.rerank.list_scorer import PriorFn, list_priors
-from relist.train.config import ConfigError, TrainConfig, save_config
 from relist.train.distributed import init_from_env
+from relist.train.model_folder import builds_model_folder
 from relist.train.trainer import FitResult, fit, to_device
 
 CONFIG_FILE = "evaluator_train.yaml"
@@ -170,8 +171,8 @@ def train_evaluator(
 
     With ``cfg.model.prior`` the heads start from the fine-ranking teacher in ``ranker_dir``.
     """
+    from relist.models.ranking.saved import load_ranking_model, weights_digest
     from relist.models.ranking.scoring import point_logits
-    from relist.train.ranking import load_ranking_model, weights_digest
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     store = FeatureStore.from_dir(data_dir)

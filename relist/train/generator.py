@@ -33,9 +33,10 @@ from relist.data.logs import logged_requests, split_path, upstream_score_sample
 from relist.data.padding import PAD_ID
 from relist.data.requests import Requests
 from relist.data.stream import ParquetStream
+from relist.io.config import ConfigError, save_config
+from relist.io.train_config import TrainConfig
 from relist.models.generator import GRN, GeneratorSpec, GRNConfig, chosen_items, save_spec
 from relist.models.inputs import list_inputs
-from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
 from relist.objective import Objective
 from relist.rerank.baselines import GreedyCTR
@@ -44,8 +45,8 @@ from relist.rerank.grn import rules_hook
 from relist.rerank.list_scorer import ListScorer, teacher_prior
 from relist.rerank.policy import GreedyUpstreamScore
 from relist.rerank.rules import BusinessRules, RulesConfig
-from relist.train.config import ConfigError, TrainConfig, save_config
 from relist.train.distributed import is_main
+from relist.train.model_folder import builds_model_folder
 from relist.train.trainer import FitResult, fit, to_device
 
 CONFIG_FILE = "generator_train.yaml"
@@ -174,7 +175,7 @@ def reference_generator(cfg: GeneratorTrainConfig, scorer: ListScorer,
         return GreedyUpstreamScore()
     prior = scorer.prior
     if prior is None and ranker_dir is not None:
-        from relist.train.ranking import load_ranking_model
+        from relist.models.ranking.saved import load_ranking_model
 
         prior = teacher_prior(load_ranking_model(ranker_dir))
     if prior is None:

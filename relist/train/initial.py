@@ -34,10 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relist.data.padding import NEG_INF
 from relist.eval.metrics import ndcg_per_query
+from relist.io.config import save_config
+from relist.io.weights import BEST, load_weights, save_weights
 from relist.models.baselines.pointwise import PointwiseMLP
 from relist.train.baselines import StepSchedule, dense_batch, listwise_loss, step_rounds
-from relist.train.config import save_config
-from relist.train.trainer import BEST, fit, load_weights, save_weights
+from relist.train.trainer import fit
 
 Lists = dict[str, np.ndarray]
 SPEC_FILE = "initial.yaml"
@@ -121,7 +122,7 @@ def load_initial(model_dir: str | Path) -> InitialRanker:
     """A saved initial ranker (LightGBM's text model format or safetensors: neither runs code on load)."""
     import lightgbm
 
-    from relist.train.config import load_config
+    from relist.io.config import load_config
 
     model_dir = Path(model_dir)
     spec = load_config(model_dir / SPEC_FILE, InitialSpec)

@@ -1,9 +1,10 @@
 """Training of the ranking models: teacher, plain/improved DSSM student, and both distillation schemes.
 
-One YAML file (:class:`RankingConfig`) says which model, which switches and
-how to distill; the loop itself is relist.train.trainer.fit. Two-stage
-distillation is two fits: ``out/stage1`` on soft labels only, then ``out``
-warm-started from it on soft + hard labels. The teacher's soft labels are
+One YAML file (:class:`relist.models.ranking.config.RankingConfig`, also
+the run's saved spec) says which model, which switches and how to distill;
+the loop itself is relist.train.trainer.fit. Two-stage distillation is two
+fits: ``out/stage1`` on soft labels only, then ``out`` warm-started from it
+on soft + hard labels. The teacher's soft labels are
 its logits on each training mini-batch, computed as the batch is made.
 
 Training on relist logs streams: each rank reads its own shards of the train
@@ -14,18 +15,17 @@ data. The Amazon CTR split (not a log directory) is trained in memory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from relist.data.features import FeatureStore
 from relist.eval.metrics import auc, gauc
-from relist.models.ranking.config import StudentConfig, TeacherConfig
-from relist.models.ranking.distill import SyncDistill
-from relist.models.ranking.dssm import DSSM
+from relist.io.config import ConfigError, load_config, save_config
+from relist.io.train_config import TrainConfig
+from relist.io.weights import BEST, load_weights
+from relist.models.ranking.config import RankingConfig
 from relist.models.ranking.losses import distill_loss, hard_loss, sync_distill_loss
 from relist.models.ranking.samples import (
     RankingData,
@@ -39,75 +39,14 @@ from relist.models.ranking.samples import (
     samples_from_lists,
     stream_lists,
 )
+from relist.models.ranking.saved import RUN_CONFIG, VOCAB, build_model, load_ranking_model
 from relist.models.ranking.scoring import predict_logits
-from relist.models.ranking.teacher import FineRankTeacher
-from relist.models.saved import builds_model_folder
 from relist.models.vocab import Vocab
-from relist.train.config import ConfigError, TrainConfig, load_config, save_config
 from relist.train.distributed import init_from_env
-from relist.train.trainer import BEST, BatchFn, FitResult, fit, load_weights
+from relist.train.model_folder import builds_model_folder
+from relist.train.trainer import BatchFn, FitResult, fit
 
-RUN_CONFIG = "ranking_config.yaml"
-VOCAB = "vocab.yaml"
 STAGE1 = "stage1"
-
-
-class DistillConfig(BaseModel):
-    """How the student learns from the teacher (only read when ``model: student``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mode: Literal["none", "two_stage", "sync"] = Field(
-        "none",
-        description="none: hard labels; two_stage: soft, then soft + hard from a trained teacher; "
-        "sync: teacher and student trained together, the student not updating the shared embeddings",
-    )
-    teacher_run: str | None = Field(None, description="run directory of the trained teacher (two_stage)")
-    stage1_epochs: int = Field(2, ge=1, description="epochs on soft labels only before the multi-task stage")
-    soft_weight: float = Field(0.5, ge=0, le=1, description="weight of the soft term in the multi-task loss")
-    temperature: float = Field(1.0, gt=0)
-
-
-class RankingConfig(BaseModel):
-    """One ranking run: which model, its switches, how to distill, how to train; saved next to the weights."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: Literal["teacher", "student"]
-    dim: int = Field(16, ge=1, description="embedding size of every id field")
-    teacher: TeacherConfig = TeacherConfig()
-    student: StudentConfig = StudentConfig()
-    distill: DistillConfig = DistillConfig()
-    train: TrainConfig = TrainConfig(
-        monitor="gauc", monitor_mode="max", batch_size=1024, epochs=5, patience=2
-    )
-    max_train_samples: int | None = Field(
-        None, ge=1, description="cap on training samples per epoch, shared between the ranks (quick runs)"
-    )
-
-
-def build_model(cfg: RankingConfig, vocab: Vocab) -> nn.Module:
-    if cfg.model == "teacher":
-        return FineRankTeacher(vocab, cfg.dim, cfg.teacher)
-    if cfg.distill.mode == "sync":
-        return SyncDistill(vocab, cfg.dim, cfg.teacher, cfg.student)
-    return DSSM(vocab, cfg.dim, cfg.student)
-
-
-def load_ranking_model(run_dir: str | Path) -> nn.Module:
-    """The trained model of a run, ready to score: the teacher, or the student (also out of a sync run)."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / RUN_CONFIG, RankingConfig)
-    model = build_model(cfg, load_config(run_dir / VOCAB, Vocab))
-    load_weights(model, run_dir / BEST)
-    return (model.student if isinstance(model, SyncDistill) else model).eval()
-
-
-def weights_digest(run_dir: str | Path) -> str:
-    """sha256 of a run's best weights: what a model trained on top of it records, to be served with it."""
-    import hashlib
-
-    return hashlib.sha256((Path(run_dir) / BEST).read_bytes()).hexdigest()
 
 
 @builds_model_folder

@@ -5,9 +5,9 @@ The loop knows nothing about models: a model maps a batch to named logits and a 
 wrong around them: early stopping on a validation metric, files that are never half-written,
 resume that reproduces the uninterrupted run bit for bit, and DDP.
 
-Every weights file and training state carries a checksum of its tensors (and, for the state,
-of every value), checked whenever it is read: damaged bytes under an intact header would load
-without complaint and surface an epoch later as a NaN loss blamed on the learning rate.
+Every weights file (relist.io.weights) and training state carries a checksum of its tensors (and,
+for the state, of every value), checked whenever it is read: damaged bytes under an intact header
+would load without complaint and surface an epoch later as a NaN loss blamed on the learning rate.
 
 Exact resume without saving generator states: every epoch starts by seeding torch, numpy and
 ``random`` from ``(seed, epoch, rank)``, so a resumed epoch draws the same numbers as the original
@@ -17,9 +17,7 @@ on any number of ranks.  ``train_batches`` should likewise depend only on its ar
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
-import os
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -30,29 +28,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from relist.train.config import TrainConfig, save_config
+from relist.io.config import save_config
+from relist.io.train_config import TrainConfig
+from relist.io.weights import BEST, DIGEST, CheckpointError, atomic_write, digest, load_weights, save_weights
 from relist.train.distributed import DistEnv, init_from_env
 
 LossFn = Callable[[dict[str, Tensor], dict[str, Tensor]], dict[str, Tensor]]
 BatchFn = Callable[[int, int, int], Iterable[Mapping[str, Any]]]
 ValidateFn = Callable[[nn.Module], Mapping[str, float]]
 
-BEST = "model.safetensors"
 LAST = Path("checkpoints") / "last.safetensors"
 STATE = Path("checkpoints") / "last_state.pt"
 LOG = "train_log.csv"
 CURVES = "training_curves.png"
 CONFIG = "train_config.yaml"
-DIGEST = "tensors_sha256"  # metadata key of a weights file / entry of a training state holding its checksum
-
-
-class CheckpointError(RuntimeError):
-    """A weights or training-state file that is missing, corrupt or does not fit; names the file."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +135,7 @@ def fit(
             _write_log(out_dir / LOG, progress.history)
             _save_checkpoint(out_dir, model, optimizer, progress)
     if main:  # once, not per epoch: drawing costs ~0.3 s and the CSV already logs each epoch
-        _atomic_write(out_dir / CURVES, lambda tmp: _plot(progress, cfg.monitor).savefig(tmp, format="png"))
+        atomic_write(out_dir / CURVES, lambda tmp: _plot(progress, cfg.monitor).savefig(tmp, format="png"))
     env.barrier()  # fit returns on every rank only once out_dir is complete
     return FitResult(
         out_dir / BEST, progress.best_epoch, progress.best, progress.epoch, _should_stop(progress, cfg),
@@ -233,68 +225,12 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Tenso
     return {name: torch.as_tensor(value).to(device, non_blocking=True) for name, value in batch.items()}
 
 
-def digest(value: Any) -> str:
-    """sha256 of a nest of dicts, lists and tensors (names, dtypes, shapes and bytes; other leaves by repr)."""
-    hasher = hashlib.sha256()
-    _feed(hasher, value)
-    return hasher.hexdigest()
-
-
-def _feed(hasher, value: Any) -> None:
-    if isinstance(value, Tensor):
-        flat = value.detach().cpu().contiguous().reshape(-1)
-        hasher.update(f"T{value.dtype}{tuple(value.shape)}".encode())
-        hasher.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    elif isinstance(value, Mapping):
-        hasher.update(b"{")
-        for key in sorted(value, key=str):
-            hasher.update(repr(key).encode() + b":")
-            _feed(hasher, value[key])
-        hasher.update(b"}")
-    elif isinstance(value, list | tuple):
-        hasher.update(b"[")
-        for item in value:
-            _feed(hasher, item)
-            hasher.update(b",")
-        hasher.update(b"]")
-    else:
-        hasher.update(repr(value).encode())
-
-
-def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write the model's state as safetensors with its checksum, atomically (a reader never sees half a
-    file)."""
-    metadata = {**(metadata or {}), DIGEST: digest(model.state_dict())}
-    _atomic_write(Path(path), lambda tmp: save_model(model, str(tmp), metadata=metadata))
-
-
-def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
-    """Load safetensors weights into ``model`` (strict) and return the file's metadata (less the checksum,
-    which the tensors must match; files written before checksums existed carry none)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
-    try:
-        with safe_open(path, "pt") as f:
-            metadata = f.metadata() or {}
-        load_model(model, path, strict=True)
-    except SafetensorError as err:
-        raise CheckpointError(f"{path}: corrupt safetensors file ({err})") from err
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the model: {err}") from err
-    stored = metadata.pop(DIGEST, None)
-    if stored is not None and digest(model.state_dict()) != stored:
-        raise CheckpointError(f"{path}: damaged weights: the tensor bytes fail the file's sha256 checksum "
-                              "(the header is intact; the file changed after it was written)")
-    return metadata
-
-
 def _save_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: _Progress):
     """Weights then state, each atomic; the epoch in both lets a resume detect a torn pair."""
     save_weights(model, out_dir / LAST, {"epoch": str(progress.epoch)})
     state = {"progress": asdict(progress), "optimizer": optimizer.state_dict()}
     state[DIGEST] = digest(state)
-    _atomic_write(out_dir / STATE, lambda tmp: torch.save(state, tmp))
+    atomic_write(out_dir / STATE, lambda tmp: torch.save(state, tmp))
 
 
 def _load_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> _Progress:
@@ -333,7 +269,7 @@ def _write_log(path: Path, history: list[dict[str, float]]) -> None:
             writer.writeheader()
             writer.writerows(history)
 
-    _atomic_write(path, write_csv)
+    atomic_write(path, write_csv)
 
 
 def _plot(progress: _Progress, monitor: str):
@@ -349,14 +285,3 @@ def _plot(progress: _Progress, monitor: str):
         ax.set_xlabel("epoch")
         ax.legend()
     return fig
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary sibling, then rename it over ``path`` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from relist.models import saved
+from relist.io import model_folder
 from relist.models.baselines.dlcm import DLCM
 from relist.models.baselines.inputs import BaselineConfig
 from relist.models.baselines.prm import PRM
@@ -30,9 +30,9 @@ def build_baseline(spec: BaselineSpec) -> nn.Module:
 
 
 def save_spec(spec: BaselineSpec, model_dir: str | Path) -> None:
-    saved.save_spec(spec, model_dir, SPEC_FILE)
+    model_folder.save_spec(spec, model_dir, SPEC_FILE)
 
 
 def load_baseline(model_dir: str | Path) -> tuple[nn.Module, BaselineSpec]:
     """A trained baseline (eval mode) from a directory written by relist.train.baselines."""
-    return saved.load_saved(model_dir, SPEC_FILE, BaselineSpec, build_baseline)
+    return model_folder.load_saved(model_dir, SPEC_FILE, BaselineSpec, build_baseline)

@@ -1,10 +1,16 @@
-"""Settings of the ranking models: each coarse-ranker improvement is one switch, so it can be ablated."""
+"""Settings of the ranking models: each coarse-ranker improvement is one switch, so it can be ablated.
+
+:class:`RankingConfig` is both what ``relist train ranking`` reads and the spec saved with a run
+(relist.models.ranking.saved reads it back), so it lives here, below training.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from relist.io.train_config import TrainConfig
 
 TASKS = ("ctr", "next", "buy")
 
@@ -42,3 +48,37 @@ class StudentConfig(BaseModel):
         "mlp", description="item tower field interaction"
     )
     senet_reduction: int = Field(2, ge=1)
+
+
+class DistillConfig(BaseModel):
+    """How the student learns from the teacher (only read when ``model: student``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["none", "two_stage", "sync"] = Field(
+        "none",
+        description="none: hard labels; two_stage: soft, then soft + hard from a trained teacher; "
+        "sync: teacher and student trained together, the student not updating the shared embeddings",
+    )
+    teacher_run: str | None = Field(None, description="run directory of the trained teacher (two_stage)")
+    stage1_epochs: int = Field(2, ge=1, description="epochs on soft labels only before the multi-task stage")
+    soft_weight: float = Field(0.5, ge=0, le=1, description="weight of the soft term in the multi-task loss")
+    temperature: float = Field(1.0, gt=0)
+
+
+class RankingConfig(BaseModel):
+    """One ranking run: which model, its switches, how to distill, how to train; saved next to the weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: Literal["teacher", "student"]
+    dim: int = Field(16, ge=1, description="embedding size of every id field")
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    train: TrainConfig = TrainConfig(
+        monitor="gauc", monitor_mode="max", batch_size=1024, epochs=5, patience=2
+    )
+    max_train_samples: int | None = Field(
+        None, ge=1, description="cap on training samples per epoch, shared between the ranks (quick runs)"
+    )

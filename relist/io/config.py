@@ -1,43 +1,26 @@
-"""Training configuration: one validated object, read from a file and written next to its results.
+"""Config files: read into a validated pydantic model, written next to the results they produced.
 
-A run is reproducible only if its settings travel with it, so every setting lives here (nothing
-hides in keyword defaults of ``fit``), unknown keys are rejected (a typo must not silently fall back
-to a default), and ``load_config``/``save_config`` work for any pydantic model, not just this one.
+A run is reproducible only if its settings travel with it, so unknown keys are rejected (a typo must
+not silently fall back to a default), and ``load_config``/``save_config`` work for any pydantic model.
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+
+# The shipped config files (installed as package data), each documenting every field it sets.
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the field."""
-
-
-class TrainConfig(BaseModel):
-    """Settings of :func:`relist.train.trainer.fit` (``batch_size`` is read by the data function)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm; None: no clipping")
-    seed: int = Field(0, ge=0)
-    patience: int | None = Field(3, ge=1, description="epochs without progress before stopping; None: never")
-    monitor: str = Field("loss", description="name of the validation metric that picks the best epoch")
-    monitor_mode: Literal["max", "min"] = "min"
-    max_steps_per_epoch: int | None = Field(None, ge=1)
-    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's default")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
 
 
 def load_config(path: str | Path, model_cls: type[M]) -> M:
