@@ -77,7 +77,6 @@ def eval_evaluator(
     from relist.eval.evaluator_validity import evaluate_evaluator
     from relist.eval.report import figure_html, validity_plots, validity_table_html, write_report
     from relist.eval.rerank import RerankEvalConfig
-    from relist.train.config import load_config
 
     report = evaluate_evaluator(load_config(config, RerankEvalConfig), data, models, requests)
     for name, row in report["generators"].items():
