@@ -40,6 +40,7 @@ def cases(tmp, logs):
         "eval offpolicy": (["eval", "offpolicy", "--data", missing, "--models", tmp], str(missing)),
         "eval ranking": (["eval", "ranking", "--model", missing, "--data", logs], str(missing)),
         "eval rerank": (["eval", "rerank", "--data", missing, "--models", tmp], str(missing)),
+        "eval evaluator": (["eval", "evaluator", "--data", missing, "--models", tmp], str(missing)),
         "export": (["export", "--model-dir", tmp / "md", "--name", "v1", "--data", missing], str(missing)),
         "serve": (["serve", "--model-dir", missing], "CURRENT"),  # a VersionError
         "demo": (["demo", "--data", missing, "--out", tmp / "d"], str(missing)),

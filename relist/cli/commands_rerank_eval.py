@@ -74,11 +74,13 @@ def eval_evaluator(
 ) -> None:
     """Off-policy evaluator validity: on what each generator proposes, the evaluator's bias, correlations
     with the truth and winner's curse."""
+    from relist.data.split import ready_logs_in
     from relist.eval.evaluator_validity import evaluate_evaluator
     from relist.eval.report import figure_html, validity_plots, validity_table_html, write_report
     from relist.eval.rerank import RerankEvalConfig
 
-    report = evaluate_evaluator(load_config(config, RerankEvalConfig), data, models, requests)
+    cfg = load_config(config, RerankEvalConfig)
+    report = evaluate_evaluator(cfg, ready_logs_in(data, models, console.print), models, requests)
     for name, row in report["generators"].items():
         console.print(f"{name:>22}: predicted {row['predicted']:.3f}  true {row['true']:.3f}  "
                       f"bias {row['bias']:+.3f}  Kendall {row['kendall_across_requests']:.3f}")

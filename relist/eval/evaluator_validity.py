@@ -119,11 +119,12 @@ def evaluate_evaluator(cfg: RerankEvalConfig, data_dir: str | Path, models_dir: 
     """The instrument for a models folder on the first ``requests`` test requests of simulated logs:
     every policy of ``cfg`` its models allow proposes."""
     if not is_simulated(data_dir):
-        raise ValueError(f"{data_dir}: not simulated logs; evaluator validity needs the simulator's truth")
+        raise FileNotFoundError(f"{data_dir}: no simulated logs here (no sim_config.yaml); evaluator validity "
+                                "needs the simulator's truth")
     store = FeatureStore.from_dir(data_dir)
     models, _ = Models.load(models_dir, store)
     if models.evaluator is None:
-        raise ValueError(f"{models_dir}: no trained evaluator (evaluator/) to judge")
+        raise FileNotFoundError(f"{Path(models_dir) / 'evaluator'}: no trained evaluator to judge")
     generators, _ = build_generators(cfg.policies, models, cfg.rerank)
     logged = LoggedTest.read(data_dir, requests)
     ctx = Context(store, cfg.rerank.rules.build(), cfg.rerank.objective)
