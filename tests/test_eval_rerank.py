@@ -18,21 +18,31 @@ from relist.eval.rerank import LoggedTest, logged_click_ndcg
 RETRIEVAL = "list_retrieval"
 
 
-@pytest.fixture(scope="module")
-def run(logs, models_dir, tmp_path_factory):
-    """The CLI on 10 test requests with the tiny ranker and evaluator only (the other roles left out)."""
-    root = tmp_path_factory.mktemp("rerank")
-    models = root / "models"
-    models.mkdir()
+def ranker_and_evaluator(models_dir, folder):
+    """A models folder with the tiny ranker and evaluator only (the other roles left out)."""
+    folder.mkdir()
     for role in ("ranker", "evaluator"):
-        (models / role).symlink_to(models_dir / role)
-    config = root / "eval.yaml"
-    config.write_text(yaml.safe_dump({"requests": 10, "valid_requests": 20,
-                                      "rerank": {"beam": {"k": 4}, "ranking": {"refine": {"rounds": 1}}}}))
+        (folder / role).symlink_to(models_dir / role)
+    return folder
+
+
+def eval_cli() -> typer.Typer:
     app, train_app, eval_app = typer.Typer(), typer.Typer(), typer.Typer()
     app.add_typer(train_app, name="train")
     app.add_typer(eval_app, name="eval")
     commands_rerank_eval.register(app, train_app, eval_app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def run(logs, models_dir, tmp_path_factory):
+    """The CLI on 10 test requests with the tiny ranker and evaluator only (the other roles left out)."""
+    root = tmp_path_factory.mktemp("rerank")
+    models = ranker_and_evaluator(models_dir, root / "models")
+    config = root / "eval.yaml"
+    config.write_text(yaml.safe_dump({"requests": 10, "valid_requests": 20,
+                                      "rerank": {"beam": {"k": 4}, "ranking": {"refine": {"rounds": 1}}}}))
+    app = eval_cli()
     out = root / "report.json"
     result = CliRunner().invoke(app, ["eval", "rerank", "--data", str(logs), "--models", str(models),
                                       "--config", str(config), "--out", str(out)])
@@ -80,14 +90,8 @@ def test_evaluator_validity_cli_judges_each_generators_lists_by_the_truth(logs, 
     from relist.eval.simulated import true_rewards
     from relist.sim.world import world_of_logs
 
-    models = tmp_path / "models"
-    models.mkdir()
-    for role in ("ranker", "evaluator"):
-        (models / role).symlink_to(models_dir / role)
-    app, train_app, eval_app = typer.Typer(), typer.Typer(), typer.Typer()
-    app.add_typer(train_app, name="train")
-    app.add_typer(eval_app, name="eval")
-    commands_rerank_eval.register(app, train_app, eval_app)
+    models = ranker_and_evaluator(models_dir, tmp_path / "models")
+    app = eval_cli()
     out = tmp_path / "validity.json"
     result = CliRunner().invoke(app, ["eval", "evaluator", "--data", str(logs), "--models", str(models),
                                       "--requests", "12", "--out", str(out)])
