@@ -41,3 +41,23 @@ def test_io_imports_nothing_else_from_relist():
              for name in imported_modules(path)
              if name.startswith("relist") and not (name == "relist.io" or name.startswith("relist.io."))}
     assert not other
+
+
+def test_every_import_of_relist_names_a_module_that_exists():
+    """Imports inside functions run only when called, so a module moved away breaks them silently
+    until then; every ``from relist.x import ...`` anywhere in the tree must name a real module."""
+    root = RELIST.parent
+    files = [*RELIST.rglob("*.py"), *(root / "benchmarks").rglob("*.py"), *(root / "tests").rglob("*.py")]
+    missing = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                       else [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                       else [])
+            for module in modules:
+                if module.split(".")[0] != "relist":
+                    continue
+                target = root.joinpath(*module.split("."))
+                if not (target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()):
+                    missing.add(f"{path.relative_to(root)}: {module}")
+    assert not missing
