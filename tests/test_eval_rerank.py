@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
-from relist.cli import commands_rerank_eval
+from relist.cli import app as relist_cli
 from relist.data.padding import PAD_ID
 from relist.data.requests import Requests
 from relist.eval.rerank import LoggedTest, logged_click_ndcg
@@ -26,14 +25,6 @@ def ranker_and_evaluator(models_dir, folder):
     return folder
 
 
-def eval_cli() -> typer.Typer:
-    app, train_app, eval_app = typer.Typer(), typer.Typer(), typer.Typer()
-    app.add_typer(train_app, name="train")
-    app.add_typer(eval_app, name="eval")
-    commands_rerank_eval.register(app, train_app, eval_app)
-    return app
-
-
 @pytest.fixture(scope="module")
 def run(logs, models_dir, tmp_path_factory):
     """The CLI on 10 test requests with the tiny ranker and evaluator only (the other roles left out)."""
@@ -42,9 +33,8 @@ def run(logs, models_dir, tmp_path_factory):
     config = root / "eval.yaml"
     config.write_text(yaml.safe_dump({"requests": 10, "valid_requests": 20,
                                       "rerank": {"beam": {"k": 4}, "ranking": {"refine": {"rounds": 1}}}}))
-    app = eval_cli()
     out = root / "report.json"
-    result = CliRunner().invoke(app, ["eval", "rerank", "--data", str(logs), "--models", str(models),
+    result = CliRunner().invoke(relist_cli, ["eval", "rerank", "--data", str(logs), "--models", str(models),
                                       "--config", str(config), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return json.loads(out.read_text()), result.output
@@ -91,9 +81,8 @@ def test_evaluator_validity_cli_judges_each_generators_lists_by_the_truth(logs, 
     from relist.sim.world import world_of_logs
 
     models = ranker_and_evaluator(models_dir, tmp_path / "models")
-    app = eval_cli()
     out = tmp_path / "validity.json"
-    result = CliRunner().invoke(app, ["eval", "evaluator", "--data", str(logs), "--models", str(models),
+    result = CliRunner().invoke(relist_cli, ["eval", "evaluator", "--data", str(logs), "--models", str(models),
                                       "--requests", "12", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
