@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from relist.data.logs import logged_requests
-from relist.io.config import load_config
+from relist.io.config import CONFIGS, load_config
 from relist.models.evaluator import DCWNConfig, Evaluator
 from relist.models.generator import GRN, GRNConfig
 from relist.models.inputs import list_inputs
@@ -33,7 +32,6 @@ from relist.rerank.local_search import LocalSearchConfig
 from relist.rerank.rules import BusinessRules
 
 TINY = GRNConfig(dim=8, hidden=16, heads=2, list_len=10)
-CONFIGS = Path(__file__).resolve().parent.parent / "relist" / "configs"
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from relist.data.requests import Requests
 from relist.data.schema import SchemaError, read_table, validate
 from relist.eval.offpolicy import ESTIMATORS, OffPolicyEvaluator, RankGram, SlateLogs
 from relist.eval.offpolicy_report import kendall_tau, logs_have_propensities
+from relist.io.config import CONFIGS
 from relist.rerank.rules import BusinessRules
 from relist.sim.config import SimConfig, load_sim_config
 from relist.sim.logs import logging_policy, simulate_logs
@@ -34,7 +35,6 @@ from relist.sim.propensity import (
 )
 from relist.sim.world import build_world
 
-CONFIGS = Path(__file__).resolve().parents[1] / "relist" / "configs"
 runner = CliRunner()
 
 

@@ -22,11 +22,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
-from benchmarks.studies.rerank import CONFIGS, ROOT, default_world_models  # noqa: E402
+from benchmarks.studies.rerank import ROOT, default_world_models  # noqa: E402
 from relist.data.features import FeatureStore  # noqa: E402
 from relist.eval.rerank import LoggedTest, RerankEvalConfig  # noqa: E402
 from relist.eval.simulated import true_rewards  # noqa: E402
-from relist.io.config import load_config  # noqa: E402
+from relist.io.config import CONFIGS, load_config  # noqa: E402
 from relist.objective import Objective  # noqa: E402
 from relist.rerank.generators import Context  # noqa: E402
 from relist.rerank.registry import Models, build_generators, build_ranking  # noqa: E402

@@ -38,7 +38,7 @@ from relist.eval.rerank import (
     rerank_report,
     serve,
 )
-from relist.io.config import load_config
+from relist.io.config import CONFIGS, load_config
 from relist.rerank.generators import Context
 from relist.rerank.registry import Models
 from relist.sim.config import SimConfig, load_sim_config
@@ -46,7 +46,6 @@ from relist.sim.logs import simulate_logs
 from relist.sim.world import World, build_world, world_of_logs
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "relist" / "configs"
 DONE = ".trained"  # written when a model's training has finished (a cached model is reused)
 
 

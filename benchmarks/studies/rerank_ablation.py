@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.studies.rerank import CONFIGS, DONE, ROOT, WorldSpec, _merged, default_world_models, validity
+from benchmarks.studies.rerank import DONE, WorldSpec, _merged, default_world_models, validity
 from relist.data.features import FeatureStore
 from relist.eval.metrics import paired_relative
 from relist.eval.rerank import LoggedTest, RerankEvalConfig, build_policies, serve
 from relist.eval.simulated import true_rewards
-from relist.io.config import load_config
+from relist.io.config import CONFIGS, load_config
 from relist.rerank.registry import Models
 from relist.sim.world import world_of_logs
 
@@ -94,7 +94,7 @@ def run(cfg: Config, work: Path) -> dict:
     data, base = default_world_models(work, cfg.world.sim_config(), cfg.world.lists, cfg.seed)
     world, store = world_of_logs(data), FeatureStore.from_dir(data)
     logged = LoggedTest.read(data, cfg.requests, "valid")  # the design bucket: validation requests only
-    eval_cfg = load_config(ROOT / "relist" / "configs" / "rerank_eval.yaml", RerankEvalConfig)
+    eval_cfg = load_config(CONFIGS / "rerank_eval.yaml", RerankEvalConfig)
     rows, full = {}, None
     for name, variant in cfg.variants.items():
         models_dir = work / "ablation" / _slug(name) if (variant.evaluator or variant.generator) else base

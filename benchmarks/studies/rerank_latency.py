@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.studies.rerank import CONFIGS, ROOT, default_world_models
+from benchmarks.studies.rerank import ROOT, default_world_models
 
 FLOOR = "greedy_upstream_score"
 SERVED = "served"  # list ranking as an exported version serves it (serve.yaml's defaults resolved on validation)
@@ -45,7 +45,7 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.data.logs import logged_requests
     from relist.eval.latency import one_by_one, request_timings_ms, summary_ms
     from relist.eval.rerank import RerankEvalConfig, build_policies
-    from relist.io.config import load_config
+    from relist.io.config import CONFIGS, load_config
     from relist.rerank.compiled import compiled_models, export_onnx
     from relist.rerank.generators import Context
     from relist.rerank.registry import Models, build_ranking
