@@ -15,6 +15,8 @@ from relist.data.stream import ParquetStream
 from relist.eval.metrics import ndcg_of_order
 from relist.models.baselines.dlcm import _reversal
 from relist.models.baselines.inputs import BaselineConfig, initial_order, position_features
+from relist.models.baselines.scorer import listwise_loss
+from relist.models.baselines.seq2slate import pointer_loss
 from relist.models.baselines.spec import BaselineSpec, build_baseline, load_baseline
 from relist.rerank.baselines import Baseline
 from relist.rerank.beam import greedy_under_rules
@@ -26,9 +28,7 @@ from relist.train.baselines import (
     StepSchedule,
     dense_batch,
     fit_baseline,
-    listwise_loss,
     logged_initial_lists,
-    pointer_loss,
     ranking_scores,
     step_rounds,
     with_targets,

@@ -18,7 +18,7 @@ from relist.models.inputs import list_inputs
 from relist.models.vocab import Vocab
 from relist.objective import Objective
 from relist.rerank.list_scorer import ListScorer, pessimistic
-from relist.train.evaluator import LABELS, bootstrap_weights, evaluator_loss, labelled_batch
+from relist.train.evaluator import LABELS, bootstrap_weights, labelled_batch
 
 FREE = TINY_EVALUATOR.model_copy(update={"prior": False})
 
@@ -84,7 +84,7 @@ def raw_train_lists(logs, k=64):
 
 def test_loss_sees_only_exposed_positions(store, logs):
     model = Evaluator(Vocab.of(store), FREE).eval()
-    loss_fn = evaluator_loss(0.5, 0.5)
+    loss_fn = model.loss
     base = labelled_batch(store, raw_train_lists(logs), FREE.members)
     outputs = model(base)
     unseen = ~base["exposed"]

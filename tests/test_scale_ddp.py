@@ -34,7 +34,6 @@ from relist.train.distributed import shutdown
 from relist.train.evaluator import (
     LABELS,
     EvaluatorTrainConfig,
-    evaluator_loss,
     exposure_metrics,
     labelled_batch,
     read_raw,
@@ -44,13 +43,13 @@ from relist.train.evaluator import (
 from relist.train.trainer import fit
 
 CFG = EvaluatorTrainConfig(  # two members: each rank must draw the same bootstrap resample of every list
-    model=DCWNConfig(dim=8, hidden=8, heads=2, dropout=0.0, members=2, prior=False),
+    # buy_weight 0: purchases are learned on clicked positions, whose number differs between the ranks
+    model=DCWNConfig(dim=8, hidden=8, heads=2, dropout=0.0, members=2, prior=False, buy_weight=0.0),
     train=TrainConfig(
         epochs=2, batch_size=32, lr=0.01, patience=None, monitor="click_logloss", device="cpu", num_threads=1
     ),
     score_dropout=0.0,
     valid_lists=100,
-    buy_weight=0.0,  # purchases are learned on clicked positions, whose number differs between the ranks
 )
 LISTS_PER_SHARD = 320  # 10 batches of 32 per rank and epoch
 EXPOSED = 6  # of the 10 shown positions
@@ -108,8 +107,7 @@ def single_process_reference(data: Path, out: Path) -> tuple[Evaluator, str, dic
     model = Evaluator(Vocab.of(store, upstream_score_sample(data)), CFG.model)
     raw = read_raw(data, "valid", list(LABELS), CFG.valid_lists)
     valid = labelled_batch(store, raw, CFG.model.members)
-    loss = evaluator_loss(CFG.next_weight, CFG.buy_weight)
-    result = fit(model, loss, global_batches, lambda m: exposure_metrics(m, valid), CFG.train, out)
+    result = fit(model, model.loss, global_batches, lambda m: exposure_metrics(m, valid), CFG.train, out)
     return model, losses(result), valid
 
 

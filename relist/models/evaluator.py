@@ -27,6 +27,10 @@ ensemble: ``members`` DCWNs, each trained on its own bootstrap resample of the l
 (relist.train.evaluator). Their spread on a list says how much they disagree there; it is small
 on lists like the logged ones and grows away from them. Outputs carry the members first:
 ``{"click", "next", "buy"}`` logits [E, B, n]; ``buy`` is the purchase logit given a click.
+
+Its loss (:meth:`Evaluator.loss`) sees labels only where the user looked: clicks and scrolls on the
+exposed positions (``j < exposed_len``; an unseen item was not rejected, it was never judged),
+purchases on the clicked ones, each list weighted per member by its bootstrap count.
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from relist.io import model_folder
+from relist.models.contract import ListModel
 from relist.models.inputs import ItemContext
 from relist.models.vocab import Vocab
 
@@ -59,6 +65,9 @@ class DCWNConfig(BaseModel):
                                           "(needs the ranker role); False: learn them from the logs alone")
     neighbourhood: bool = Field(True, description="the explicit neighbourhood features (repeats, what stands "
                                                   "beside each item); False: the sequence models alone (ablation)")
+    next_weight: float = Field(0.5, ge=0, description="loss weight of the scroll (next) head, whose cumulative "
+                                                      "product estimates exposure")
+    buy_weight: float = Field(0.5, ge=0, description="loss weight of the purchase head (a purchase given a click)")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> DCWNConfig:
@@ -153,17 +162,39 @@ class DCWN(nn.Module):
         return {name: logits[..., i] for i, name in enumerate(HEADS)}
 
 
-class Evaluator(nn.Module):
-    """The ensemble: ``forward(batch)`` -> {"click", "next", "buy"} logits [E, B, n], one row per member."""
+class Evaluator(ListModel):
+    """The ensemble: ``predict(batch)`` -> {"click", "next", "buy"} logits [E, B, n], one row per member."""
 
     def __init__(self, vocab: Vocab, cfg: DCWNConfig):
         super().__init__()
         self.vocab, self.cfg = vocab, cfg
         self.members = nn.ModuleList(DCWN(vocab, cfg) for _ in range(cfg.members))
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def predict(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         outs = [member(batch) for member in self.members]
         return {name: torch.stack([out[name] for out in outs]) for name in HEADS}
+
+    def loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Bootstrap-weighted cross-entropy of clicks and scrolls on exposed positions, purchases on clicks
+        (``batch``: ``exposed`` [B, n], ``weight`` [E, B], the click/next/buy labels and ``has_buy``)."""
+        seen, weight = batch["exposed"], batch["weight"]
+        click = _weighted_bce(out["click"], batch["click"], seen, weight)
+        scroll = _weighted_bce(out["next"], batch["next"], seen, weight)
+        clicked = seen & (batch["click"] > 0) & batch["has_buy"]
+        buy = _weighted_bce(out["buy"], batch["buy"], clicked, weight)
+        return {"loss": click + self.cfg.next_weight * scroll + self.cfg.buy_weight * buy, "click": click,
+                "next": scroll, "buy": buy}
+
+
+def _weighted_bce(logits: Tensor, labels: Tensor, where: Tensor, weight: Tensor) -> Tensor:
+    """Per member the bootstrap-weighted BCE over ``where`` positions; logits [E, B, n], weight [E, B].
+
+    Divided by the number of positions, not by the weights' sum (Poisson(1) weights have mean 1), so
+    that under DDP ranks holding as many positions average to the loss of the global batch.
+    """
+    w = weight[:, :, None] * where[None].to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, labels.expand_as(logits), reduction="none")
+    return ((bce * w).sum((1, 2)) / where.sum().clamp_min(1)).mean()
 
 
 def exposure(next_logits: Tensor) -> Tensor:
@@ -189,10 +220,6 @@ class EvaluatorSpec(BaseModel):
 
 
 SPEC_FILE = "evaluator.yaml"
-
-
-def save_spec(spec: EvaluatorSpec, model_dir: str | Path) -> None:
-    model_folder.save_spec(spec, model_dir, SPEC_FILE)
 
 
 def load_evaluator(model_dir: str | Path) -> tuple[Evaluator, EvaluatorSpec]:

@@ -1,22 +1,19 @@
 """The baselines as generators, all under the same business rules as every other generator.
 
 * greedy by learned CTR: fill each slot with the allowed candidate of highest ``p_ctr``;
-* PRM and DLCM rescore the initial list (candidates in upstream-score order) and fill each slot
-  with the allowed candidate of highest score;
-* Seq2Slate decodes its pointer network with the rules masking each slot.
+* PRM, DLCM and Seq2Slate decode the initial list (candidates in upstream-score order) with the
+  rules masking each slot: PRM and DLCM fill each slot with the allowed candidate of highest score,
+  Seq2Slate follows its pointer network.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
-from torch import nn
 
 from relist.data.requests import Requests
 from relist.models.baselines.inputs import initial_list_inputs, initial_order
-from relist.models.baselines.seq2slate import Seq2Slate
+from relist.models.contract import ListGenerator
 from relist.models.generator import chosen_items
 from relist.rerank.beam import ScoresFn, greedy_under_rules
 from relist.rerank.generators import Context, as_proposals
@@ -34,9 +31,9 @@ class GreedyCTR:
 
 
 class Baseline:
-    """A trained PRM, DLCM or Seq2Slate re-ranking the initial list."""
+    """A trained list generator (PRM, DLCM, Seq2Slate) decoding the initial list under the rules."""
 
-    def __init__(self, model: nn.Module, batch_size: int = 1024):
+    def __init__(self, model: ListGenerator, batch_size: int = 1024):
         self.model, self.batch_size = model.eval(), batch_size
 
     @torch.no_grad()
@@ -48,15 +45,9 @@ class Baseline:
 
     def _rerank(self, requests: Requests, n: int, ctx: Context) -> np.ndarray:
         order = initial_order(np.nan_to_num(requests.cand_scores, nan=0.0), requests.mask)
-        cates, shops = (x.numpy() for x in ctx.attributes(requests))
-        initial = Requests(requests.request_id, requests.user_id,
-                           *(np.take_along_axis(x, order, 1) for x in
-                             (requests.candidates, requests.cand_scores, requests.mask)))
-        ctx = replace(ctx, cates=np.take_along_axis(cates, order, 1), shops=np.take_along_axis(shops, order, 1))
-        batch = initial_list_inputs(ctx.store, initial.user_id, initial.candidates, initial.cand_scores)
-        if isinstance(self.model, Seq2Slate):
-            batch["cate"], batch["shop"] = ctx.attributes(initial)
-            columns = self.model.decode(batch, n, rules_hook(ctx.rules, batch))
-            return chosen_items(batch["candidates"], columns[:, None]).numpy()[:, 0]
-        scores = self.model(batch)["score"].numpy()
-        return greedy_under_rules(scores, initial, n, ctx)
+        cates, shops = (np.take_along_axis(x.numpy(), order, 1) for x in ctx.attributes(requests))
+        initial = [np.take_along_axis(x, order, 1) for x in (requests.candidates, requests.cand_scores)]
+        batch = initial_list_inputs(ctx.store, requests.user_id, *initial)
+        batch["cate"], batch["shop"] = torch.as_tensor(cates), torch.as_tensor(shops)
+        columns = self.model.decode(batch, n, rules_hook(ctx.rules, batch))
+        return chosen_items(batch["candidates"], columns[:, None]).numpy()[:, 0]

@@ -4,12 +4,10 @@ Each baseline re-ranks an *initial list*: the request's candidates sorted by
 the upstream score (the same input it gets at serving time). Labels exist only
 for candidates the logging policy showed within the real exposure length; they
 carry the click (0/1), every other candidate is unlabelled and takes no part in
-the loss. PRM and DLCM learn with the list-wise softmax loss of PRM (the
-labelled items' clicks as the target distribution); Seq2Slate with the same
-loss at every decoding step, teacher-forced along the ideal order (clicked
-items first, then the rest in initial order), over the labelled items still
-available; once no positive is left, the next item of that order is the target
-(see ``pointer_loss``). LETOR lists plug into
+the loss. Each model brings its loss (``model.loss``: PRM's list-wise softmax
+loss for PRM and DLCM, ``pointer_loss`` for Seq2Slate); this module makes what
+they read, the labels' gains and the ideal order ``target`` (clicked items
+first, then the rest in initial order; ``with_targets``). LETOR lists plug into
 the same batches with graded labels and dense features (``dense_lists``, ``dense_batch``).
 
 Checkpoints are picked on the valid split's NDCG@10 of the model's order of
@@ -26,20 +24,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from relist.data.features import FeatureStore
 from relist.data.logs import split_path
 from relist.data.padding import NEG_INF, length_mask, pad_lists
 from relist.data.stream import ParquetStream
 from relist.eval.metrics import ndcg_at_k
-from relist.io.config import save_config
 from relist.io.train_config import TrainConfig
 from relist.models.baselines.inputs import BaselineConfig, initial_list_inputs, initial_order
-from relist.models.baselines.seq2slate import Seq2Slate
-from relist.models.baselines.spec import BaselineSpec, build_baseline, load_baseline, save_spec
+from relist.models.baselines.spec import SPEC_FILE, BaselineSpec, build_baseline, load_baseline
+from relist.models.contract import ListGenerator
 from relist.models.vocab import Vocab
-from relist.train.distributed import init_from_env
+from relist.train.distributed import save_on_rank0
 from relist.train.model_folder import builds_model_folder
 from relist.train.trainer import FitResult, fit, to_device
 
@@ -144,71 +141,25 @@ def with_targets(batch: dict[str, Tensor], labels: Tensor, label_mask: Tensor) -
                     "target": target, "target_mask": target_mask, "positives": (gain > 0).sum(1)}
 
 
-def listwise_loss(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """PRM's loss: cross-entropy between the gains and the softmax of scores over the labelled items."""
-    loss = _softmax_ce(outputs["score"], batch["gain"], batch["label_mask"])
-    return {"loss": loss}
-
-
-def pointer_loss(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The list-wise loss at every teacher-forced step over the labelled items not yet placed; once no
-    positive is left, the next item of the ideal order (the initial order) is the target.
-
-    Without those tail steps the decoder is trained only while positives remain: any slot after a
-    missed positive is decoded by an untrained pointer from a state it never saw, which on noisy lists
-    scrambles the order below the initial one. With them it learns to fall back on the initial order.
-    """
-    pointer, target, gain = outputs["pointer"], batch["target"], batch["gain"]
-    available = batch["label_mask"].clone()
-    losses = []
-    for t in range(target.shape[1]):
-        left = (gain * available).sum(1, keepdim=True) > 0
-        following = torch.zeros_like(gain).scatter(1, target[:, t:t + 1], 1.0)
-        losses.append(_softmax_ce(pointer[:, t], torch.where(left, gain, following), available, reduce=False))
-        available = available.scatter(1, target[:, t:t + 1], False)
-    per_step = torch.stack(losses, 1)
-    steps = batch["target_mask"]
-    return {"loss": (per_step * steps).sum() / steps.sum().clamp_min(1)}
-
-
-def _softmax_ce(logits: Tensor, gain: Tensor, mask: Tensor, reduce: bool = True) -> Tensor:
-    """-Σ q log softmax(logits) over ``mask``, q ∝ gain; rows without gain give 0 (and do not count)."""
-    weight = gain * mask
-    total = weight.sum(1)
-    logp = torch.log_softmax(logits.masked_fill(~mask, NEG_INF), 1)
-    per_row = -(weight * logp.masked_fill(~mask, 0.0)).sum(1) / total.clamp_min(1e-9)
-    if not reduce:
-        return per_row
-    has = total > 0
-    return per_row[has].mean() if has.any() else logits.sum() * 0.0
-
-
-LOSSES: dict[str, Callable[[dict[str, Tensor], dict[str, Tensor]], dict[str, Tensor]]] = {
-    "prm": listwise_loss, "dlcm": listwise_loss, "seq2slate": pointer_loss}
-
-
 @torch.no_grad()
-def ranking_scores(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """A score per item [B, L] whose descending order is the model's list (Seq2Slate: decoding order)."""
-    if isinstance(model, Seq2Slate):
-        mask = batch["mask"]
-        columns = model.decode(batch, mask.shape[1])
-        placed = columns >= 0
-        rows = torch.arange(len(mask), device=mask.device)[:, None].expand_as(columns)
-        rank_score = torch.arange(mask.shape[1], 0, -1, dtype=torch.float32, device=mask.device).expand_as(columns)
-        scores = torch.full(mask.shape, NEG_INF, device=mask.device)
-        scores[rows[placed], columns[placed]] = rank_score[placed]
-        return scores
-    return model(batch)["score"].masked_fill(~batch["mask"], NEG_INF)
+def ranking_scores(model: ListGenerator, batch: dict[str, Tensor]) -> Tensor:
+    """A score per item [B, L] whose descending order is the model's list: its greedy decoding of all items."""
+    mask = batch["mask"]
+    columns = model.decode(batch, mask.shape[1])
+    placed = columns >= 0
+    rows = torch.arange(len(mask), device=mask.device)[:, None].expand_as(columns)
+    rank_score = torch.arange(mask.shape[1], 0, -1, dtype=torch.float32, device=mask.device).expand_as(columns)
+    scores = torch.full(mask.shape, NEG_INF, device=mask.device)
+    scores[rows[placed], columns[placed]] = rank_score[placed]
+    return scores
 
 
-def ranking_metrics(model: nn.Module, batch: dict[str, Tensor], k: int = 10) -> dict[str, float]:
+def ranking_metrics(model: ListGenerator, batch: dict[str, Tensor], k: int = 10) -> dict[str, float]:
     """Validation: NDCG@k of the model's order against the labels (unlabelled = 0), and the loss."""
     batch = to_device(batch, next(model.parameters()).device)
     scores = ranking_scores(model, batch).cpu()
     ndcg = ndcg_at_k(batch["labels"].cpu().numpy(), scores.numpy(), batch["mask"].cpu().numpy(), k=k)
-    kind = "seq2slate" if isinstance(model, Seq2Slate) else "prm"
-    return {f"ndcg{k}": ndcg, "loss": float(LOSSES[kind](model(batch), batch)["loss"])}
+    return {f"ndcg{k}": ndcg, "loss": float(model.loss(model(batch), batch)["loss"])}
 
 
 def logged_batches(data_dir: Path, store: FeatureStore, batch_size: int):
@@ -232,25 +183,20 @@ def fit_baseline(
     valid: dict[str, Tensor],
     out_dir: str | Path,
     resume: bool = False,
-) -> tuple[nn.Module, FitResult]:
+) -> tuple[ListGenerator, FitResult]:
     """Train one baseline with the generic trainer; writes weights, curves, configs and ``baseline.yaml``."""
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.train.seed)
     spec = BaselineSpec(vocab=vocab, model=cfg.model)
     model = build_baseline(spec)
-    result = fit(model, LOSSES[cfg.model.kind], train_batches, lambda m: ranking_metrics(m, valid), cfg.train,
-                 out_dir, resume)
-    env = init_from_env(cfg.train.device)
-    if env.rank == 0:
-        save_config(cfg, out_dir / CONFIG_FILE)
-        save_spec(spec, out_dir)
-    env.barrier()  # every rank reloads the best weights only once rank 0 has written the spec
+    result = fit(model, model.loss, train_batches, lambda m: ranking_metrics(m, valid), cfg.train, out_dir, resume)
+    save_on_rank0(out_dir, {CONFIG_FILE: cfg, SPEC_FILE: spec}, cfg.train.device)
     return load_baseline(out_dir)[0], result
 
 
 @builds_model_folder
 def train_baseline(cfg: BaselineTrainConfig, data_dir: str | Path, out_dir: str | Path,
-                   resume: bool = False) -> tuple[nn.Module, FitResult]:
+                   resume: bool = False) -> tuple[ListGenerator, FitResult]:
     """Fit a baseline on the train split of simulated (or any schema) logs in ``data_dir``."""
     data_dir = Path(data_dir)
     store = FeatureStore.from_dir(data_dir)

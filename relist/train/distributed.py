@@ -10,14 +10,18 @@ rank 0's decisions (validation, early stopping) with everyone.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from relist.io.config import save_config
 
 T = TypeVar("T")
 
@@ -99,6 +103,21 @@ def init_from_env(device: Literal["auto", "cpu", "cuda"] = "auto") -> DistEnv:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", device_id=where if use_cuda else None)
     return DistEnv(rank, world_size, local_rank, where)
+
+
+def save_on_rank0(out_dir: str | Path, files: Mapping[str, BaseModel],
+                  device: Literal["auto", "cpu", "cuda"] = "auto") -> None:
+    """Write each config or spec to ``out_dir/<name>`` on rank 0 only, then wait for it on every rank.
+
+    The one way a trainer writes its run's files under torchrun: one writer (ranks writing the same
+    file at once can leave it torn), and no rank goes on to read a spec before it exists.
+    """
+    env = init_from_env(device)
+    if env.rank == 0:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        for name, config in files.items():
+            save_config(config, Path(out_dir) / name)
+    env.barrier()
 
 
 def shutdown() -> None:

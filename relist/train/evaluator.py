@@ -1,10 +1,10 @@
-"""Training the DCWN evaluator ensemble on logged lists with the real-exposure mask.
+"""Training the DCWN evaluator ensemble on logged lists with the real-exposure mask (its loss:
+relist.models.evaluator).
 
-Only positions the user actually saw (``j < exposed_len``) carry click and scroll labels: an
-unseen item was not rejected, it was never judged; purchases are learned on clicked positions
-(the buy head is the chance of a purchase given a click). Each member learns from its own
-bootstrap resample: a list enters member e's loss with a Poisson(1) weight drawn from its request
-id, so the resample is the same in every epoch, on every rank and after a resume. A share of the
+Only positions the user actually saw (``j < exposed_len``) carry click and scroll labels. Each
+member learns from its own bootstrap resample: a list enters member e's loss with a Poisson(1)
+weight drawn from its request id, so the resample is the same in every epoch, on every rank and
+after a resume. A share of the
 lists is shown without upstream scores, so the evaluator still works for requests that send none.
 Checkpoints are picked on the valid split's click log-loss of the members' mean.
 """
@@ -25,13 +25,13 @@ from relist.data.padding import length_mask
 from relist.data.requests import Requests
 from relist.data.stream import ParquetStream, table_arrays
 from relist.eval.metrics import auc, pearson
-from relist.io.config import ConfigError, save_config
+from relist.io.config import ConfigError
 from relist.io.train_config import TrainConfig
-from relist.models.evaluator import DCWNConfig, Evaluator, EvaluatorSpec, exposure, save_spec
+from relist.models.evaluator import SPEC_FILE, DCWNConfig, Evaluator, EvaluatorSpec, exposure
 from relist.models.inputs import list_inputs
 from relist.models.vocab import Vocab
 from relist.rerank.list_scorer import PriorFn, list_priors
-from relist.train.distributed import init_from_env
+from relist.train.distributed import save_on_rank0
 from relist.train.model_folder import builds_model_folder
 from relist.train.trainer import FitResult, fit, to_device
 
@@ -44,8 +44,6 @@ class EvaluatorTrainConfig(BaseModel):
 
     model: DCWNConfig = DCWNConfig()
     train: TrainConfig = TrainConfig(monitor="click_logloss", monitor_mode="min")
-    next_weight: float = Field(0.5, ge=0, description="weight of the scroll (next) head's loss")
-    buy_weight: float = Field(0.5, ge=0, description="weight of the purchase head's loss (on clicks)")
     score_dropout: float = Field(0.1, ge=0, le=1, description="share of train lists seen without upstream "
                                                               "scores, for requests that send none")
     valid_lists: int | None = Field(None, ge=1, description="valid lists used per validation (None: all)")
@@ -88,32 +86,6 @@ def labelled_batch(store: FeatureStore, raw: dict[str, np.ndarray], members: int
     batch["has_buy"] = torch.tensor("buy" in raw)
     batch["weight"] = torch.as_tensor(bootstrap_weights(raw["request_id"], members, seed), dtype=torch.float32)
     return batch
-
-
-def _weighted_bce(logits: Tensor, labels: Tensor, where: Tensor, weight: Tensor) -> Tensor:
-    """Per member the bootstrap-weighted BCE over ``where`` positions; logits [E, B, n], weight [E, B].
-
-    Divided by the number of positions, not by the weights' sum (Poisson(1) weights have mean 1), so
-    that under DDP ranks holding as many positions average to the loss of the global batch.
-    """
-    w = weight[:, :, None] * where[None].to(logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(logits, labels.expand_as(logits), reduction="none")
-    return ((bce * w).sum((1, 2)) / where.sum().clamp_min(1)).mean()
-
-
-def evaluator_loss(next_weight: float, buy_weight: float):
-    """Bootstrap-weighted cross-entropy of clicks and scrolls on exposed positions, purchases on clicks."""
-
-    def loss_fn(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        seen, weight = batch["exposed"], batch["weight"]
-        click = _weighted_bce(outputs["click"], batch["click"], seen, weight)
-        scroll = _weighted_bce(outputs["next"], batch["next"], seen, weight)
-        clicked = seen & (batch["click"] > 0) & batch["has_buy"]
-        buy = _weighted_bce(outputs["buy"], batch["buy"], clicked, weight)
-        return {"loss": click + next_weight * scroll + buy_weight * buy, "click": click, "next": scroll,
-                "buy": buy}
-
-    return loss_fn
 
 
 def train_batches(data_dir: Path, store: FeatureStore, cfg: EvaluatorTrainConfig, prior: PriorFn | None):
@@ -192,11 +164,8 @@ def train_evaluator(
     model = Evaluator(vocab, cfg.model)
     valid = labelled_batch(store, read_raw(data_dir, "valid", columns, cfg.valid_lists), cfg.model.members,
                            prior=prior)
-    result = fit(model, evaluator_loss(cfg.next_weight, cfg.buy_weight), train_batches(data_dir, store, cfg, prior),
+    result = fit(model, model.loss, train_batches(data_dir, store, cfg, prior),
                  lambda m: exposure_metrics(m, valid), cfg.train, out_dir, resume)
-    env = init_from_env(cfg.train.device)
     spec = EvaluatorSpec(vocab=vocab, model=cfg.model, prior_weights=digest)
-    if env.rank == 0:  # one writer
-        save_config(cfg, out_dir / CONFIG_FILE)
-        save_spec(spec, out_dir)
+    save_on_rank0(out_dir, {CONFIG_FILE: cfg, SPEC_FILE: spec}, cfg.train.device)
     return result, spec

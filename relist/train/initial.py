@@ -37,7 +37,7 @@ from relist.eval.metrics import ndcg_per_query
 from relist.io.config import save_config
 from relist.io.weights import BEST, load_weights, save_weights
 from relist.models.baselines.pointwise import PointwiseMLP
-from relist.train.baselines import StepSchedule, dense_batch, listwise_loss, step_rounds
+from relist.train.baselines import StepSchedule, dense_batch, step_rounds
 from relist.train.trainer import fit
 
 Lists = dict[str, np.ndarray]
@@ -222,7 +222,7 @@ def _mlp(cfg: InitialConfig, train: Lists, valid: Lists, lr: float, work: Path) 
 
     schedule = cfg.mlp.schedule.model_copy(update={"lr": lr})
     batches = step_rounds(len(train["mask"]), schedule, lambda rows: dense_batch(train, zeros["t"], rows), cfg.seed)
-    fit(model, listwise_loss, batches, validate, schedule.train_config(cfg.seed), work)
+    fit(model, model.loss, batches, validate, schedule.train_config(cfg.seed), work)
     load_weights(model, work / BEST)
     return model.eval()
 

@@ -11,11 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from relist.models.baselines.inputs import BaselineConfig, ItemInputs, ScorePrior
+from relist.models.baselines.scorer import ItemScorer
 from relist.models.vocab import Vocab
 
 
-class DLCM(nn.Module):
-    """``forward(batch)`` -> {"score": [B, L]} logits; re-ranking sorts the initial list by them."""
+class DLCM(ItemScorer):
+    """``predict(batch)`` -> {"score": [B, L]} logits; re-ranking sorts the initial list by them."""
 
     def __init__(self, vocab: Vocab | None, cfg: BaselineConfig):
         super().__init__()
@@ -26,7 +27,7 @@ class DLCM(nn.Module):
         self.prior = ScorePrior(cfg)
         self.prior.start_at_zero(self.out)
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def predict(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         mask = batch["mask"]
         x = self.inputs(batch)
         lengths = mask.sum(1).clamp_min(1).cpu()

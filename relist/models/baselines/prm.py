@@ -5,11 +5,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from relist.models.baselines.inputs import BaselineConfig, ItemInputs, ScorePrior
+from relist.models.baselines.scorer import ItemScorer
 from relist.models.vocab import Vocab
 
 
-class PRM(nn.Module):
-    """``forward(batch)`` -> {"score": [B, L]} logits; re-ranking sorts the initial list by them."""
+class PRM(ItemScorer):
+    """``predict(batch)`` -> {"score": [B, L]} logits; re-ranking sorts the initial list by them."""
 
     def __init__(self, vocab: Vocab | None, cfg: BaselineConfig):
         super().__init__()
@@ -20,7 +21,7 @@ class PRM(nn.Module):
         self.prior = ScorePrior(cfg)
         self.prior.start_at_zero(self.head[-1])
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def predict(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         mask = batch["mask"]
         ignored = ~mask & mask.any(1, keepdim=True)  # an all-padding row attends to itself, not to nothing
         context = self.encoder(self.inputs(batch), src_key_padding_mask=ignored)

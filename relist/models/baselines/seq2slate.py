@@ -2,8 +2,8 @@
 
 An LSTM encodes the initial list; a decoder LSTM, fed the item chosen last,
 points at the next item among those still available. Training is teacher-forced
-on the ideal order of the labelled items (relist.train.baselines); decoding under
-business rules lives in relist.rerank.baselines, which asks ``step`` for logits.
+on the ideal order of the labelled items (``target``, made by relist.train.baselines) with
+``pointer_loss``; ``decode`` runs the pointer greedily, the rules masking each slot.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from relist.data.padding import NEG_INF
 from relist.models.baselines.inputs import BaselineConfig, ItemInputs, ScorePrior
+from relist.models.baselines.scorer import softmax_ce
+from relist.models.contract import ListGenerator, greedy_slots
 from relist.models.generator import AllowedFn
 from relist.models.vocab import Vocab
 
@@ -31,7 +33,9 @@ class Slate:
     prior: Tensor
 
 
-class Seq2Slate(nn.Module):
+class Seq2Slate(ListGenerator):
+    """``predict(batch)`` -> teacher-forced pointer logits (training); ``decode`` writes the lists."""
+
     def __init__(self, vocab: Vocab | None, cfg: BaselineConfig):
         super().__init__()
         self.inputs = ItemInputs(vocab, cfg)
@@ -58,7 +62,7 @@ class Seq2Slate(nn.Module):
         logits = self.out(torch.tanh(slate.keys + self.query(h).unsqueeze(1))).squeeze(-1) + slate.prior
         return logits, Slate(slate.encoded, slate.keys, slate.inputs, (h, c), slate.prior)
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def predict(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Teacher-forced pointer logits {"pointer": [B, T, L]} along ``batch["target"]`` [B, T] columns.
 
         At step t the items of target[:, :t] are taken, so their logits are NEG_INF, like padding.
@@ -74,22 +78,29 @@ class Seq2Slate(nn.Module):
             available = available.scatter(1, previous[:, None], False)
         return {"pointer": torch.stack(steps, 1)}
 
+    def loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return pointer_loss(out, batch)
+
     def decode(self, batch: dict[str, Tensor], n: int, allowed_fn: AllowedFn | None = None) -> Tensor:
-        """Greedy decoding: columns [B, n] (-1 once a request runs out); ``allowed_fn`` narrows each slot."""
-        slate = self.encode(batch)
-        mask = batch["mask"]
-        rows = torch.arange(len(mask), device=mask.device)
-        chosen = torch.zeros_like(mask)
-        previous, columns = None, []
-        for slot in range(n):
-            allowed = mask & ~chosen
-            if allowed_fn is not None:
-                prefix = torch.stack(columns, 1) if columns else rows.new_zeros(len(rows), 0)
-                allowed = allowed & allowed_fn(rows, prefix, chosen, slot)
-            logits, slate = self.step(slate, previous)
-            pick = logits.masked_fill(~allowed, NEG_INF).argmax(1)
-            live = allowed.any(1)
-            chosen = chosen.scatter(1, pick[:, None], live[:, None]) | chosen
-            columns.append(torch.where(live, pick, torch.full_like(pick, -1)))
-            previous = pick
-        return torch.stack(columns, 1)
+        return greedy_slots(batch["mask"], n, self.step, self.encode(batch), allowed_fn)
+
+
+def pointer_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The list-wise loss at every teacher-forced step over the labelled items not yet placed; once no
+    positive is left, the next item of the ideal order (the initial order) is the target.
+
+    Without those tail steps the decoder is trained only while positives remain: any slot after a
+    missed positive is decoded by an untrained pointer from a state it never saw, which on noisy lists
+    scrambles the order below the initial one. With them it learns to fall back on the initial order.
+    """
+    pointer, target, gain = out["pointer"], batch["target"], batch["gain"]
+    available = batch["label_mask"].clone()
+    losses = []
+    for t in range(target.shape[1]):
+        left = (gain * available).sum(1, keepdim=True) > 0
+        following = torch.zeros_like(gain).scatter(1, target[:, t:t + 1], 1.0)
+        losses.append(softmax_ce(pointer[:, t], torch.where(left, gain, following), available, reduce=False))
+        available = available.scatter(1, target[:, t:t + 1], False)
+    per_step = torch.stack(losses, 1)
+    steps = batch["target_mask"]
+    return {"loss": (per_step * steps).sum() / steps.sum().clamp_min(1)}
