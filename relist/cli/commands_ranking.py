@@ -21,22 +21,18 @@ def train_ranking(
     seed: int = typer.Option(None, help="Override train.seed."),
 ) -> None:
     """Train the fine-ranking teacher or the (distilled) DSSM student; validation GAUC each epoch."""
+    from relist.data.split import ready_logs_in
     from relist.io.config import load_config
     from relist.models.ranking.config import RankingConfig
-    from relist.train.ranking import train_ranking as train
+    from relist.train.api import summary, train_model
 
     cfg = load_config(config, RankingConfig)
     if teacher is not None:
         cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"teacher_run": str(teacher)})})
     if seed is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
-    from relist.data.split import ready_logs_in
-
-    result = train(cfg, ready_logs_in(data, out.parent, console.print), out, resume)
-    console.print(
-        f"best epoch {result.best_epoch + 1}: validation {cfg.train.monitor} {result.best_metric:.4f}"
-        f"{' (stopped early)' if result.stopped_early else ''}; weights in {result.best_path}"
-    )
+    result = train_model(cfg, ready_logs_in(data, out.parent, console.print), out, resume)
+    console.print(f"{cfg.model}: {summary(result, cfg.train.monitor)}")
 
 
 def eval_ranking(

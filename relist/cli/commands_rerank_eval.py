@@ -23,20 +23,18 @@ def train_baseline(
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train a re-ranking baseline on logged lists (clicks of the exposed items of each list)."""
+    from relist.data.split import ready_logs_in
+    from relist.train.api import summary, train_model
     from relist.train.baselines import BaselineTrainConfig
-    from relist.train.baselines import train_baseline as train
 
     settings = load_config(config, BaselineTrainConfig).model_dump()
     if kind is not None:
         settings["model"]["kind"] = kind
     if seed is not None:
         settings["train"]["seed"] = seed
-    from relist.data.split import ready_logs_in
-
     cfg = BaselineTrainConfig.model_validate(settings)
-    _, result = train(cfg, ready_logs_in(data, out.parent, console.print), out, resume)
-    console.print(f"{cfg.model.kind}: best epoch {result.best_epoch + 1} "
-                  f"(valid NDCG@10 {result.best_metric:.4f}); wrote {out}")
+    result = train_model(cfg, ready_logs_in(data, out.parent, console.print), out, resume)
+    console.print(f"{cfg.model.kind}: {summary(result, cfg.train.monitor)}")
 
 
 def eval_rerank(

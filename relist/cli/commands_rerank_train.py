@@ -24,12 +24,12 @@ def train_evaluator(
 ) -> None:
     """Train the DCWN list evaluator ensemble on logged lists (labels only where the user looked)."""
     from relist.data.split import ready_logs_in
-    from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
+    from relist.train.api import summary, train_model
+    from relist.train.evaluator import EvaluatorTrainConfig
 
-    data = ready_logs_in(data, out.parent, console.print)
-    result, spec = train_evaluator(load_config(config, EvaluatorTrainConfig), data, out, resume, ranker)
-    console.print(f"best epoch {result.best_epoch + 1} (valid click log-loss {result.best_metric:.4f}); "
-                  f"{spec.model.members} members; wrote {out}")
+    cfg = load_config(config, EvaluatorTrainConfig)
+    result = train_model(cfg, ready_logs_in(data, out.parent, console.print), out, resume, ranker=ranker)
+    console.print(f"evaluator of {cfg.model.members} members: {summary(result, cfg.train.monitor)}")
 
 
 def train_generator(
@@ -42,12 +42,13 @@ def train_generator(
 ) -> None:
     """Train the GRN generator by policy gradient against the frozen evaluator."""
     from relist.data.split import ready_logs_in
-    from relist.train.generator import GeneratorTrainConfig, train_generator
+    from relist.train.api import summary, train_model
+    from relist.train.generator import GeneratorTrainConfig
 
-    data = ready_logs_in(data, out.parent, console.print)
-    result = train_generator(load_config(config, GeneratorTrainConfig), data, evaluator, out, resume, ranker)
-    console.print(f"best epoch {result.best_epoch + 1} (valid pessimistic value {result.best_metric:.4f}); "
-                  f"wrote {out}")
+    cfg = load_config(config, GeneratorTrainConfig)
+    result = train_model(cfg, ready_logs_in(data, out.parent, console.print), out, resume, ranker=ranker,
+                         evaluator=evaluator)
+    console.print(f"generator: {summary(result, cfg.train.monitor)}")
 
 
 def register(app: typer.Typer, train_app: typer.Typer, eval_app: typer.Typer) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from relist.data.features import FeatureStore
 from relist.eval.metrics import auc, gauc
-from relist.io.config import ConfigError, load_config, save_config
+from relist.io.config import ConfigError, load_config
 from relist.io.train_config import TrainConfig
 from relist.io.weights import BEST, load_weights
 from relist.models.ranking.config import RankingConfig
@@ -42,7 +42,7 @@ from relist.models.ranking.samples import (
 from relist.models.ranking.saved import RUN_CONFIG, VOCAB, build_model, load_ranking_model
 from relist.models.ranking.scoring import predict_logits
 from relist.models.vocab import Vocab
-from relist.train.distributed import init_from_env
+from relist.train.distributed import init_from_env, save_on_rank0
 from relist.train.model_folder import builds_model_folder
 from relist.train.trainer import BatchFn, FitResult, fit
 
@@ -67,10 +67,7 @@ def train_ranking(
         data = load_ranking_data(data_dir, ("valid",) if is_log_dir(data_dir) else ("train", "valid"))
     valid = data.splits["valid"]
     env = init_from_env(cfg.train.device)
-    if env.rank == 0:  # one writer under torchrun
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / RUN_CONFIG)
-        save_config(data.vocab, out_dir / VOCAB)
+    save_on_rank0(out_dir, {RUN_CONFIG: cfg, VOCAB: data.vocab}, cfg.train.device)
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same run
     model = build_model(cfg, data.vocab)
     if data.store is None:
