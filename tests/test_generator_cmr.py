@@ -171,3 +171,32 @@ def test_a_served_pipeline_offers_grn_cmr_with_per_request_weights(models):
         assert result.generator == "grn_cmr" and not result.fallback
         served[name] = list(result.items)
     assert len(set(served["ipv"])) == 10
+
+
+def test_the_shipped_config_trains_a_generator_cmr_from_the_command_line(logs, models_dir, store, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from relist.cli import app
+    from relist.io.config import CONFIGS
+
+    shipped = yaml.safe_load((CONFIGS / "generator_cmr.yaml").read_text())
+    shipped["model"] |= {"dim": 8, "hidden": 8}
+    shipped["train"] |= {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 16}
+    config = tmp_path / "generator_cmr.yaml"
+    config.write_text(yaml.safe_dump(shipped | {"valid_requests": 20, "samples": 2}))
+    out = tmp_path / "models" / "generator_cmr"
+    result = CliRunner().invoke(app, ["train", "generator", "--config", str(config), "--data", str(logs),
+                                      "--evaluator", str(models_dir / "evaluator"), "--ranker",
+                                      str(models_dir / "ranker"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model = load_role("generator_cmr", out, store)
+    assert model.cfg.conditioned and model.cfg.objective_scale is not None
+
+
+def test_benchmark_world_models_train_generator_cmr_only_when_named():
+    from benchmarks.common import WorldModels, role_configs
+
+    assert "generator_cmr" not in role_configs(WorldModels())
+    configs = role_configs(WorldModels(roles=["ranker", "evaluator", "generator_cmr"]))
+    assert configs["generator_cmr"].model.conditioned and not configs.get("generator")
