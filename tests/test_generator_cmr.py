@@ -161,8 +161,8 @@ def test_a_served_pipeline_offers_grn_cmr_with_per_request_weights(models):
     from relist.serve.config import PipelineConfig
     from relist.serve.pipeline import build_pipeline
 
+    assert "grn_cmr" in build_pipeline("d", models.store, PipelineConfig(), models).strategies  # served by default
     pipeline = build_pipeline("c", models.store, PipelineConfig.of(["upstream", "grn_cmr"]), models)
-    assert "grn_cmr" in pipeline.strategies
     served = {}
     for name, weights in (("ipv", {"ipv": 1.0}), ("gmv", {"gmv": 0.02})):
         inp = pipeline.request_input(None, np.arange(1, 41), np.linspace(0.9, 0.1, 40), 10,
