@@ -14,7 +14,7 @@ from relist.models.ranking import (
     SyncDistill,
     TeacherConfig,
 )
-from relist.models.ranking.layers import Bilinear, NovaAttention, SENet
+from relist.models.ranking.layers import Bilinear, NovaAttention, SENet, TargetAttention, masked_softmax_pool
 from relist.models.ranking.losses import distill_loss, hard_loss, sync_distill_loss
 from relist.models.ranking.samples import iterate_batches, load_ranking_data
 from relist.models.ranking.scoring import point_scores, predict_logits, request_inputs
@@ -92,6 +92,16 @@ def test_nova_side_information_steers_attention_but_never_enters_the_values():
     items = torch.randn(1, 5, DIM).expand(2, 5, DIM)
     pooled = nova(items, side, mask)
     assert not torch.allclose(pooled[0], pooled[1], atol=1e-4)  # ... but they move the weights
+
+
+def test_target_attention_is_the_din_unit_over_query_history_difference_and_product():
+    torch.manual_seed(0)
+    unit = TargetAttention(DIM, 8)
+    target, history = torch.randn(3, DIM), torch.randn(3, 5, DIM)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [True] * 4 + [False]])
+    query = target.unsqueeze(-2).expand_as(history)
+    scores = unit.score(torch.cat([query, history, query - history, query * history], -1)).squeeze(-1)
+    assert torch.allclose(unit(target, history, mask), masked_softmax_pool(scores, history, mask), atol=1e-6)
 
 
 def test_nova_ignores_padded_behaviours():
