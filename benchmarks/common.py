@@ -20,7 +20,9 @@ from benchmarks.harness import ROOT
 
 DONE = ".done.json"  # written last into a cached directory: what made it, and when
 WORLD_ROLES = ("ranker", "evaluator", "generator", "prm", "dlcm", "seq2slate")
-READS = {"evaluator": ("ranker",), "generator": ("ranker", "evaluator")}  # trained on top of these
+OPTIONAL_ROLES = ("generator_cmr",)  # trained only where ``roles`` names them (the GRN conditioned on the objective)
+READS = {"evaluator": ("ranker",), "generator": ("ranker", "evaluator"),
+         "generator_cmr": ("ranker", "evaluator")}  # trained on top of these
 
 
 def repo_path(path: str | Path) -> Path:
@@ -134,7 +136,8 @@ class WorldModels(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = Field(0, ge=0)
-    roles: list[str] = Field(list(WORLD_ROLES), description="which roles to train (relist.rerank.registry names)")
+    roles: list[str] = Field(list(WORLD_ROLES), description="which roles to train (relist.rerank.registry names; "
+                                                            "generator_cmr only when named)")
     ranker_epochs: int | None = Field(None, ge=1)
     evaluator_epochs: int | None = Field(None, ge=1)
     generator_epochs: int | None = Field(2, ge=1)
@@ -163,11 +166,12 @@ def role_configs(spec: WorldModels) -> dict[str, BaseModel]:
         "ranker": _shipped(RankingConfig, "ranking_teacher.yaml", spec.seed, spec.ranker_epochs, num_threads=1),
         "evaluator": _shipped(EvaluatorTrainConfig, "evaluator.yaml", spec.seed, spec.evaluator_epochs),
     }
-    generator = _shipped(GeneratorTrainConfig, "generator.yaml", spec.seed, spec.generator_epochs,
-                         max_steps_per_epoch=spec.generator_steps)
-    if spec.generator_valid_requests:
-        generator = generator.model_copy(update={"valid_requests": spec.generator_valid_requests})
-    configs["generator"] = generator
+    for role in ("generator", "generator_cmr"):
+        generator = _shipped(GeneratorTrainConfig, f"{role}.yaml", spec.seed, spec.generator_epochs,
+                             max_steps_per_epoch=spec.generator_steps)
+        if spec.generator_valid_requests:
+            generator = generator.model_copy(update={"valid_requests": spec.generator_valid_requests})
+        configs[role] = generator
     base = _shipped(BaselineTrainConfig, "baselines.yaml", spec.seed, spec.baseline_epochs)
     for kind in ("prm", "dlcm", "seq2slate"):
         cfg = base.model_copy(update={"model": base.model.model_copy(update={"kind": kind})})
@@ -185,9 +189,9 @@ def train_world_models(data: Path, spec: WorldModels, work: Path) -> tuple[Path,
     from relist.train.generator import train_generator
     from relist.train.ranking import train_ranking
 
-    unknown = sorted(set(spec.roles) - set(WORLD_ROLES))
+    unknown = sorted(set(spec.roles) - set(WORLD_ROLES) - set(OPTIONAL_ROLES))
     if unknown:
-        raise ValueError(f"unknown roles {unknown} (known: {', '.join(WORLD_ROLES)})")
+        raise ValueError(f"unknown roles {unknown} (known: {', '.join(WORLD_ROLES + OPTIONAL_ROLES)})")
     configs = role_configs(spec)
     models = work / f"models-{digest({'data': data_key(data), 'spec': spec.model_dump()})}"
     ranker = models / "ranker"
@@ -196,6 +200,7 @@ def train_world_models(data: Path, spec: WorldModels, work: Path) -> tuple[Path,
         "evaluator": lambda cfg, out: train_evaluator(cfg, data, out, ranker_dir=ranker),
         "generator": lambda cfg, out: train_generator(cfg, data, models / "evaluator", out, ranker_dir=ranker),
     }
+    trainers["generator_cmr"] = trainers["generator"]
     seconds = {}
     for role, cfg in configs.items():
         train = trainers.get(role, lambda cfg, out: train_baseline(cfg, data, out))

@@ -20,6 +20,7 @@ from relist.sim.world import build_world
 
 TINY_EVALUATOR = DCWNConfig(dim=8, hidden=8, heads=2, dropout=0.0, members=2)
 TINY_GENERATOR = GRNConfig(dim=8, hidden=8, heads=2)
+TINY_GENERATOR_CMR = GRNConfig(dim=8, hidden=8, heads=2, conditioned=True)
 
 
 def tiny_train(**updates) -> TrainConfig:
@@ -60,6 +61,11 @@ def train_roles(logs: Path, out: Path, roles: tuple[str, ...]) -> Path:
                                          train=tiny_train(max_steps_per_epoch=4, batch_size=16, monitor="value",
                                                           monitor_mode="max"))
         train_generator(generator, logs, out / "evaluator", out / "generator", ranker_dir=out / "ranker")
+    if "generator_cmr" in roles:  # conditioned on the objective, drawn per batch (CMR)
+        generator = GeneratorTrainConfig(model=TINY_GENERATOR_CMR, samples=4, valid_requests=50,
+                                         train=tiny_train(max_steps_per_epoch=6, batch_size=16, monitor="value",
+                                                          monitor_mode="max"))
+        train_generator(generator, logs, out / "evaluator", out / "generator_cmr", ranker_dir=out / "ranker")
     for kind in ("prm", "dlcm", "seq2slate"):
         if kind in roles:
             cfg = BaselineTrainConfig(model=BaselineConfig(kind=kind, dim=8, hidden=8, heads=2, dropout=0.0),
@@ -70,9 +76,9 @@ def train_roles(logs: Path, out: Path, roles: tuple[str, ...]) -> Path:
 
 @pytest.fixture(scope="session")
 def models_dir(logs, tmp_path_factory):
-    """Every re-ranking role, tiny, trained once: ranker, evaluator, generator, prm, dlcm, seq2slate."""
+    """Every re-ranking role, tiny, trained once: ranker, evaluator, generator, generator_cmr, prm, dlcm, seq2slate."""
     return train_roles(logs, tmp_path_factory.mktemp("models"),
-                       ("ranker", "evaluator", "generator", "prm", "dlcm", "seq2slate"))
+                       ("ranker", "evaluator", "generator", "generator_cmr", "prm", "dlcm", "seq2slate"))
 
 
 @pytest.fixture(scope="session")

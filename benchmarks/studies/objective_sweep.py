@@ -7,11 +7,17 @@ the request; nothing is retrained. Each point reports the true expected PV, IPV,
 the served lists on held-out requests: the trade-off front one model offers. The models come from
 the rerank study's work directory (trained there if missing).
 
+``grn_cmr`` is the GRN conditioned on the weights (CMR: trained once with weights drawn per batch on
+the same line from clicks to spend, relist/configs/generator_cmr.yaml), trained into the same models
+folder as role ``generator_cmr`` when missing; ``grn`` (trained for clicks alone, it cannot read the
+weights) is the reference that shows what conditioning buys.
+
     python -m benchmarks objective_sweep
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
-from benchmarks.studies.rerank import ROOT, default_world_models  # noqa: E402
+from benchmarks.studies.rerank import DONE, ROOT, default_world_models  # noqa: E402
 from relist.data.features import FeatureStore  # noqa: E402
 from relist.eval.rerank import LoggedTest, RerankEvalConfig  # noqa: E402
 from relist.eval.simulated import true_rewards  # noqa: E402
@@ -32,6 +38,7 @@ from relist.rerank.generators import Context  # noqa: E402
 from relist.rerank.registry import Models, build_generators, build_ranking  # noqa: E402
 from relist.sim.config import load_sim_config  # noqa: E402
 from relist.sim.world import world_of_logs  # noqa: E402
+from relist.train.generator import GeneratorTrainConfig, catalogue_price, train_generator  # noqa: E402
 
 
 class Config(BaseModel):
@@ -43,20 +50,40 @@ class Config(BaseModel):
     points: int = Field(11, ge=2, description="weights from all clicks (t=0) to all spend (t=1)")
     requests: int = Field(500, ge=1)
     split: str = "test"
-    policies: list[str] = ["beam", "list_retrieval"]
+    policies: list[str] = ["beam", "list_retrieval", "grn", "grn_cmr"]
+    cmr_config: str = Field("relist/configs/generator_cmr.yaml", description="how grn_cmr is trained when missing")
     plot: str = "benchmarks/results/objective_sweep.png"
+
+
+def conditioned_generator(cfg: Config, data: Path, models_dir: Path) -> float | None:
+    """Train the conditioned GRN into ``models_dir/generator_cmr`` unless it is there; the seconds it took."""
+    out = models_dir / "generator_cmr"
+    if (out / DONE).is_file():
+        return None
+    shipped = load_config(ROOT / cfg.cmr_config, GeneratorTrainConfig)
+    train = shipped.model_copy(update={"train": shipped.train.model_copy(update={"seed": cfg.seed})})
+    start = time.perf_counter()
+    train_generator(train, data, models_dir / "evaluator", out, ranker_dir=models_dir / "ranker")
+    seconds = time.perf_counter() - start
+    (out / DONE).write_text(f"{seconds:.1f} s\n")
+    print(f"trained generator_cmr (seed {cfg.seed}) in {seconds:.0f} s", flush=True)
+    return seconds
 
 
 def run(cfg: Config, work: Path) -> dict:
     torch.set_num_threads(1)
     data, models_dir = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
+    trained = conditioned_generator(cfg, data, models_dir) if "grn_cmr" in cfg.policies else None
     world, store = world_of_logs(data), FeatureStore.from_dir(data)
     models, _ = Models.load(models_dir, store)
     eval_cfg = load_config(CONFIGS / "rerank_eval.yaml", RerankEvalConfig)
     logged = LoggedTest.read(data, cfg.requests, cfg.split)
     requests, n = logged.requests, eval_cfg.n
-    price = float(np.mean(store.item_raw_price[1:]))  # GMV in clicks' units: spend / mean price
-    generators, _ = build_generators([p for p in cfg.policies if p != "list_retrieval"], models, eval_cfg.rerank)
+    price = catalogue_price(store)  # GMV in clicks' units: spend / mean price (as grn_cmr was trained)
+    generators, missing = build_generators([p for p in cfg.policies if p != "list_retrieval"], models,
+                                           eval_cfg.rerank)
+    if missing:
+        raise ValueError(f"{models_dir}: {'; '.join(missing)}")
     valid = LoggedTest.read(data, eval_cfg.valid_requests, "valid").requests
     if "list_retrieval" in cfg.policies:
         generators["list_retrieval"] = build_ranking(models, eval_cfg.rerank, None, (valid, n))[0]
@@ -78,6 +105,7 @@ def run(cfg: Config, work: Path) -> dict:
     front = {name: {"gmv_ratio": points[-1][name]["gmv"] / points[0][name]["gmv"],
                     "ipv_ratio": points[-1][name]["ipv"] / points[0][name]["ipv"]} for name in generators}
     return {"points": points, "front": front, "price_scale": price, "requests": len(requests), "plot": cfg.plot,
+            "generator_cmr_trained_s": trained,
             "logging": {metric: float(v.mean()) for metric, v in
                         true_rewards(world, requests.user_id, logged.shown).items()}}
 

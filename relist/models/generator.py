@@ -6,6 +6,10 @@ reads the items chosen so far; at each slot the GRU state attends to the candida
 pointer network scores every candidate that is still allowed (not chosen, not padding,
 not breaking a business rule).
 
+With ``conditioned`` (CMR, "Controllable Multi-Objective Re-ranking") the encoder also reads the
+request's objective weights (batch key "objective" [B, 4], pv/ipv/buys/gmv): one trained model then
+serves any mix of objectives, the weights arriving with each request (:class:`ObjectiveInput`).
+
 Decoding is a pure function of (parameters, inputs, random generator): no state is
 kept between calls, so LAST can decode with shifted weights through
 ``torch.func.functional_call`` or shift the activations ``encode`` returns.
@@ -25,6 +29,7 @@ from relist.data.padding import NEG_INF, PAD_ID, masked_mean
 from relist.io import model_folder
 from relist.models.inputs import ItemContext
 from relist.models.vocab import Vocab
+from relist.objective import OBJECTIVES
 
 
 class GRNConfig(BaseModel):
@@ -34,11 +39,19 @@ class GRNConfig(BaseModel):
     hidden: int = Field(32, ge=2, description="candidate encoding and GRU state width")
     heads: int = Field(2, ge=1, description="candidate self-attention heads (must divide hidden)")
     list_len: int = Field(10, ge=1, description="slots to fill when a call does not say")
+    conditioned: bool = Field(False, description="read each request's objective weights (CMR): one model for "
+                                                 "every mix of pv, ipv, buys and gmv")
+    objective_scale: tuple[float, float, float, float] | None = Field(
+        None, description="conditioned: a typical list's value of pv, ipv, buys and gmv; the weights are read as "
+                          "each objective's share of that value, so their units do not matter (None: measured "
+                          "by the trainer on the logged valid lists; 1 each for a model built without it)")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> GRNConfig:
         if self.hidden % self.heads:
             raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        if self.objective_scale is not None and not all(x > 0 for x in self.objective_scale):
+            raise ValueError(f"objective_scale must be positive, got {list(self.objective_scale)}")
         return self
 
 
@@ -54,6 +67,47 @@ class Encoded:
     candidates: Tensor
     state: Tensor
     mask: Tensor
+
+
+class ObjectiveInput(nn.Module):
+    """How a conditioned GRN reads a request's objective weights [B, 4] (pv, ipv, buys, gmv).
+
+    The weights are first turned into *shares*: weight x a typical list's value of that objective
+    (``scale``), over their sum. {ipv: 1} and {gmv: 1 / price} then both read as "all of one
+    objective" although gmv's weight is ~50x smaller, and scaling every weight by a constant (which
+    changes no list's rank) changes nothing. The shares scale and shift every candidate's encoding
+    (FiLM: which candidates matter depends on what the request values) and shift the first decoder
+    state.
+    """
+
+    def __init__(self, hidden: int, scale: tuple[float, ...] | None):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(scale or (1.0,) * len(OBJECTIVES)), persistent=False)
+        self.film = nn.Linear(len(OBJECTIVES), 2 * hidden)
+        self.state = nn.Linear(len(OBJECTIVES), hidden)
+
+    def shares(self, batch: dict[str, Tensor]) -> Tensor:
+        """Each request's share of every objective [B, 4], checked (a clear error rather than NaN lists)."""
+        b = batch["mask"].shape[0]
+        if "objective" not in batch:
+            raise ValueError(f"this GRN is conditioned on the objective: its batch needs 'objective' [{b}, 4], "
+                             f"weights of {', '.join(OBJECTIVES)} per request")
+        weights = torch.as_tensor(batch["objective"]).to(self.scale)
+        if weights.shape != (b, len(OBJECTIVES)):
+            raise ValueError(f"objective weights must be [{b}, {len(OBJECTIVES)}] ({', '.join(OBJECTIVES)} per "
+                             f"request), got {list(weights.shape)}")
+        value = weights * self.scale
+        total = value.abs().sum(-1, keepdim=True)
+        bad = ~torch.isfinite(total[:, 0]) | (total[:, 0] == 0)
+        if bad.any():
+            raise ValueError(f"objective weights of request rows {bad.nonzero()[:, 0].tolist()[:10]} are all zero "
+                             "or not finite: a request must weigh at least one objective")
+        return value / total
+
+    def forward(self, candidates: Tensor, shares: Tensor) -> Tensor:
+        """Candidate encodings [B, m, h] modulated by the shares [B, 4]."""
+        gain, shift = self.film(shares).unsqueeze(1).chunk(2, -1)
+        return candidates * (1 + gain) + shift
 
 
 class GRN(nn.Module):
@@ -73,18 +127,26 @@ class GRN(nn.Module):
         self.pointer_keys = nn.Linear(h, h, bias=False)
         self.pointer_query = nn.Linear(2 * h, h)
         self.pointer_out = nn.Linear(h, 1, bias=False)
+        if cfg.conditioned:  # created last: an unconditioned GRN draws the same initial weights as before
+            self.objective = ObjectiveInput(h, cfg.objective_scale)
 
     def encode(self, batch: dict[str, Tensor]) -> Encoded:
+        """Candidate states and the first decoder state; a conditioned GRN reads ``batch["objective"]`` too."""
         mask = batch["mask"]
         items, segment = self.inputs(batch)
         enc = self.encode_candidate(torch.cat([items, segment.unsqueeze(1).expand(-1, items.shape[1], -1)], -1))
+        if self.cfg.conditioned:
+            shares = self.objective.shares(batch)
+            enc = self.objective(enc, shares)
         offer, _ = self.offer(
             enc, enc, enc, key_padding_mask=~mask & mask.any(1, keepdim=True), need_weights=False
         )
         enc = enc + offer
         pooled = masked_mean(enc, mask, 1)
-        state = torch.tanh(self.init_state(torch.cat([pooled, enc.max(1).values], -1)))
-        return Encoded(enc, state, mask)
+        state = self.init_state(torch.cat([pooled, enc.max(1).values], -1))
+        if self.cfg.conditioned:
+            state = state + self.objective.state(shares)
+        return Encoded(enc, torch.tanh(state), mask)
 
     def pointer_logits(self, enc: Encoded, state: Tensor, keys: Tensor, allowed: Tensor,
                        glimpse_keys: Tensor | None = None) -> Tensor:

@@ -14,7 +14,8 @@ written once by ``relist export --onnx`` (seconds) and the server loads them wit
 Exactness: greedy decoding and sampling (Gumbel noise drawn from the request's seed by the caller,
 as the eager path draws it) pick the same candidates as the eager modules; log-probabilities and
 evaluator values agree to float rounding. A call the graph cannot take (other rules than it was
-exported with, more slots than it unrolls) runs eagerly.
+exported with, more slots than it unrolls) runs eagerly. A GRN conditioned on the objective (role
+``generator_cmr``, generator ``grn_cmr``) is not compiled: it is served eagerly.
 
 The graphs use the TorchScript-based exporter (4 s for the decoder; the dynamo-based one took 55 s
 on the same machine for a graph of the same speed). It cannot trace ``nn.GRUCell``'s fused kernel
@@ -278,7 +279,10 @@ def export_onnx(models, rules: BusinessRules, out_dir: str | Path, slots: int | 
     graphs: dict[str, dict] = {}
     manifest = {"format": FORMAT, "opset": OPSET, "torch": torch.__version__,
                 "rules": dataclasses.asdict(rules) | {"pinned": {str(k): v for k, v in rules.pinned.items()}}}
-    if models.generator is not None:
+    if models.generator is not None and models.generator.cfg.conditioned:
+        warnings.warn("the GRN in role 'generator' is conditioned on the objective; it is not compiled (served "
+                      "eagerly): conditioned GRNs belong in role 'generator_cmr'", stacklevel=2)
+    elif models.generator is not None:
         grn = models.generator.eval()
         slots = slots or max(grn.cfg.list_len, 10)
         batch = request_batch(requests, ctx)

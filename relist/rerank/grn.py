@@ -2,7 +2,9 @@
 
 ``GRNGreedy`` proposes the most likely list; ``GRNSamples`` draws ``samples`` lists per request at a
 temperature (list ranking then chooses among them with the evaluator). Both decode with the rules
-masking every slot, relaxed step by step where nothing fits.
+masking every slot, relaxed step by step where nothing fits. A GRN conditioned on the objective
+(``grn_cmr``: relist.models.generator.ObjectiveInput) reads each request's weights from ``ctx.objective``,
+so the same trained model proposes other lists when a request values spend over clicks.
 
 How the GRN runs is a :class:`GRNRunner`: this module's runs the torch modules eagerly; the
 compiled one (relist.rerank.compiled) runs the same encoder and slot loop as ONNX graphs and
@@ -21,6 +23,7 @@ from torch import Tensor
 from relist.data.requests import Requests
 from relist.models.generator import GRN, AllowedFn, Encoded, chosen_items, gumbel_noise
 from relist.models.inputs import list_inputs
+from relist.objective import Objective
 from relist.rerank import shared
 from relist.rerank.generators import Context
 from relist.rerank.rules import BusinessRules
@@ -132,14 +135,26 @@ def as_runner(model: GRN | GRNRunner) -> GRNRunner:
     return model if isinstance(model, GRNRunner) else GRNRunner(model)
 
 
+def request_weights(ctx: Context, b: int) -> np.ndarray:
+    """The objective weights of each of ``b`` requests [B, 4]: the context's one objective for all, or its own."""
+    if isinstance(ctx.objective, Objective):
+        return np.tile(ctx.objective.vector(), (b, 1))
+    return np.asarray(ctx.objective, dtype=np.float64)
+
+
 def encoded_requests(runner: GRNRunner, requests: Requests, ctx: Context) -> tuple[dict[str, Tensor], Encoded]:
-    """The GRN's inputs and encoding of a batch of requests, computed once per list-ranking call."""
+    """The GRN's inputs and encoding of a batch of requests, computed once per list-ranking call (and per
+    objective, for a GRN conditioned on it)."""
+    weights = request_weights(ctx, len(requests)) if runner.model.cfg.conditioned else None
+
     def compute():
         batch = request_batch(requests, ctx)
+        if weights is not None:
+            batch["objective"] = torch.as_tensor(weights, dtype=torch.float32)
         with torch.no_grad():
             return batch, runner.encode(batch)
 
-    return shared.once("grn.encode", runner.model, requests, ctx.store, compute, ctx.cates, ctx.shops)
+    return shared.once("grn.encode", runner.model, requests, ctx.store, compute, ctx.cates, ctx.shops, weights)
 
 
 def decode_requests(runner: GRNRunner, batch: dict[str, Tensor], enc: Encoded, n: int, rules: BusinessRules | None,

@@ -3,7 +3,8 @@
 Trained models have one set of role names everywhere — the demo's and the benchmarks' model
 folders, the evaluation's ``--models`` directory, an exported version and the server all use
 them: ``ranker`` (fine-ranking teacher), ``coarse`` (DSSM student), ``evaluator`` (DCWN
-ensemble), ``generator`` (GRN), ``prm``, ``dlcm``, ``seq2slate``. A generator whose models are
+ensemble), ``generator`` (GRN), ``generator_cmr`` (the GRN conditioned on the objective weights),
+``prm``, ``dlcm``, ``seq2slate``. A generator whose models are
 missing is left out and reported. Adding a generator: its class in a module of its own, and one
 line in ``GENERATORS``.
 """
@@ -30,7 +31,7 @@ from relist.rerank.list_scorer import ListScorer, UpstreamValue, teacher_logits
 from relist.rerank.policy import GreedyUpstreamScore, RandomOrder, Upstream
 from relist.rerank.rules import RulesConfig
 
-ROLES = ("ranker", "coarse", "evaluator", "generator", "prm", "dlcm", "seq2slate")
+ROLES = ("ranker", "coarse", "evaluator", "generator", "generator_cmr", "prm", "dlcm", "seq2slate")
 
 
 class GRNSamplesConfig(BaseModel):
@@ -63,6 +64,7 @@ class Models:
     coarse: object | None = None  # relist.models.ranking.scoring.CoarseScorer
     evaluator: ListScorer | None = None
     generator: object | None = None  # relist.models.generator.GRN
+    generator_cmr: object | None = None  # the GRN conditioned on the objective (GRNConfig.conditioned)
     prm: object | None = None
     dlcm: object | None = None
     seq2slate: object | None = None
@@ -100,10 +102,16 @@ def load_role(role: str, path: Path, store: FeatureStore, ranker_dir: Path | Non
     """
     if role == "evaluator":
         return ListScorer.load(path, store, ranker_dir if ranker_dir is not None and ranker_dir.is_dir() else None)
-    if role == "generator":
+    if role in ("generator", "generator_cmr"):
         from relist.models.generator import load_generator
 
-        return load_generator(path)[0]
+        model = load_generator(path)[0]
+        conditioned = role == "generator_cmr"
+        if model.cfg.conditioned != conditioned:
+            raise ValueError(f"{path}: role '{role}' needs a GRN {'' if conditioned else 'not '}conditioned on the "
+                             f"objective (model.conditioned: {str(conditioned).lower()}; "
+                             f"relist/configs/{role}.yaml trains one)")
+        return model
     if role in ("ranker", "coarse"):
         from relist.models.ranking.saved import load_ranking_model
 
@@ -133,6 +141,7 @@ GENERATORS: dict[str, Builder] = {
     "dlcm": lambda m, c: Baseline(m.dlcm) if m.dlcm is not None else None,
     "seq2slate": lambda m, c: Baseline(m.seq2slate) if m.seq2slate is not None else None,
     "grn": lambda m, c: GRNGreedy(m.generator) if m.generator is not None else None,
+    "grn_cmr": lambda m, c: GRNGreedy(m.generator_cmr) if m.generator_cmr is not None else None,
     "grn_samples": lambda m, c: (GRNSamples(m.generator, c.grn_samples.samples, c.grn_samples.temperature,
                                             c.grn_samples.seed)
                                  if m.generator is not None and m.evaluator is not None else None),

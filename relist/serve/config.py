@@ -13,7 +13,7 @@ from relist.rerank.registry import RerankConfig
 from relist.serve.schemas import MAX_BUDGET_MS, SCHEMA_MAX_CANDIDATES
 
 SERVED_GENERATORS = ["upstream", "greedy_upstream_score", "beam_upstream", "greedy_ctr", "beam", "prm", "dlcm",
-                     "seq2slate", "grn", "grn_samples", "last"]
+                     "seq2slate", "grn", "grn_samples", "grn_cmr", "last"]
 SERVED_MIN_SHARE = 0.02  # at export, generators served on fewer validation requests are left out (serve.yaml)
 
 

@@ -16,6 +16,13 @@ lists the logs or a safe policy vouch for: with ``imitation > 0`` the loss also 
 log-probability of the request's reference list, weighted by ``imitation``: greedy by upstream
 score (the logging policy's own choice) or greedy by the fine-ranking teacher's CTR (``imitate``).
 The baseline of a slot is the mean reward of that slot over the request's K samples.
+
+A GRN conditioned on the objective (``model.conditioned``; CMR, "Controllable Multi-Objective
+Re-ranking") is trained with the objective drawn per batch (:class:`ObjectiveDraws`): the drawn
+weights are both the model's input and what the reward values, so one model learns every mix. A
+draw depends only on (seed, epoch, step, rank), as exact resume needs. Rewards are rescaled per
+batch so that a typical list is worth as much under the drawn weights as under ``objective``:
+every draw then pulls with the same strength, and ``imitation`` keeps its meaning.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from relist.io.train_config import TrainConfig
 from relist.models.generator import GRN, GeneratorSpec, GRNConfig, chosen_items, save_spec
 from relist.models.inputs import list_inputs
 from relist.models.vocab import Vocab
-from relist.objective import Objective
+from relist.objective import OBJECTIVES, Name, Objective
 from relist.rerank.baselines import GreedyCTR
 from relist.rerank.generators import Context, Generator
 from relist.rerank.grn import rules_hook
@@ -52,6 +59,59 @@ from relist.train.trainer import FitResult, fit, to_device
 CONFIG_FILE = "generator_train.yaml"
 Reward = Literal["advantage", "self"]
 REQUEST_COLUMNS = ("request_id", "user_id", "candidates", "cand_scores")
+
+
+class ObjectiveDraws(BaseModel):
+    """How a conditioned GRN's training draws each batch's objective weights.
+
+    ``line``: t ~ Uniform[0, 1] on the line from ``start`` (t = 0) to ``end`` (t = 1), weights
+    ``(1 - t) start + t end``; ``dirichlet``: shares ~ Dirichlet(``alpha``) over ``over``. With
+    ``price_scaled`` a gmv weight is divided by the catalogue's mean price (spend in clicks' units,
+    as ``python -m benchmarks objective_sweep`` sends it: ``{gmv: 1}`` then means 1 / price).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["line", "dirichlet"] = "line"
+    start: Objective = Field(Objective.of("ipv"), description="line: the weights at t = 0")
+    end: Objective = Field(Objective.of("gmv"), description="line: the weights at t = 1")
+    over: list[Name] = Field(["ipv", "gmv"], min_length=2, description="dirichlet: the objectives mixed")
+    alpha: float = Field(1.0, gt=0, description="dirichlet: concentration (1: uniform over the simplex)")
+    price_scaled: bool = Field(True, description="divide gmv weights by the catalogue's mean price")
+    valid_points: int = Field(3, ge=1, description="line: fixed t's in [0, 1] whose mean value picks the "
+                                                  "checkpoint (dirichlet: each objective alone and the centre)")
+
+    def draw(self, seed: int, epoch: int, step: int, rank: int = 0, price: float = 1.0) -> np.ndarray:
+        """The weights [4] of one batch: a pure function of (seed, epoch, step, rank)."""
+        rng = np.random.default_rng([seed, epoch, step, rank])
+        if self.kind == "line":
+            return self._line(rng.uniform(), price)
+        shares = rng.dirichlet(np.full(len(self.over), self.alpha))
+        return self._priced(self._on(self.over, shares), price)
+
+    def valid_weights(self, price: float = 1.0) -> np.ndarray:
+        """The fixed weight points [P, 4] validation values the greedy lists under."""
+        if self.kind == "line":
+            ts = np.linspace(0.0, 1.0, self.valid_points) if self.valid_points > 1 else np.array([0.5])
+            return np.stack([self._line(t, price) for t in ts])
+        k = len(self.over)
+        points = [*np.eye(k), np.full(k, 1.0 / k)]
+        return np.stack([self._priced(self._on(self.over, p), price) for p in points])
+
+    def _line(self, t: float, price: float) -> np.ndarray:
+        return self._priced((1 - t) * self.start.vector() + t * self.end.vector(), price)
+
+    @staticmethod
+    def _on(names: list[str], shares: np.ndarray) -> np.ndarray:
+        weights = np.zeros(len(OBJECTIVES))
+        weights[[OBJECTIVES.index(name) for name in names]] = shares
+        return weights
+
+    def _priced(self, weights: np.ndarray, price: float) -> np.ndarray:
+        if self.price_scaled:
+            weights = weights.copy()
+            weights[OBJECTIVES.index("gmv")] /= price
+        return weights
 
 
 class GeneratorTrainConfig(BaseModel):
@@ -73,6 +133,8 @@ class GeneratorTrainConfig(BaseModel):
     valid_requests: int = Field(
         2000, ge=1, description="valid requests whose greedy lists' pessimistic value picks the checkpoint"
     )
+    draws: ObjectiveDraws = Field(ObjectiveDraws(), description="model.conditioned: how each batch's objective "
+                                                                "weights are drawn")
 
 
 class SampledGRN(GRN):
@@ -114,17 +176,21 @@ def without_each(lists: Tensor) -> Tensor:
 
 
 def step_rewards(scorer: ListScorer, requests: Requests, lists: Tensor, reward: Reward,
-                 objective: Objective = Objective(), rows: np.ndarray | None = None) -> Tensor:
+                 objective: Objective | Tensor = Objective(), rows: np.ndarray | None = None) -> Tensor:
     """Every member's reward of every slot of lists [N, n] of ``requests[rows]`` (default: one list per
-    request): [E, N, n], 0 at empty slots."""
-    weights = torch.as_tensor(objective.vector(), dtype=torch.float32)
+    request): [E, N, n], 0 at empty slots. ``objective``: one for all lists, or weights [N, 4] per list."""
+    n = lists.shape[1]
+    if isinstance(objective, Objective):
+        weights = rest_weights = torch.as_tensor(objective.vector(), dtype=torch.float32)
+    else:
+        weights = objective.to(torch.float32)[:, None, :]  # [N, 1, 4] against terms [E, N, n, 4]
+        rest_weights = weights.repeat_interleave(n, 0)
     rows = np.arange(len(lists)) if rows is None else rows
     own = (scorer.terms(requests, lists, rows) * weights).sum(-1)  # [E, N, n]
     if reward == "self":
         return own
-    n = lists.shape[1]
     rest = scorer.terms(requests, without_each(lists).reshape(-1, n), np.repeat(rows, n))
-    rest = (rest * weights).sum((-1, -2))
+    rest = (rest * rest_weights).sum((-1, -2))
     total = own.sum(-1, keepdim=True)
     return (total - rest.view(-1, len(lists), n)) * (lists != PAD_ID)
 
@@ -135,8 +201,11 @@ def policy_gradient_loss(scorer: ListScorer, cfg: GeneratorTrainConfig):
     def loss_fn(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b, k, n = outputs["choice"].shape
         lists = chosen_items(batch["candidates"], outputs["choice"]).view(b * k, n)
-        members = step_rewards(scorer, requests_of(batch), lists.cpu(), cfg.reward, cfg.objective,
+        objective = cfg.objective if "objective" not in batch else batch["objective"].cpu().repeat_interleave(k, 0)
+        members = step_rewards(scorer, requests_of(batch), lists.cpu(), cfg.reward, objective,
                                np.repeat(np.arange(b), k)).to(lists.device)
+        if "reward_scale" in batch:  # drawn objectives: rewards in the units of cfg.objective
+            members = members * batch["reward_scale"].repeat_interleave(k, 0)[None, :, None]
         spread = members.std(0, correction=1) if len(members) > 1 else torch.zeros_like(members[0])
         rewards = (members.mean(0) - cfg.beta * spread).view(b, k, n)
         advantage = rewards - rewards.mean(1, keepdim=True)
@@ -184,32 +253,80 @@ def reference_generator(cfg: GeneratorTrainConfig, scorer: ListScorer,
     return GreedyCTR(lambda requests, store: {"ctr": prior(requests, store)["ctr"]})
 
 
+def catalogue_price(store: FeatureStore) -> float:
+    """The catalogue's mean price: what turns spend into clicks' units ({gmv: 1 / price})."""
+    return float(np.mean(store.item_raw_price[1:]))
+
+
+def typical_values(scorer: ListScorer, requests: Requests, shown: np.ndarray) -> tuple[float, ...]:
+    """A typical list's value of each objective (pv, ipv, buys, gmv): the evaluator's mean over the logged lists
+    (what a conditioned GRN reads weights relative to: GRNConfig.objective_scale)."""
+    totals = scorer.terms(requests, torch.as_tensor(shown)).sum(-2).mean((0, 1))
+    return tuple(max(float(x), 1e-9) for x in totals)
+
+
+def objective_inputs(weights: np.ndarray, b: int, cfg: GeneratorTrainConfig) -> dict[str, Tensor]:
+    """A conditioned batch's drawn objective [B, 4] and its reward rescaling [B] (a typical list worth as much as
+    under ``cfg.objective``)."""
+    scale = np.asarray(cfg.model.objective_scale or (1.0,) * len(OBJECTIVES))
+    factor = float(cfg.objective.vector() @ scale) / float(weights @ scale)
+    return {"objective": torch.tensor(np.tile(weights, (b, 1)), dtype=torch.float32),
+            "reward_scale": torch.full((b,), factor, dtype=torch.float32)}
+
+
 def request_batches(data_dir: Path, store: FeatureStore, cfg: GeneratorTrainConfig, reference: Generator | None):
     rules = cfg.rules.build()
+    price = catalogue_price(store)
 
     def batches(epoch: int, rank: int, world_size: int):
         stream = ParquetStream(split_path(data_dir, "train"), REQUEST_COLUMNS, cfg.train.batch_size, rank,
                                world_size, seed=epoch)
-        for raw in stream:
-            yield request_inputs(store, Requests.from_stream(raw), rules, cfg.model.list_len, reference)
+        for step, raw in enumerate(stream):
+            batch = request_inputs(store, Requests.from_stream(raw), rules, cfg.model.list_len, reference)
+            if cfg.model.conditioned:
+                weights = cfg.draws.draw(cfg.train.seed, epoch, step, rank, price)
+                batch |= objective_inputs(weights, len(batch["candidates"]), cfg)
+            yield batch
 
     return batches
 
 
 def greedy_value(scorer: ListScorer, requests: Requests, store: FeatureStore, cfg: GeneratorTrainConfig):
-    """Validation: the pessimistic value of the greedy lists (simulator truth never picks a checkpoint)."""
+    """Validation: the pessimistic value of the greedy lists (simulator truth never picks a checkpoint).
+
+    A conditioned GRN is valued at each of the draws' fixed weight points (``value_p<i>``, in the units of
+    ``cfg.objective`` like its rewards); ``value`` is their mean."""
     rules = cfg.rules.build()
     batch = request_inputs(store, requests, rules, cfg.model.list_len, None)
 
-    def validate(model: GRN) -> dict[str, float]:
-        on_device = to_device(batch, next(model.parameters()).device)
+    def pessimistic_value(model: GRN, inputs: dict[str, Tensor], objective) -> tuple[float, float]:
+        on_device = to_device(inputs, next(model.parameters()).device)
         out = GRN.forward(model, on_device, samples=1, greedy=True, allowed_fn=rules_hook(rules, on_device))
-        lists = chosen_items(batch["candidates"], out["choice"].cpu())[:, 0]
-        values = scorer.values(requests, lists, cfg.objective)
+        lists = chosen_items(inputs["candidates"], out["choice"].cpu())[:, 0]
+        values = scorer.values(requests, lists, objective)
         spread = values.std(0, correction=1) if len(values) > 1 else torch.zeros_like(values[0])
-        return {"value": (values.mean(0) - cfg.beta * spread).mean().item(), "lr": values.mean().item()}
+        return (values.mean(0) - cfg.beta * spread).mean().item(), values.mean().item()
 
-    return validate
+    if not cfg.model.conditioned:
+        def validate(model: GRN) -> dict[str, float]:
+            value, lr = pessimistic_value(model, batch, cfg.objective)
+            return {"value": value, "lr": lr}
+
+        return validate
+
+    points = [objective_inputs(w, len(requests), cfg) for w in cfg.draws.valid_weights(catalogue_price(store))]
+
+    def validate_points(model: GRN) -> dict[str, float]:
+        metrics = {}
+        for i, point in enumerate(points):
+            value, lr = pessimistic_value(model, batch | {"objective": point["objective"]},
+                                          point["objective"].numpy().astype(np.float64))
+            factor = point["reward_scale"][0].item()
+            metrics[f"value_p{i}"], metrics[f"lr_p{i}"] = value * factor, lr * factor
+        return {"value": float(np.mean([metrics[f"value_p{i}"] for i in range(len(points))])),
+                "lr": float(np.mean([metrics[f"lr_p{i}"] for i in range(len(points))]))} | metrics
+
+    return validate_points
 
 
 @builds_model_folder
@@ -227,9 +344,12 @@ def train_generator(
     store = FeatureStore.from_dir(data_dir)
     scorer = ListScorer.load(evaluator_dir, store, ranker_dir)
     vocab = Vocab.of(store, upstream_score_sample(data_dir))
+    requests, shown = logged_requests(data_dir, "valid", cfg.valid_requests)
+    if cfg.model.conditioned and cfg.model.objective_scale is None:  # recorded in the spec the model is read with
+        scale = typical_values(scorer, requests, shown)
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"objective_scale": scale})})
     torch.manual_seed(cfg.train.seed)
     model = SampledGRN(vocab, cfg.model, cfg.samples, cfg.temperature, cfg.rules.build())
-    requests, _ = logged_requests(data_dir, "valid", cfg.valid_requests)
     batches = request_batches(data_dir, store, cfg, reference_generator(cfg, scorer, ranker_dir))
     result = fit(model, policy_gradient_loss(scorer, cfg), batches,
                  greedy_value(scorer, requests, store, cfg), cfg.train, out_dir, resume)
