@@ -139,28 +139,6 @@ def test_a_batch_serves_every_request_the_list_it_gets_alone(models, logs):
     assert {r.batch for r in together} == {4, 8} and all(r.batch == 1 for r in alone)
 
 
-def test_a_late_request_in_a_batch_gets_the_floor_and_leaves_the_others_their_models(models, logs):
-    import dataclasses
-
-    from relist.data.logs import logged_requests
-
-    pipeline = build_pipeline("t", models.store, PipelineConfig.of(["upstream", "beam"], incumbent="beam"), models)
-    costs = StageCosts(smoothing=1.0, half_life_s=1e9)
-    requests, _ = logged_requests(logs, "test", 3)
-    inputs = [pipeline.request_input(None, ids[real], scores[real], 10)
-              for ids, scores, real in zip(requests.candidates, requests.cand_scores, requests.mask, strict=True)]
-    size = 10 * max(inp.m for inp in inputs)
-    for rows in (1, 2, 4):  # beam costs 10 ms a call, whatever the batch
-        costs.record("beam", size * rows, 10.0, rows)
-    pipeline = dataclasses.replace(pipeline, costs=costs)
-    served = pipeline.rerank_batch(inputs, budget_ms=[50.0, 5.0, 50.0])  # the second has waited too long
-    assert [r.generator for r in served] == ["beam", "upstream", "beam"]
-    assert served[1].budget_exceeded and list(served[1].items) == list(inputs[1].requests.candidates[0, :10])
-    assert [r.batch for r in served] == [2, 1, 2]
-    one_budget = pipeline.rerank_batch(inputs, budget_ms=5.0)  # the same budget for all: no one is split off
-    assert {r.generator for r in one_budget} == {"upstream"}
-
-
 def test_generators_left_out_at_export_can_still_be_forced(models, models_dir, logs):
     from relist.serve.pipeline import with_incumbent
 

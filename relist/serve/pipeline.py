@@ -121,12 +121,10 @@ class Pipeline:
         return self.rerank_batch([inp], strategy, budget_ms)[0]
 
     def rerank_batch(self, inputs: Sequence[RerankInput], strategy: str | None = None,
-                     budget_ms: float | Sequence[float] = float("inf")) -> list[RerankResult]:
+                     budget_ms: float = float("inf")) -> list[RerankResult]:
         """Each request's best list, requests served together (one batch per list length, store view and
-        objective) within ``budget_ms`` (one for all, or each request's own); every request gets the upstream
-        order where its batch's models fail."""
+        objective) under one budget; every request gets the upstream order where its batch's models fail."""
         ranking = self._ranking_for(strategy)
-        budgets = np.broadcast_to(np.asarray(budget_ms, np.float64), (len(inputs),))
         results: list[RerankResult | None] = [None] * len(inputs)
         start = perf_counter()
         groups: dict[tuple, list[int]] = {}
@@ -134,31 +132,11 @@ class Pipeline:
             objective = inp.objective or self.config.rerank.objective
             groups.setdefault((inp.n, id(inp.store), tuple(objective.vector())), []).append(i)
         for (n, _, _), rows in groups.items():
-            for part, ms in self._split_by_time(rows, budgets, ranking, n * max(inputs[i].m for i in rows)):
-                budget = Budget(ms - (perf_counter() - start) * 1e3, self.costs, len(part))
-                for i, result in zip(part, self._rerank_together([inputs[i] for i in part], n, ranking, budget),
-                                     strict=True):
-                    results[i] = result
+            budget = Budget(budget_ms - (perf_counter() - start) * 1e3, self.costs, len(rows))
+            for i, result in zip(rows, self._rerank_together([inputs[i] for i in rows], n, ranking, budget),
+                                 strict=True):
+                results[i] = result
         return results
-
-    def _split_by_time(self, rows: list[int], budgets: np.ndarray, ranking: ListRanking,
-                       size_per_row: int) -> list[tuple[list[int], float]]:
-        """``rows`` as groups served one after the other, each with its budget: under load a batch mixes fresh
-        requests with ones that waited for the batch before, and the tightest budget in it would otherwise
-        take every request of the batch to the floor.
-
-        The most requests, by time left, whose first model stage is expected to fit the tightest of them
-        keep that budget; the others are served the floor at once (it costs the kept ones nothing, and with
-        less time left than the kept batch needs, waiting for it would overrun theirs).
-        """
-        stage = next((name for name in ranking.run_order if name != UPSTREAM), None)
-        order = sorted(rows, key=lambda i: -budgets[i])
-        fits = None if stage is None else next(
-            (count for count in range(len(order), 0, -1)
-             if self.costs.expected_ms(stage, size_per_row * count, count) <= budgets[order[count - 1]]), None)
-        if fits is None or fits == len(order):
-            return [(rows, float(budgets[rows].min()))]
-        return [(order[fits:], 0.0), (order[:fits], float(budgets[order[fits - 1]]))]
 
     def _rerank_together(self, inputs: list[RerankInput], n: int, ranking: ListRanking,
                          budget: Budget) -> list[RerankResult]:
