@@ -184,29 +184,21 @@ def train_world_models(data: Path, spec: WorldModels, work: Path) -> tuple[Path,
     """The models of ``spec`` trained on ``data`` (one folder per role, relist.rerank.registry's names) under
     ``work/models-<digest of data and spec>``; each role is trained once. Returns the folder and the
     seconds each role's training took (when it ran)."""
-    from relist.train.baselines import train_baseline
-    from relist.train.evaluator import train_evaluator
-    from relist.train.generator import train_generator
-    from relist.train.ranking import train_ranking
+    from relist.train.api import train_model
 
     unknown = sorted(set(spec.roles) - set(WORLD_ROLES) - set(OPTIONAL_ROLES))
     if unknown:
         raise ValueError(f"unknown roles {unknown} (known: {', '.join(WORLD_ROLES + OPTIONAL_ROLES)})")
     configs = role_configs(spec)
     models = work / f"models-{digest({'data': data_key(data), 'spec': spec.model_dump()})}"
-    ranker = models / "ranker"
-    trainers = {
-        "ranker": lambda cfg, out: train_ranking(cfg, data, out),
-        "evaluator": lambda cfg, out: train_evaluator(cfg, data, out, ranker_dir=ranker),
-        "generator": lambda cfg, out: train_generator(cfg, data, models / "evaluator", out, ranker_dir=ranker),
-    }
-    trainers["generator_cmr"] = trainers["generator"]
     seconds = {}
     for role, cfg in configs.items():
-        train = trainers.get(role, lambda cfg, out: train_baseline(cfg, data, out))
+        def train(out: Path, cfg=cfg) -> None:  # what a role reads comes from its sibling folders
+            train_model(cfg, data, out, ranker=models / "ranker", evaluator=models / "evaluator")
+
         upstream = {r: digest((models / r / DONE).read_text()) for r in READS.get(role, ()) if r in configs}
         settings = {"data": data_key(data), "config": cfg.model_dump(mode="json"), "upstream": upstream}
-        done = cached(models / role, settings, lambda out, train=train, cfg=cfg: train(cfg, out))
+        done = cached(models / role, settings, train)
         seconds[role] = done["seconds"]
         if done["built"]:
             print(f"trained {role} (seed {spec.seed}) in {seconds[role]:.0f} s", flush=True)

@@ -38,7 +38,8 @@ from relist.rerank.generators import Context  # noqa: E402
 from relist.rerank.registry import Models, build_generators, build_ranking  # noqa: E402
 from relist.sim.config import load_sim_config  # noqa: E402
 from relist.sim.world import world_of_logs  # noqa: E402
-from relist.train.generator import GeneratorTrainConfig, catalogue_price, train_generator  # noqa: E402
+from relist.train.api import train_model  # noqa: E402
+from relist.train.generator import GeneratorTrainConfig, catalogue_price  # noqa: E402
 
 
 class Config(BaseModel):
@@ -63,7 +64,7 @@ def conditioned_generator(cfg: Config, data: Path, models_dir: Path) -> float | 
     shipped = load_config(ROOT / cfg.cmr_config, GeneratorTrainConfig)
     train = shipped.model_copy(update={"train": shipped.train.model_copy(update={"seed": cfg.seed})})
     start = time.perf_counter()
-    train_generator(train, data, models_dir / "evaluator", out, ranker_dir=models_dir / "ranker")
+    train_model(train, data, out, ranker=models_dir / "ranker", evaluator=models_dir / "evaluator")
     seconds = time.perf_counter() - start
     (out / DONE).write_text(f"{seconds:.1f} s\n")
     print(f"trained generator_cmr (seed {cfg.seed}) in {seconds:.0f} s", flush=True)

@@ -88,18 +88,18 @@ class Config(BaseModel):
 def train_models(data: Path, models: Path, seed: int, generator_steps: int | None) -> dict[str, float]:
     """Train whatever is missing under ``models/<role>`` with the shipped configs; seconds per model trained now."""
     from relist.models.ranking.config import RankingConfig
-    from relist.train.baselines import BaselineTrainConfig, train_baseline
-    from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
-    from relist.train.generator import GeneratorTrainConfig, train_generator
-    from relist.train.ranking import train_ranking
+    from relist.train.api import train_model
+    from relist.train.baselines import BaselineTrainConfig
+    from relist.train.evaluator import EvaluatorTrainConfig
+    from relist.train.generator import GeneratorTrainConfig
 
     seconds = {}
 
-    def timed(role, train):
+    def timed(role, cfg):
         if (models / role / DONE).is_file():
             return
         start = time.perf_counter()
-        train(models / role)
+        train_model(cfg, data, models / role, ranker=models / "ranker", evaluator=models / "evaluator")
         seconds[role] = time.perf_counter() - start
         (models / role / DONE).write_text(f"{seconds[role]:.1f} s\n")
         print(f"trained {role} (seed {seed}) in {seconds[role]:.0f} s", flush=True)
@@ -107,19 +107,14 @@ def train_models(data: Path, models: Path, seed: int, generator_steps: int | Non
     def seeded(cfg, **train):
         return cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed, **train})})
 
-    teacher = seeded(load_config(CONFIGS / "ranking_teacher.yaml", RankingConfig), num_threads=1)
-    timed("ranker", lambda out: train_ranking(teacher, data, out))
-    evaluator = seeded(load_config(CONFIGS / "evaluator.yaml", EvaluatorTrainConfig))
-    timed("evaluator", lambda out: train_evaluator(evaluator, data, out, ranker_dir=models / "ranker"))
+    timed("ranker", seeded(load_config(CONFIGS / "ranking_teacher.yaml", RankingConfig), num_threads=1))
+    timed("evaluator", seeded(load_config(CONFIGS / "evaluator.yaml", EvaluatorTrainConfig)))
     steps = {} if generator_steps is None else {"max_steps_per_epoch": generator_steps}
-    generator = seeded(load_config(CONFIGS / "generator.yaml", GeneratorTrainConfig), **steps)
-    timed("generator", lambda out: train_generator(generator, data, models / "evaluator", out,
-                                                   ranker_dir=models / "ranker"))
+    timed("generator", seeded(load_config(CONFIGS / "generator.yaml", GeneratorTrainConfig), **steps))
     base = load_config(CONFIGS / "baselines.yaml", BaselineTrainConfig).model_dump()
     for kind in ("prm", "dlcm", "seq2slate"):
-        cfg = BaselineTrainConfig.model_validate(base | {"model": base["model"] | {"kind": kind},
-                                                         "train": base["train"] | {"seed": seed}})
-        timed(kind, lambda out, cfg=cfg: train_baseline(cfg, data, out))
+        timed(kind, BaselineTrainConfig.model_validate(base | {"model": base["model"] | {"kind": kind},
+                                                               "train": base["train"] | {"seed": seed}}))
     return seconds
 
 

@@ -63,14 +63,14 @@ def _step_ranking(data: Path, file: str, sizes: DemoSizes, teacher: Path | None 
     def run(out: Path) -> dict:
         from relist.eval.ranking import evaluate_ranking
         from relist.models.ranking.config import RankingConfig
-        from relist.train.ranking import train_ranking
+        from relist.train.api import train_model
 
         updates = {}
         if teacher is not None:
             distill = _config(RankingConfig, file, sizes).distill
             updates["distill"] = distill.model_copy(update={
                 "teacher_run": str(teacher), "stage1_epochs": min(distill.stage1_epochs, max(1, sizes.epochs // 2))})
-        result = train_ranking(_config(RankingConfig, file, sizes, **updates), data, out)
+        result = train_model(_config(RankingConfig, file, sizes, **updates), data, out)
         return {"best_epoch": result.best_epoch, "test": evaluate_ranking(out, data, "test")}
 
     return run
@@ -78,10 +78,10 @@ def _step_ranking(data: Path, file: str, sizes: DemoSizes, teacher: Path | None 
 
 def _step_evaluator(data: Path, ranker: Path, sizes: DemoSizes):
     def run(out: Path) -> dict:
-        from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
+        from relist.train.api import train_model
+        from relist.train.evaluator import EvaluatorTrainConfig
 
-        result, _ = train_evaluator(_config(EvaluatorTrainConfig, "evaluator.yaml", sizes), data, out,
-                                    ranker_dir=ranker)
+        result = train_model(_config(EvaluatorTrainConfig, "evaluator.yaml", sizes), data, out, ranker=ranker)
         return {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
 
     return run
@@ -89,10 +89,11 @@ def _step_evaluator(data: Path, ranker: Path, sizes: DemoSizes):
 
 def _step_generator(data: Path, models: Path, sizes: DemoSizes):
     def run(out: Path) -> dict:
-        from relist.train.generator import GeneratorTrainConfig, train_generator
+        from relist.train.api import train_model
+        from relist.train.generator import GeneratorTrainConfig
 
-        result = train_generator(_config(GeneratorTrainConfig, "generator.yaml", sizes), data, models / "evaluator",
-                                 out, ranker_dir=models / "ranker")
+        result = train_model(_config(GeneratorTrainConfig, "generator.yaml", sizes), data, out,
+                             ranker=models / "ranker", evaluator=models / "evaluator")
         return {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
 
     return run
@@ -100,11 +101,11 @@ def _step_generator(data: Path, models: Path, sizes: DemoSizes):
 
 def _step_baseline(data: Path, kind: str, sizes: DemoSizes):
     def run(out: Path) -> dict:
-        from relist.train.baselines import BaselineTrainConfig, train_baseline
+        from relist.train.api import train_model
+        from relist.train.baselines import BaselineTrainConfig
 
         cfg = _config(BaselineTrainConfig, "baselines.yaml", sizes)
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": kind})})
-        _, result = train_baseline(cfg, data, out)
+        result = train_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": kind})}), data, out)
         return {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
 
     return run
