@@ -19,7 +19,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 from torch import nn
 
-from relist.io.config import load_config, save_config
+from relist.io.config import load_config
 from relist.io.weights import BEST, load_weights
 
 S = TypeVar("S", bound=BaseModel)
@@ -28,10 +28,6 @@ M = TypeVar("M", bound=nn.Module)
 # The spec file each kind of model folder has (evaluator, generator, baseline, ranking run).
 SPEC_FILES = ("evaluator.yaml", "generator.yaml", "baseline.yaml", "ranking_config.yaml")
 PARTIAL = ".partial"
-
-
-def save_spec(spec: BaseModel, model_dir: str | Path, spec_file: str) -> None:
-    save_config(spec, Path(model_dir) / spec_file)
 
 
 def load_saved(model_dir: str | Path, spec_file: str, spec_cls: type[S], build: Callable[[S], M]) -> tuple[M, S]:

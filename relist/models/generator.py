@@ -292,10 +292,6 @@ class GeneratorSpec(BaseModel):
 SPEC_FILE = "generator.yaml"
 
 
-def save_spec(spec: GeneratorSpec, model_dir: str | Path) -> None:
-    model_folder.save_spec(spec, model_dir, SPEC_FILE)
-
-
 def load_generator(model_dir: str | Path) -> tuple[GRN, GeneratorSpec]:
     """A trained GRN (eval mode) and its spec from a directory written by ``relist train generator``."""
     return model_folder.load_saved(model_dir, SPEC_FILE, GeneratorSpec, lambda spec: GRN(spec.vocab, spec.model))

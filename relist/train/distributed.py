@@ -126,8 +126,3 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def is_main() -> bool:
-    """True on the one process that writes files and logs (rank 0, or the only process)."""
-    return not dist.is_initialized() or dist.get_rank() == 0

@@ -40,9 +40,9 @@ from relist.data.logs import logged_requests, split_path, upstream_score_sample
 from relist.data.padding import PAD_ID
 from relist.data.requests import Requests
 from relist.data.stream import ParquetStream
-from relist.io.config import ConfigError, save_config
+from relist.io.config import ConfigError
 from relist.io.train_config import TrainConfig
-from relist.models.generator import GRN, GeneratorSpec, GRNConfig, chosen_items, save_spec
+from relist.models.generator import GRN, SPEC_FILE, GeneratorSpec, GRNConfig, chosen_items
 from relist.models.inputs import list_inputs
 from relist.models.vocab import Vocab
 from relist.objective import OBJECTIVES, Name, Objective
@@ -52,7 +52,7 @@ from relist.rerank.grn import rules_hook
 from relist.rerank.list_scorer import ListScorer, teacher_prior
 from relist.rerank.policy import GreedyUpstreamScore
 from relist.rerank.rules import BusinessRules, RulesConfig
-from relist.train.distributed import is_main
+from relist.train.distributed import save_on_rank0
 from relist.train.model_folder import builds_model_folder
 from relist.train.trainer import FitResult, fit, to_device
 
@@ -353,7 +353,6 @@ def train_generator(
     batches = request_batches(data_dir, store, cfg, reference_generator(cfg, scorer, ranker_dir))
     result = fit(model, policy_gradient_loss(scorer, cfg), batches,
                  greedy_value(scorer, requests, store, cfg), cfg.train, out_dir, resume)
-    if is_main():
-        save_config(cfg, out_dir / CONFIG_FILE)
-        save_spec(GeneratorSpec(vocab=vocab, model=cfg.model), out_dir)
+    save_on_rank0(out_dir, {CONFIG_FILE: cfg, SPEC_FILE: GeneratorSpec(vocab=vocab, model=cfg.model)},
+                  cfg.train.device)
     return result
