@@ -145,9 +145,8 @@ class Beam:
         p = self.scores(requests, ctx.store)
         cates, shops = ctx.attributes(requests)
         price = ctx.store.item_features(requests.candidates)["raw_price"].numpy()
-        weights = ctx.objective.vector() if isinstance(ctx.objective, Objective) else ctx.objective
         return beam_search(p["ctr"], p["next"], requests.candidates, cates, shops, requests.mask, n, self.k,
-                           weights, ctx.rules, p.get("buy"), price)
+                           ctx.objective_weights(len(requests)), ctx.rules, p.get("buy"), price)
 
     def propose(self, requests: Requests, n: int, ctx: Context) -> np.ndarray:
         """The k lists [B, k, n]; where fewer than k exist, the best one stands in for the missing."""

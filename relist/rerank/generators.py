@@ -54,6 +54,12 @@ class Context:
         objective = self.objective if isinstance(self.objective, Objective) else self.objective[rows]
         return replace(self, objective=objective, cates=pick(self.cates), shops=pick(self.shops))
 
+    def objective_weights(self, b: int) -> np.ndarray:
+        """Each of the ``b`` requests' objective weights [B, 4]: the one objective for all, or each one's own."""
+        if isinstance(self.objective, Objective):
+            return np.tile(self.objective.vector(), (b, 1))
+        return np.asarray(self.objective, dtype=np.float64)
+
     def keeps_rules(self, requests: Requests, lists: np.ndarray) -> np.ndarray:
         """Per proposal [B, K]: True when it keeps the business rules (pinned slots checked by id)."""
         b, k, n = lists.shape

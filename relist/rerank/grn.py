@@ -23,7 +23,6 @@ from torch import Tensor
 from relist.data.requests import Requests
 from relist.models.generator import GRN, AllowedFn, Encoded, chosen_items, gumbel_noise
 from relist.models.inputs import list_inputs
-from relist.objective import Objective
 from relist.rerank import shared
 from relist.rerank.generators import Context
 from relist.rerank.rules import BusinessRules
@@ -135,17 +134,10 @@ def as_runner(model: GRN | GRNRunner) -> GRNRunner:
     return model if isinstance(model, GRNRunner) else GRNRunner(model)
 
 
-def request_weights(ctx: Context, b: int) -> np.ndarray:
-    """The objective weights of each of ``b`` requests [B, 4]: the context's one objective for all, or its own."""
-    if isinstance(ctx.objective, Objective):
-        return np.tile(ctx.objective.vector(), (b, 1))
-    return np.asarray(ctx.objective, dtype=np.float64)
-
-
 def encoded_requests(runner: GRNRunner, requests: Requests, ctx: Context) -> tuple[dict[str, Tensor], Encoded]:
     """The GRN's inputs and encoding of a batch of requests, computed once per list-ranking call (and per
     objective, for a GRN conditioned on it)."""
-    weights = request_weights(ctx, len(requests)) if runner.model.cfg.conditioned else None
+    weights = ctx.objective_weights(len(requests)) if runner.model.cfg.conditioned else None
 
     def compute():
         batch = request_batch(requests, ctx)
