@@ -279,10 +279,7 @@ def export_onnx(models, rules: BusinessRules, out_dir: str | Path, slots: int | 
     graphs: dict[str, dict] = {}
     manifest = {"format": FORMAT, "opset": OPSET, "torch": torch.__version__,
                 "rules": dataclasses.asdict(rules) | {"pinned": {str(k): v for k, v in rules.pinned.items()}}}
-    if models.generator is not None and models.generator.cfg.conditioned:
-        warnings.warn("the GRN in role 'generator' is conditioned on the objective; it is not compiled (served "
-                      "eagerly): conditioned GRNs belong in role 'generator_cmr'", stacklevel=2)
-    elif models.generator is not None:
+    if models.generator is not None:
         grn = models.generator.eval()
         slots = slots or max(grn.cfg.list_len, 10)
         batch = request_batch(requests, ctx)
