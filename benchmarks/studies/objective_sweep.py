@@ -17,7 +17,6 @@ weights) is the reference that shows what conditioning buys.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
-from benchmarks.studies.rerank import DONE, ROOT, default_world_models  # noqa: E402
+from benchmarks.studies.rerank import ROOT, default_world_models, train_role  # noqa: E402
 from relist.data.features import FeatureStore  # noqa: E402
 from relist.eval.rerank import LoggedTest, RerankEvalConfig  # noqa: E402
 from relist.eval.simulated import true_rewards  # noqa: E402
@@ -38,7 +37,6 @@ from relist.rerank.generators import Context  # noqa: E402
 from relist.rerank.registry import Models, build_generators, build_ranking  # noqa: E402
 from relist.sim.config import load_sim_config  # noqa: E402
 from relist.sim.world import world_of_logs  # noqa: E402
-from relist.train.api import train_model  # noqa: E402
 from relist.train.generator import GeneratorTrainConfig, catalogue_price  # noqa: E402
 
 
@@ -58,17 +56,9 @@ class Config(BaseModel):
 
 def conditioned_generator(cfg: Config, data: Path, models_dir: Path) -> float | None:
     """Train the conditioned GRN into ``models_dir/generator_cmr`` unless it is there; the seconds it took."""
-    out = models_dir / "generator_cmr"
-    if (out / DONE).is_file():
-        return None
     shipped = load_config(ROOT / cfg.cmr_config, GeneratorTrainConfig)
     train = shipped.model_copy(update={"train": shipped.train.model_copy(update={"seed": cfg.seed})})
-    start = time.perf_counter()
-    train_model(train, data, out, ranker=models_dir / "ranker", evaluator=models_dir / "evaluator")
-    seconds = time.perf_counter() - start
-    (out / DONE).write_text(f"{seconds:.1f} s\n")
-    print(f"trained generator_cmr (seed {cfg.seed}) in {seconds:.0f} s", flush=True)
-    return seconds
+    return train_role(train, data, models_dir, "generator_cmr")
 
 
 def run(cfg: Config, work: Path) -> dict:

@@ -85,37 +85,42 @@ class Config(BaseModel):
     generator_steps: int | None = Field(None, ge=1, description="cap on GRN steps per epoch (None: its config's)")
 
 
+def train_role(cfg, data: Path, models: Path, role: str) -> float | None:
+    """Train ``models/<role>`` from ``cfg`` unless a finished one is there (its siblings ranker and evaluator are
+    what it reads); the seconds it took, None when cached."""
+    from relist.train.api import train_model
+
+    if (models / role / DONE).is_file():
+        return None
+    start = time.perf_counter()
+    train_model(cfg, data, models / role, ranker=models / "ranker", evaluator=models / "evaluator")
+    seconds = time.perf_counter() - start
+    (models / role / DONE).write_text(f"{seconds:.1f} s\n")
+    print(f"trained {role} (seed {cfg.train.seed}) in {seconds:.0f} s", flush=True)
+    return seconds
+
+
 def train_models(data: Path, models: Path, seed: int, generator_steps: int | None) -> dict[str, float]:
     """Train whatever is missing under ``models/<role>`` with the shipped configs; seconds per model trained now."""
     from relist.models.ranking.config import RankingConfig
-    from relist.train.api import train_model
     from relist.train.baselines import BaselineTrainConfig
     from relist.train.evaluator import EvaluatorTrainConfig
     from relist.train.generator import GeneratorTrainConfig
 
-    seconds = {}
-
-    def timed(role, cfg):
-        if (models / role / DONE).is_file():
-            return
-        start = time.perf_counter()
-        train_model(cfg, data, models / role, ranker=models / "ranker", evaluator=models / "evaluator")
-        seconds[role] = time.perf_counter() - start
-        (models / role / DONE).write_text(f"{seconds[role]:.1f} s\n")
-        print(f"trained {role} (seed {seed}) in {seconds[role]:.0f} s", flush=True)
-
     def seeded(cfg, **train):
         return cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed, **train})})
 
-    timed("ranker", seeded(load_config(CONFIGS / "ranking_teacher.yaml", RankingConfig), num_threads=1))
-    timed("evaluator", seeded(load_config(CONFIGS / "evaluator.yaml", EvaluatorTrainConfig)))
     steps = {} if generator_steps is None else {"max_steps_per_epoch": generator_steps}
-    timed("generator", seeded(load_config(CONFIGS / "generator.yaml", GeneratorTrainConfig), **steps))
     base = load_config(CONFIGS / "baselines.yaml", BaselineTrainConfig).model_dump()
-    for kind in ("prm", "dlcm", "seq2slate"):
-        timed(kind, BaselineTrainConfig.model_validate(base | {"model": base["model"] | {"kind": kind},
-                                                               "train": base["train"] | {"seed": seed}}))
-    return seconds
+    configs = {
+        "ranker": seeded(load_config(CONFIGS / "ranking_teacher.yaml", RankingConfig), num_threads=1),
+        "evaluator": seeded(load_config(CONFIGS / "evaluator.yaml", EvaluatorTrainConfig)),
+        "generator": seeded(load_config(CONFIGS / "generator.yaml", GeneratorTrainConfig), **steps),
+    } | {kind: BaselineTrainConfig.model_validate(base | {"model": base["model"] | {"kind": kind},
+                                                          "train": base["train"] | {"seed": seed}})
+         for kind in ("prm", "dlcm", "seq2slate")}
+    seconds = {role: train_role(cfg, data, models, role) for role, cfg in configs.items()}
+    return {role: s for role, s in seconds.items() if s is not None}
 
 
 def default_world_models(work: Path, sim: SimConfig, lists: int, seed: int) -> tuple[Path, Path]:
