@@ -5,16 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_GENERATOR
 
-from relist.data.logs import split_path
+from relist.data.logs import logged_requests, split_path
 from relist.data.padding import PAD_ID
+from relist.data.requests import Requests
 from relist.data.stream import ParquetStream
 from relist.models.baselines.inputs import BaselineConfig
 from relist.models.contract import ListGenerator
 from relist.models.evaluator import DCWNConfig
 from relist.models.registry import LIST_MODELS
 from relist.models.vocab import Vocab
+from relist.rerank.list_scorer import ListScorer
 from relist.train import baselines, evaluator
+from relist.train.generator import GeneratorTrainConfig, SampledGRN, request_inputs
 
 
 def padded(raw: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -24,10 +28,19 @@ def padded(raw: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np
     return raw | {"candidates": np.where(keep, raw["candidates"], PAD_ID), "candidates_mask": keep}
 
 
-def example(name: str, logs, store) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+def example(name: str, logs, store, request) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """A small untrained model of every registered name and a labelled batch of what it reads."""
     torch.manual_seed(0)
     vocab = Vocab.of(store)
+    if name == "generator":  # the GRN as it is trained: sampled lists, each pick paid by a (tiny) evaluator
+        trained = request.getfixturevalue("models_dir")
+        scorer = ListScorer.load(trained / "evaluator", store, trained / "ranker")
+        cfg = GeneratorTrainConfig(model=TINY_GENERATOR, samples=4)
+        requests, _ = logged_requests(logs, "valid", 8)
+        keep = padded({"candidates": requests.candidates}, np.random.default_rng(1))["candidates_mask"]
+        requests = Requests(requests.request_id, requests.user_id, np.where(keep, requests.candidates, PAD_ID),
+                            requests.cand_scores, keep)
+        return SampledGRN(vocab, cfg, scorer), request_inputs(store, requests, cfg.rules.build(), 10, None)
     if name == "evaluator":
         raw = next(iter(ParquetStream(split_path(logs, "train"), evaluator.LABELS, 8)))
         cfg = DCWNConfig(dim=8, hidden=8, members=2, prior=False, dropout=0.0)
@@ -40,8 +53,8 @@ def example(name: str, logs, store) -> tuple[torch.nn.Module, dict[str, torch.Te
 
 
 @pytest.mark.parametrize("name", sorted(LIST_MODELS))
-def test_predict_gives_named_logits_and_loss_a_scalar_total_that_backpropagates(name, logs, store):
-    model, batch = example(name, logs, store)
+def test_predict_gives_named_logits_and_loss_a_scalar_total_that_backpropagates(name, logs, store, request):
+    model, batch = example(name, logs, store, request)
     out = model.predict(batch)
     assert isinstance(out, dict) and out and all(isinstance(value, torch.Tensor) for value in out.values())
     terms = model.loss(out, batch)
@@ -53,8 +66,8 @@ def test_predict_gives_named_logits_and_loss_a_scalar_total_that_backpropagates(
 
 
 @pytest.mark.parametrize("name", sorted(name for name, cls in LIST_MODELS.items() if issubclass(cls, ListGenerator)))
-def test_decode_picks_only_real_unchosen_candidates_the_hook_allows(name, logs, store):
-    model, batch = example(name, logs, store)
+def test_decode_picks_only_real_unchosen_candidates_the_hook_allows(name, logs, store, request):
+    model, batch = example(name, logs, store, request)
     model.eval()
     mask = batch["mask"]
     assert (~mask).any()  # some padding to avoid

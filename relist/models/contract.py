@@ -16,19 +16,22 @@ import torch
 from torch import Tensor, nn
 
 from relist.data.padding import NEG_INF
-from relist.models.generator import AllowedFn
 
 State = TypeVar("State")
+
+AllowedFn = Callable[[Tensor, Tensor, Tensor, int], Tensor]
+"""Business-rule hook: (request row of each decoded row [N], prefix columns [N, t] (-1 = none),
+already chosen [N, m], slot) -> candidates allowed at this slot [N, m]."""
 
 
 class ListModel(nn.Module, metaclass=ABCMeta):
     """Named logits of a batch and the named loss terms of those logits (with the total as ``"loss"``).
 
-    ``model(batch)`` is ``model.predict(batch)``: DDP and module hooks run through ``forward``.
+    ``model(batch, ...)`` is ``model.predict(batch, ...)``: DDP and module hooks run through ``forward``.
     """
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return self.predict(batch)
+    def forward(self, batch: dict[str, Tensor], *args, **options) -> dict[str, Tensor]:
+        return self.predict(batch, *args, **options)
 
     @abstractmethod
     def predict(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

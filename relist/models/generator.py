@@ -17,7 +17,6 @@ kept between calls, so LAST can decode with shifted weights through
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from relist.data.padding import NEG_INF, PAD_ID, masked_mean
 from relist.io import model_folder
+from relist.models.contract import AllowedFn, ListGenerator
 from relist.models.inputs import ItemContext
 from relist.models.vocab import Vocab
 from relist.objective import OBJECTIVES
@@ -53,11 +53,6 @@ class GRNConfig(BaseModel):
         if self.objective_scale is not None and not all(x > 0 for x in self.objective_scale):
             raise ValueError(f"objective_scale must be positive, got {list(self.objective_scale)}")
         return self
-
-
-AllowedFn = Callable[[Tensor, Tensor, Tensor, int], Tensor]
-"""Business-rule hook: (request row of each decoded row [N], prefix columns [N, t] (-1 = none),
-already chosen [N, m], slot) -> candidates allowed at this slot [N, m]."""
 
 
 @dataclass
@@ -110,8 +105,12 @@ class ObjectiveInput(nn.Module):
         return candidates * (1 + gain) + shift
 
 
-class GRN(nn.Module):
-    """Generator: ``forward(batch)`` -> decoded candidate columns and their log-probabilities."""
+class GRN(ListGenerator):
+    """Generator: ``predict(batch)`` -> decoded candidate columns and their log-probabilities.
+
+    Its loss is REINFORCE on what each sampled pick earned (``out["step_rewards"]``): the rewards come
+    from whoever judges the lists (a frozen evaluator while training, relist.train.generator).
+    """
 
     def __init__(self, vocab: Vocab, cfg: GRNConfig):
         super().__init__()
@@ -162,7 +161,7 @@ class GRN(nn.Module):
         logits = self.pointer_out(torch.tanh(keys + query.unsqueeze(1))).squeeze(-1)
         return logits.masked_fill(~allowed, NEG_INF)
 
-    def forward(
+    def predict(
         self,
         batch: dict[str, Tensor],
         n: int | None = None,
@@ -195,13 +194,26 @@ class GRN(nn.Module):
         if not greedy and forced is None:
             noise = gumbel_noise((len(rows), n, m), generator, enc.mask.device)
         forced = None if forced is None else forced.reshape(len(rows), -1)
-        choice, steps = self.decode(enc, n, rows, allowed_fn, noise, temperature, forced)
+        choice, steps = self.decode_rows(enc, n, rows, allowed_fn, noise, temperature, forced)
         choice, steps = choice.view(b, samples, n), steps.view(b, samples, n)
         return {"choice": choice, "logp": steps.sum(-1), "step_logp": steps}
 
-    def decode(self, enc: Encoded, n: int, rows: Tensor, allowed_fn: AllowedFn | None = None,
-               noise: Tensor | None = None, temperature: float | Tensor = 1.0,
-               forced: Tensor | None = None, with_allowed: bool = False) -> tuple[Tensor, ...]:
+    def loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """REINFORCE over the K lists sampled per request, with their per-slot mean as the baseline.
+
+        ``out["step_rewards"]`` [B, K, n]: what each pick of ``out["choice"]`` earned.
+        """
+        rewards = out["step_rewards"]
+        advantage = rewards - rewards.mean(1, keepdim=True)
+        policy_gradient = -(advantage * out["step_logp"]).sum(-1).mean()
+        return {"loss": policy_gradient, "policy_gradient": policy_gradient, "reward": rewards.sum(-1).mean()}
+
+    def decode(self, batch: dict[str, Tensor], n: int, allowed_fn: AllowedFn | None = None) -> Tensor:
+        return self.predict(batch, n=n, greedy=True, allowed_fn=allowed_fn)["choice"][:, 0]
+
+    def decode_rows(self, enc: Encoded, n: int, rows: Tensor, allowed_fn: AllowedFn | None = None,
+                    noise: Tensor | None = None, temperature: float | Tensor = 1.0,
+                    forced: Tensor | None = None, with_allowed: bool = False) -> tuple[Tensor, ...]:
         """The slot loop over N decoded rows: candidate columns [N, n] (-1 once nothing is left) and the
         log-probability of each pick [N, n] (and, ``with_allowed``, the candidates each slot allowed
         [N, n, m], what :meth:`forced_logp` needs to score the picks again).
@@ -242,7 +254,7 @@ class GRN(nn.Module):
         return (*out, torch.stack(allowed_masks, 1)) if with_allowed else out
 
     def forced_logp(self, enc: Encoded, choice: Tensor, allowed: Tensor, temperature: float = 1.0) -> Tensor:
-        """The log-probability of each pick of decoded rows [N, n] (choice and allowed masks as ``decode``
+        """The log-probability of each pick of decoded rows [N, n] (choice and allowed masks as ``decode_rows``
         returned them), with every slot's pointer computed at once: the slot loop's math without its
         loop, differentiable in ``enc`` (what LAST's gradient needs)."""
         n = choice.shape[1]

@@ -184,7 +184,7 @@ class _DecoderGraph(nn.Module):
     def forward(self, candidates, state, cate, shop, ids, mask, noise, temperature):
         rows = torch.cumsum(torch.ones_like(state[:, 0], dtype=torch.long), 0) - 1  # the identity, shape-free
         hook = branch_free_rules_hook(self.rules, {"cate": cate, "shop": shop, "candidates": ids, "mask": mask})
-        return self.model.decode(Encoded(candidates, state, mask), self.slots, rows, hook, noise, temperature,
+        return self.model.decode_rows(Encoded(candidates, state, mask), self.slots, rows, hook, noise, temperature,
                                  with_allowed=True)
 
 

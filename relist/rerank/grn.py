@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from relist.data.requests import Requests
-from relist.models.generator import GRN, AllowedFn, Encoded, chosen_items, gumbel_noise
+from relist.models.contract import AllowedFn
+from relist.models.generator import GRN, Encoded, chosen_items, gumbel_noise
 from relist.models.inputs import list_inputs
 from relist.rerank import shared
 from relist.rerank.generators import Context
@@ -127,7 +128,7 @@ class GRNRunner:
                noise: Tensor | None = None, temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
         rows = torch.arange(len(enc.state))
         hook = rules_hook(rules, rule_inputs) if rules is not None else None
-        return self.model.decode(enc, n, rows, hook, noise, temperature, with_allowed=True)
+        return self.model.decode_rows(enc, n, rows, hook, noise, temperature, with_allowed=True)
 
 
 def as_runner(model: GRN | GRNRunner) -> GRNRunner:

@@ -138,25 +138,43 @@ class GeneratorTrainConfig(BaseModel):
 
 
 class SampledGRN(GRN):
-    """The GRN as the trainer calls it: ``forward(batch)`` samples K lists under the rules, and scores the
-    batch's ``reference`` lists (teacher-forced) when it has them.
+    """The GRN as the trainer calls it: ``predict(batch)`` samples K lists per request under the rules, pays
+    each pick its pessimistic reward from the frozen evaluator, and scores the batch's ``reference`` lists
+    (teacher-forced) when it has them; ``loss`` adds the behaviour term to the GRN's REINFORCE. Given
+    decoding options it decodes as a plain GRN (validation's greedy lists).
 
     A subclass rather than a wrapper, so checkpoints load straight into a plain GRN.
     """
 
-    def __init__(self, vocab: Vocab, cfg: GRNConfig, samples: int, temperature: float, rules: BusinessRules):
-        super().__init__(vocab, cfg)
-        self.samples, self.temperature, self.rules = samples, temperature, rules
+    def __init__(self, vocab: Vocab, cfg: GeneratorTrainConfig, scorer: ListScorer):
+        super().__init__(vocab, cfg.model)
+        self.samples, self.temperature, self.rules = cfg.samples, cfg.temperature, cfg.rules.build()
+        self.imitation = cfg.imitation
+        self.pay = pick_rewards(scorer, cfg)  # a function, not a module: the evaluator is not saved with the GRN
 
-    def forward(self, batch: dict[str, Tensor], **kwargs) -> dict[str, Tensor]:
+    def predict(self, batch: dict[str, Tensor], *args, **options) -> dict[str, Tensor]:
+        if args or options:
+            return super().predict(batch, *args, **options)
         hook = rules_hook(self.rules, batch)
-        settings = {"samples": self.samples, "temperature": self.temperature, "allowed_fn": hook} | kwargs
-        out = super().forward(batch, **settings)
-        if "reference" in batch and not kwargs:
-            forced = super().forward(batch, batch["reference"].shape[-1], samples=1, allowed_fn=hook,
+        out = super().predict(batch, samples=self.samples, temperature=self.temperature, allowed_fn=hook)
+        with torch.no_grad():
+            out["step_rewards"], out["reward_spread"] = self.pay(out["choice"], batch)
+        if "reference" in batch:
+            forced = super().predict(batch, batch["reference"].shape[-1], samples=1, allowed_fn=hook,
                                      forced=batch["reference"])
             out["reference_step_logp"] = forced["step_logp"][:, 0]
         return out
+
+    def loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The GRN's REINFORCE plus ``imitation`` x the reference lists' negative log-likelihood."""
+        terms = super().loss(out, batch) | {"spread": out["reward_spread"]}
+        if "reference_step_logp" in out:
+            step = out["reference_step_logp"]
+            allowed = step > -1e6  # a reference slot the rules (as decoded) refuse is not imitated
+            imitation = -(step * allowed).sum(-1).mean()
+            terms["loss"] = terms["loss"] + self.imitation * imitation
+            terms["imitation_nll"] = imitation
+        return terms
 
 
 def requests_of(batch: dict[str, Tensor]) -> Requests:
@@ -195,32 +213,22 @@ def step_rewards(scorer: ListScorer, requests: Requests, lists: Tensor, reward: 
     return (total - rest.view(-1, len(lists), n)) * (lists != PAD_ID)
 
 
-def policy_gradient_loss(scorer: ListScorer, cfg: GeneratorTrainConfig):
-    """REINFORCE with a per-slot mean-of-K baseline on pessimistic rewards, plus the behaviour term."""
+def pick_rewards(scorer: ListScorer, cfg: GeneratorTrainConfig):
+    """What each pick of sampled columns [B, K, n] earns: the evaluator members' mean per-slot reward minus
+    ``beta`` x their spread ([B, K, n]), and the mean spread of a list (logged)."""
 
-    def loss_fn(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        b, k, n = outputs["choice"].shape
-        lists = chosen_items(batch["candidates"], outputs["choice"]).view(b * k, n)
+    def pay(choice: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        b, k, n = choice.shape
+        lists = chosen_items(batch["candidates"], choice).view(b * k, n)
         objective = cfg.objective if "objective" not in batch else batch["objective"].cpu().repeat_interleave(k, 0)
         members = step_rewards(scorer, requests_of(batch), lists.cpu(), cfg.reward, objective,
                                np.repeat(np.arange(b), k)).to(lists.device)
         if "reward_scale" in batch:  # drawn objectives: rewards in the units of cfg.objective
             members = members * batch["reward_scale"].repeat_interleave(k, 0)[None, :, None]
         spread = members.std(0, correction=1) if len(members) > 1 else torch.zeros_like(members[0])
-        rewards = (members.mean(0) - cfg.beta * spread).view(b, k, n)
-        advantage = rewards - rewards.mean(1, keepdim=True)
-        pg = -(advantage * outputs["step_logp"]).sum(-1).mean()
-        terms = {"reward": rewards.sum(-1).mean(), "spread": spread.sum(-1).mean()}
-        loss = pg
-        if "reference_step_logp" in outputs:
-            step = outputs["reference_step_logp"]
-            allowed = step > -1e6  # a reference slot the rules (as decoded) refuse is not imitated
-            imitation = -(step * allowed).sum(-1).mean()
-            loss = loss + cfg.imitation * imitation
-            terms["imitation_nll"] = imitation
-        return {"loss": loss, "policy_gradient": pg} | terms
+        return (members.mean(0) - cfg.beta * spread).view(b, k, n), spread.sum(-1).mean()
 
-    return loss_fn
+    return pay
 
 
 def request_inputs(store: FeatureStore, requests: Requests, rules: BusinessRules, n: int,
@@ -301,8 +309,8 @@ def greedy_value(scorer: ListScorer, requests: Requests, store: FeatureStore, cf
 
     def pessimistic_value(model: GRN, inputs: dict[str, Tensor], objective) -> tuple[float, float]:
         on_device = to_device(inputs, next(model.parameters()).device)
-        out = GRN.forward(model, on_device, samples=1, greedy=True, allowed_fn=rules_hook(rules, on_device))
-        lists = chosen_items(inputs["candidates"], out["choice"].cpu())[:, 0]
+        columns = model.decode(on_device, cfg.model.list_len, rules_hook(rules, on_device))
+        lists = chosen_items(inputs["candidates"], columns.cpu()[:, None])[:, 0]
         values = scorer.values(requests, lists, objective)
         spread = values.std(0, correction=1) if len(values) > 1 else torch.zeros_like(values[0])
         return (values.mean(0) - cfg.beta * spread).mean().item(), values.mean().item()
@@ -349,9 +357,9 @@ def train_generator(
         scale = typical_values(scorer, requests, shown)
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"objective_scale": scale})})
     torch.manual_seed(cfg.train.seed)
-    model = SampledGRN(vocab, cfg.model, cfg.samples, cfg.temperature, cfg.rules.build())
+    model = SampledGRN(vocab, cfg, scorer)
     batches = request_batches(data_dir, store, cfg, reference_generator(cfg, scorer, ranker_dir))
-    result = fit(model, policy_gradient_loss(scorer, cfg), batches,
+    result = fit(model, model.loss, batches,
                  greedy_value(scorer, requests, store, cfg), cfg.train, out_dir, resume)
     save_on_rank0(out_dir, {CONFIG_FILE: cfg, SPEC_FILE: GeneratorSpec(vocab=vocab, model=cfg.model)},
                   cfg.train.device)

@@ -10,8 +10,7 @@ import torch
 from torch import Tensor
 
 from relist.data.padding import NEG_INF
-from relist.models.contract import ListGenerator, greedy_slots
-from relist.models.generator import AllowedFn
+from relist.models.contract import AllowedFn, ListGenerator, greedy_slots
 
 
 class ItemScorer(ListGenerator):

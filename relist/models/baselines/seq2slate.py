@@ -16,8 +16,7 @@ from torch import Tensor, nn
 from relist.data.padding import NEG_INF
 from relist.models.baselines.inputs import BaselineConfig, ItemInputs, ScorePrior
 from relist.models.baselines.scorer import softmax_ce
-from relist.models.contract import ListGenerator, greedy_slots
-from relist.models.generator import AllowedFn
+from relist.models.contract import AllowedFn, ListGenerator, greedy_slots
 from relist.models.vocab import Vocab
 
 
