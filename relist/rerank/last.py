@@ -151,7 +151,7 @@ class _ActivationShift:
         return Encoded(self.enc.candidates + delta["candidates"], self.enc.state + delta["state"], self.enc.mask)
 
     def decode(self, delta: Shifted | None, **kwargs) -> dict[str, Tensor]:
-        """The GRN's eager decode at θ+delta (any ``GRN.forward`` setting, e.g. ``forced``)."""
+        """The GRN's eager decode at θ+delta (any ``GRN.predict`` setting, e.g. ``forced``)."""
         return self.model(self.batch, self.n, temperature=self.temperature, allowed_fn=rules_hook(self.rules,
                           self.batch) if self.rules is not None else None, encoded=self.at(delta), **kwargs)
 
