@@ -9,7 +9,8 @@ import pytest
 
 from relist.demo.pipeline import DemoSizes, run_demo
 
-TINY = DemoSizes(requests=2500, eval_requests=20, epochs=1, generator_steps=4, latency_requests=3)
+TINY = DemoSizes(requests=2500, eval_requests=20, epochs=1, generator_steps=4, latency_requests=3, sweep_requests=5,
+                 sweep_points=2)
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,10 @@ def test_demo_trains_evaluates_reports_and_exports(simulated):
     html = (out / "report" / "report.html").read_text()
     assert "True IPV and GMV per policy" in html and "data:image/png;base64," in html
     assert f"{table['policies']['oracle']['ipv']['mean']:.3f}" in html  # the report shows the JSON's figures
+    sweep = json.loads((out / "report" / "measurements.json").read_text())["objective_sweep"]
+    assert [p["t"] for p in sweep["points"]] == [0.0, 1.0] and set(sweep["front"]) == {"beam", "list_retrieval",
+                                                                                        "grn", "grn_cmr"}
+    assert "per-request objective weights from clicks to spend" in html  # the conditioned GRN was trained too
     assert (out / "model_dir" / "CURRENT").read_text().strip() == f"demo-{records['rerank']['digest']}"
     assert json.loads((out / "timings.json").read_text())["steps"]["simulate"]["skipped"] is False
 

@@ -29,9 +29,12 @@ class DemoSizes:
     epochs: int = 4  # for every supervised model
     generator_steps: int = 120  # policy-gradient steps per generator epoch
     latency_requests: int = 100  # single requests timed per policy
+    sweep_requests: int = 100  # test requests of the objective sweep (clicks -> spend, same models)
+    sweep_points: int = 5  # weights on that line, ends included
 
 
-QUICK = DemoSizes(requests=8_000, eval_requests=150, epochs=1, generator_steps=25, latency_requests=20)
+QUICK = DemoSizes(requests=8_000, eval_requests=150, epochs=1, generator_steps=25, latency_requests=20,
+                  sweep_requests=30, sweep_points=3)
 
 
 def _config(cls: type[BaseModel], file: str, sizes: DemoSizes, **updates) -> BaseModel:
@@ -87,12 +90,12 @@ def _step_evaluator(data: Path, ranker: Path, sizes: DemoSizes):
     return run
 
 
-def _step_generator(data: Path, models: Path, sizes: DemoSizes):
+def _step_generator(data: Path, models: Path, sizes: DemoSizes, file: str = "generator.yaml"):
     def run(out: Path) -> dict:
         from relist.train.api import train_model
         from relist.train.generator import GeneratorTrainConfig
 
-        result = train_model(_config(GeneratorTrainConfig, "generator.yaml", sizes), data, out,
+        result = train_model(_config(GeneratorTrainConfig, file, sizes), data, out,
                              ranker=models / "ranker", evaluator=models / "evaluator")
         return {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
 
@@ -193,6 +196,8 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: 
              ("models/ranker",)),
         Step("models/generator", _step_generator(data, models, sizes), _inputs("generator.yaml"),
              ("models/evaluator",)),
+        Step("models/generator_cmr", _step_generator(data, models, sizes, "generator_cmr.yaml"),
+             _inputs("generator_cmr.yaml"), ("models/evaluator",)),
         *[Step(f"models/{kind}", _step_baseline(data, kind, sizes), _inputs("baselines.yaml"), (source,))
           for kind in BASELINES],
         Step("rerank", _step_rerank(data, models, sizes), _inputs("rerank_eval.yaml", "last.yaml"),
@@ -208,8 +213,8 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, force: 
     records = run_steps(steps, out, force)
     version = f"demo-{records['rerank']['digest']}"
     tail = [
-        Step("report", build_report(out, data, records, sizes.latency_requests), {},
-             ("rerank", *[step.name for step in coarse])),
+        Step("report", build_report(out, data, records, sizes), {},
+             ("rerank", "models/generator_cmr", *[step.name for step in coarse])),
         Step("export", _step_export(data, models, out / "model_dir", version), {}, ("rerank",)),
     ]
     records |= run_steps(tail, out, force, done=records)

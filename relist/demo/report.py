@@ -1,8 +1,9 @@
 """The demo's report step: latency per policy, evaluator validity, then one HTML file.
 
 Numbers come from the JSON the earlier steps wrote (the same JSON `relist eval
-rerank` prints), plus two measurements made here on the trained models: single-
-request latency and evaluator validity against the simulator's truth.
+rerank` prints), plus three measurements made here on the trained models: single-
+request latency, evaluator validity against the simulator's truth, and a sweep of
+per-request objective weights from clicks to spend.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +20,7 @@ from relist.eval.report import (
     example_lists_html,
     figure_html,
     image_html,
+    objective_front,
     policy_table_html,
     reward_bars,
     reward_vs_latency,
@@ -26,6 +29,10 @@ from relist.eval.report import (
     write_report,
 )
 
+if TYPE_CHECKING:
+    from relist.demo.pipeline import DemoSizes
+
+SWEEP_POLICIES = ("beam", "list_retrieval", "grn")  # and grn_cmr, the GRN that reads the weights
 LATENCY_POLICIES = ("greedy_upstream_score", "greedy_ctr", "beam", "grn", "prm", "dlcm", "seq2slate",
                     "list_retrieval", "last", "list_retrieval_last")
 
@@ -47,16 +54,17 @@ def _gauc_table(records: dict) -> tuple[str, dict]:
             + "".join(rows) + "</table>"), gauc
 
 
-def build_report(out: Path, data: Path, records: dict, latency_requests: int) -> Callable[[Path], dict]:
+def build_report(out: Path, data: Path, records: dict, sizes: DemoSizes) -> Callable[[Path], dict]:
     def run(step_out: Path) -> dict:
         from relist.data.features import FeatureStore
         from relist.data.logs import logged_requests
         from relist.eval.evaluator_validity import generator_validity
         from relist.eval.latency import one_by_one, request_timings_ms, summary_ms
+        from relist.eval.objective_sweep import objective_sweep
         from relist.eval.rerank import RerankEvalConfig, build_policies
         from relist.io.config import CONFIGS, load_config
         from relist.rerank.generators import Context
-        from relist.rerank.registry import Models
+        from relist.rerank.registry import Models, build_generators
         from relist.sim.world import is_simulated, world_of_logs
 
         torch.set_num_threads(2)
@@ -67,7 +75,8 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
         loaded, _ = Models.load(models, store)
         policies, _, _ = build_policies(cfg, data, loaded)
         ctx = Context(store, cfg.rerank.rules.build(), cfg.rerank.objective)
-        requests, shown = logged_requests(data, "test", max(latency_requests, 300))
+        latency_requests = sizes.latency_requests
+        requests, shown = logged_requests(data, "test", max(latency_requests, sizes.sweep_requests, 300))
         n = min(cfg.n, shown.shape[1])  # logged lists may be longer than what is served (LETOR: all documents)
         singles = one_by_one(requests[:latency_requests], n)
         latency = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p.propose(r, n, ctx), singles))
@@ -86,6 +95,11 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
             validity = generator_validity(world_of_logs(data), loaded.evaluator, policies, requests[:300], shown[:300],
                                           n, ctx)
             measurements["evaluator_validity"] = {k: v for k, v in validity.items() if k != "scatter"}
+            sweeping = {name: policies[name] for name in SWEEP_POLICIES if name in policies}
+            sweeping |= build_generators(["grn_cmr"], loaded, cfg.rerank)[0]  # where it was trained
+            sweep = objective_sweep(world_of_logs(data), store, sweeping, requests[:sizes.sweep_requests], n,
+                                    cfg.rerank.rules.build(), sizes.sweep_points)
+            measurements["objective_sweep"] = sweep
             sections = [
                 ("Re-ranking policies: true expected reward on held-out requests (simulator)",
                  policy_table_html(table) + skipped),
@@ -94,6 +108,8 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
                     table, {k: v["p99_ms"] for k, v in latency.items()})) + _latency_table(latency)),
                 ("Evaluator validity on every generator's proposals: calibration, LR vs truth, bias",
                  figure_html(validity_plots(validity)) + validity_table_html(validity)),
+                ("The same models, per-request objective weights from clicks to spend (true IPV vs GMV)",
+                 figure_html(objective_front(sweep)) + _front_table(sweep)),
             ]
         else:
             sections = [
@@ -111,6 +127,14 @@ def build_report(out: Path, data: Path, records: dict, latency_requests: int) ->
         return {"report": str(path), **measurements}
 
     return run
+
+
+def _front_table(sweep: dict) -> str:
+    rows = "".join(f"<tr><td>{name}</td><td>{100 * (f['gmv_ratio'] - 1):+.1f}%</td>"
+                   f"<td>{100 * (f['ipv_ratio'] - 1):+.1f}%</td></tr>" for name, f in sweep["front"].items())
+    return (f"<p class=muted>{sweep['requests']} test requests; all spend (t = 1) against all clicks (t = 0), "
+            f"nothing retrained</p><table><tr><th>generator</th><th>true GMV</th><th>true IPV</th></tr>{rows}"
+            "</table>")
 
 
 def _offline_table(report: dict) -> str:

@@ -56,6 +56,24 @@ def policy_table_html(report: dict) -> str:
             "logging→oracle gap closed (the oracle keeps the same business rules as every policy)</p>")
 
 
+def objective_front(sweep: dict):
+    """True IPV against true GMV of each generator along an objective sweep (relist.eval.objective_sweep)."""
+    points = sweep["points"]
+    names = list(sweep["front"])
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name in names:
+        ipv = [p[name]["ipv"] for p in points]
+        gmv = [p[name]["gmv"] for p in points]
+        ax.plot(ipv, gmv, "o-", label=name)
+        for p, x, y in zip(points, ipv, gmv, strict=True):
+            ax.annotate(f"{p['t']:.2f}", (x, y), fontsize=7)
+    ax.set_xlabel("true expected IPV per request")
+    ax.set_ylabel("true expected GMV per request")
+    ax.set_title("same models, per-request weights from clicks (0) to spend (1)")
+    ax.legend()
+    return fig
+
+
 def reward_bars(report: dict, metrics: tuple[str, ...] = ("ipv", "gmv")):
     names = [n for n in report["policies"] if not n.startswith("oracle")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(names) + 1.5))
