@@ -146,6 +146,19 @@ def test_policies_serve_distinct_candidates_that_keep_the_rules(trained, logs, s
         assert RULES.check(cates, shops).all(), kind
 
 
+@pytest.mark.parametrize("kind", ["prm", "dlcm"])
+def test_item_scorers_fill_in_numpy_the_lists_their_slot_loop_decodes(kind, trained, logs, store):
+    requests, _ = logged_requests(logs, "test", 40)
+    rng = np.random.default_rng(0)  # request-given categories and shops, few of them: the rules bite and relax
+    ctx = Context(store, RULES, cates=rng.integers(1, 4, requests.candidates.shape),
+                  shops=rng.integers(1, 6, requests.candidates.shape))
+    model = load_baseline(trained / kind)[0]
+    assert model.prefix_free
+    fast = Baseline(model).propose(requests, 10, ctx)
+    model.prefix_free = False  # this instance decodes through the contract's slot loop under the rules hook
+    assert np.array_equal(fast, Baseline(model).propose(requests, 10, ctx))
+
+
 def test_greedy_under_rules_is_a_sort_when_rules_allow_it(logs, store):
     requests, _ = logged_requests(logs, "test", 20)
     scores = requests.cand_scores.astype(np.float64)

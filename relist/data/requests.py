@@ -31,6 +31,11 @@ class Requests:
         return Requests(self.request_id[rows], self.user_id[rows], self.candidates[rows],
                         self.cand_scores[rows], self.mask[rows])
 
+    def reorder(self, order: np.ndarray) -> Requests:
+        """The same requests with each one's candidates in ``order`` [B, m] (column indices)."""
+        return Requests(self.request_id, self.user_id, *(np.take_along_axis(x, order, 1)
+                                                         for x in (self.candidates, self.cand_scores, self.mask)))
+
     @classmethod
     def stack(cls, parts: Sequence[Requests]) -> Requests:
         """Several batches as one, every candidate list padded to the longest (e.g. requests served together)."""

@@ -45,6 +45,10 @@ class ListModel(nn.Module, metaclass=ABCMeta):
 class ListGenerator(ListModel):
     """A list model that also writes lists: candidate columns slot by slot, under a per-slot hook."""
 
+    prefix_free: bool = False
+    """True when a candidate's logit does not depend on the items already chosen (item scorers): the greedy
+    list is then a fill by ``predict(batch)["score"]``, which re-ranking runs without a slot loop in torch."""
+
     @abstractmethod
     def decode(self, batch: dict[str, Tensor], n: int, allowed_fn: AllowedFn | None = None) -> Tensor:
         """Greedy lists: columns [B, n] of ``batch``'s candidates (-1 once a request runs out), each among

@@ -45,9 +45,10 @@ class Baseline:
 
     def _rerank(self, requests: Requests, n: int, ctx: Context) -> np.ndarray:
         order = initial_order(np.nan_to_num(requests.cand_scores, nan=0.0), requests.mask)
-        cates, shops = (np.take_along_axis(x.numpy(), order, 1) for x in ctx.attributes(requests))
-        initial = [np.take_along_axis(x, order, 1) for x in (requests.candidates, requests.cand_scores)]
-        batch = initial_list_inputs(ctx.store, requests.user_id, *initial)
-        batch["cate"], batch["shop"] = torch.as_tensor(cates), torch.as_tensor(shops)
+        initial, ctx = requests.reorder(order), ctx.reorder(order)
+        batch = initial_list_inputs(ctx.store, requests.user_id, initial.candidates, initial.cand_scores)
+        batch["cate"], batch["shop"] = ctx.attributes(initial)  # what the rules read (a request's own, if given)
+        if self.model.prefix_free:  # the lists of decode's slot loop, filled in numpy in a third of the time
+            return greedy_under_rules(self.model.predict(batch)["score"].numpy(), initial, n, ctx)
         columns = self.model.decode(batch, n, rules_hook(ctx.rules, batch))
         return chosen_items(batch["candidates"], columns[:, None]).numpy()[:, 0]

@@ -54,6 +54,13 @@ class Context:
         objective = self.objective if isinstance(self.objective, Objective) else self.objective[rows]
         return replace(self, objective=objective, cates=pick(self.cates), shops=pick(self.shops))
 
+    def reorder(self, order: np.ndarray) -> Context:
+        """The context of the same requests with their candidates in ``order`` (``Requests.reorder``)."""
+        def take(x):
+            return None if x is None else np.take_along_axis(np.asarray(x), order, 1)
+
+        return replace(self, cates=take(self.cates), shops=take(self.shops))
+
     def objective_weights(self, b: int) -> np.ndarray:
         """Each of the ``b`` requests' objective weights [B, 4]: the one objective for all, or each one's own."""
         if isinstance(self.objective, Objective):

@@ -16,6 +16,8 @@ from relist.models.contract import AllowedFn, ListGenerator, greedy_slots
 class ItemScorer(ListGenerator):
     """``predict(batch)`` -> {"score": [B, L]} logits, one per item of the list."""
 
+    prefix_free = True
+
     def loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return listwise_loss(out, batch)
 
