@@ -14,7 +14,8 @@ Every member of the ensemble gives its own reward; a slot is paid the members' m
 the lists unlike the logged ones where the evaluator is unsure. A behaviour term keeps it near
 lists the logs or a safe policy vouch for: with ``imitation > 0`` the loss also raises the
 log-probability of the request's reference list, weighted by ``imitation``: greedy by upstream
-score (the logging policy's own choice) or greedy by the fine-ranking teacher's CTR (``imitate``).
+score (the logging policy's own choice), greedy by the fine-ranking teacher's CTR, or beam search over
+the teacher's click, scroll and purchase probabilities under the batch's objective (``imitate``).
 The baseline of a slot is the mean reward of that slot over the request's K samples.
 
 A GRN conditioned on the objective (``model.conditioned``; CMR, "Controllable Multi-Objective
@@ -44,9 +45,11 @@ from relist.io.config import ConfigError
 from relist.io.train_config import TrainConfig
 from relist.models.generator import GRN, SPEC_FILE, GeneratorSpec, GRNConfig, chosen_items
 from relist.models.inputs import list_inputs
+from relist.models.ranking.scoring import probabilities
 from relist.models.vocab import Vocab
 from relist.objective import OBJECTIVES, Name, Objective
 from relist.rerank.baselines import GreedyCTR
+from relist.rerank.beam import Beam
 from relist.rerank.generators import Context, Generator
 from relist.rerank.grn import rules_hook
 from relist.rerank.list_scorer import ListScorer, teacher_prior
@@ -124,9 +127,10 @@ class GeneratorTrainConfig(BaseModel):
     beta: float = Field(1.0, ge=0, description="pessimism: a slot's reward is the members' mean - beta x std")
     imitation: float = Field(0.1, ge=0, description="weight of the reference list's log-likelihood (behaviour "
                                                    "term); 0: pure policy gradient")
-    imitate: Literal["greedy_upstream_score", "greedy_ctr"] = Field(
-        "greedy_upstream_score", description="the reference: the logging policy's own choice, or greedy by the "
-                                             "teacher's CTR (needs the ranker the evaluator reads)")
+    imitate: Literal["greedy_upstream_score", "greedy_ctr", "beam"] = Field(
+        "greedy_upstream_score", description="the reference: the logging policy's own choice, greedy by the "
+                                             "teacher's CTR, or beam search over the teacher's scores under the "
+                                             "batch's objective (the last two need the ranker the evaluator reads)")
     samples: int = Field(8, ge=2, description="lists sampled per request (their mean is the baseline)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature during training")
     rules: RulesConfig = RulesConfig()
@@ -232,20 +236,21 @@ def pick_rewards(scorer: ListScorer, cfg: GeneratorTrainConfig):
 
 
 def request_inputs(store: FeatureStore, requests: Requests, rules: BusinessRules, n: int,
-                   reference: Generator | None) -> dict[str, Tensor]:
-    """The GRN's inputs of requests plus what the loss reads: ids, raw upstream scores, reference columns."""
+                   reference: Generator | None, objective: Objective | np.ndarray = Objective()) -> dict[str, Tensor]:
+    """The GRN's inputs of requests plus what the loss reads: ids, raw upstream scores, reference columns
+    (proposed under ``objective``: one for all requests, or weights [B, 4] per request)."""
     batch = list_inputs(store, requests)
     batch |= {name: torch.tensor(getattr(requests, name)) for name in ("request_id", "user_id", "cand_scores")}
     if reference is not None:
-        lists = reference.propose(requests, n, Context(store, rules))
+        lists = reference.propose(requests, n, Context(store, rules, objective))
         batch["reference"] = torch.as_tensor(requests.columns_of(lists))
     return batch
 
 
 def reference_generator(cfg: GeneratorTrainConfig, scorer: ListScorer,
                         ranker_dir: str | Path | None = None) -> Generator | None:
-    """What the behaviour term imitates (None without one). Greedy by CTR reads the fine-ranking teacher:
-    the one the evaluator starts from, or the one in ``ranker_dir``."""
+    """What the behaviour term imitates (None without one). Greedy by CTR and beam read the fine-ranking
+    teacher: the one the evaluator starts from, or the one in ``ranker_dir``."""
     if cfg.imitation == 0:
         return None
     if cfg.imitate == "greedy_upstream_score":
@@ -256,8 +261,10 @@ def reference_generator(cfg: GeneratorTrainConfig, scorer: ListScorer,
 
         prior = teacher_prior(load_ranking_model(ranker_dir))
     if prior is None:
-        raise ConfigError("imitate: greedy_ctr needs the fine-ranking teacher (give its directory, --ranker), "
+        raise ConfigError(f"imitate: {cfg.imitate} needs the fine-ranking teacher (give its directory, --ranker), "
                           "or set imitate: greedy_upstream_score")
+    if cfg.imitate == "beam":
+        return Beam(lambda requests, store: probabilities(prior(requests, store), requests.mask))
     return GreedyCTR(lambda requests, store: {"ctr": prior(requests, store)["ctr"]})
 
 
@@ -290,11 +297,14 @@ def request_batches(data_dir: Path, store: FeatureStore, cfg: GeneratorTrainConf
         stream = ParquetStream(split_path(data_dir, "train"), REQUEST_COLUMNS, cfg.train.batch_size, rank,
                                world_size, seed=epoch)
         for step, raw in enumerate(stream):
-            batch = request_inputs(store, Requests.from_stream(raw), rules, cfg.model.list_len, reference)
-            if cfg.model.conditioned:
-                weights = cfg.draws.draw(cfg.train.seed, epoch, step, rank, price)
-                batch |= objective_inputs(weights, len(batch["candidates"]), cfg)
-            yield batch
+            requests = Requests.from_stream(raw)
+            if not cfg.model.conditioned:
+                yield request_inputs(store, requests, rules, cfg.model.list_len, reference, cfg.objective)
+                continue
+            weights = cfg.draws.draw(cfg.train.seed, epoch, step, rank, price)
+            batch = request_inputs(store, requests, rules, cfg.model.list_len, reference,
+                                   np.tile(weights, (len(requests), 1)))
+            yield batch | objective_inputs(weights, len(requests), cfg)
 
     return batches
 
