@@ -16,9 +16,17 @@ from relist.models.vocab import Vocab
 from relist.objective import Objective
 from relist.rerank.generators import Context
 from relist.rerank.grn import request_batch, rules_hook
+from relist.rerank.list_scorer import ListScorer
 from relist.rerank.registry import GENERATORS, RerankConfig, load_role
 from relist.rerank.rules import BusinessRules, RulesConfig
-from relist.train.generator import GeneratorTrainConfig, ObjectiveDraws, request_batches, train_generator
+from relist.train.generator import (
+    GeneratorTrainConfig,
+    ObjectiveDraws,
+    reference_generator,
+    request_batches,
+    requests_of,
+    train_generator,
+)
 
 PLAIN = GRNConfig(dim=8, hidden=16, heads=2)
 CMR = GRNConfig(dim=8, hidden=16, heads=2, conditioned=True, objective_scale=(5.0, 0.5, 0.05, 2.5))
@@ -105,6 +113,23 @@ def test_training_batches_carry_the_drawn_weights_reproducibly(logs, store):
     np.testing.assert_allclose(first[2][0].numpy(), cfg.draws.draw(4, 1, 2, 0, price), rtol=1e-6)
     plain = request_batches(logs, store, cfg.model_copy(update={"model": PLAIN}), None)
     assert "objective" not in next(iter(plain(1, 0, 1)))
+
+
+def test_a_beam_reference_is_searched_under_each_batchs_drawn_weights(logs, store, models_dir):
+    cfg = GeneratorTrainConfig(model=CMR, imitation=0.1, imitate="beam", train=TrainConfig(batch_size=32, seed=4))
+    scorer = ListScorer.load(models_dir / "evaluator", store, models_dir / "ranker")
+    beam = reference_generator(cfg, scorer)
+    batches = list(zip(range(12), request_batches(logs, store, cfg, beam)(0, 0, 1), strict=False))
+    spend_shares = []
+    for _, batch in batches:
+        requests = requests_of(batch)
+        weights = batch["objective"].numpy().astype(np.float64)
+        expected = beam.propose(requests, CMR.list_len, Context(store, cfg.rules.build(), weights))
+        assert torch.equal(batch["reference"], torch.as_tensor(requests.columns_of(expected)))
+        clicks_only = beam.propose(requests, CMR.list_len, Context(store, cfg.rules.build()))
+        spend_shares.append((weights[0, 3] > 0, (expected[:, 0] != clicks_only[:, 0]).any(1).mean()))
+    # where a draw weighs spend, the reference differs from the clicks-only one for some requests
+    assert any(share > 0 for weighs_spend, share in spend_shares if weighs_spend)
 
 
 def test_conditioned_training_records_the_scale_and_resumes_exactly(logs, models_dir, tmp_path):
