@@ -3,12 +3,17 @@ the registered generator ``grn_cmr`` that reads each request's weights."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from relist.data.logs import logged_requests
+from relist.io.config import ConfigError
 from relist.io.train_config import TrainConfig
 from relist.models.generator import GRN, GRNConfig, load_generator
 from relist.models.inputs import list_inputs
@@ -130,6 +135,17 @@ def test_a_beam_reference_is_searched_under_each_batchs_drawn_weights(logs, stor
         spend_shares.append((weights[0, 3] > 0, (expected[:, 0] != clicks_only[:, 0]).any(1).mean()))
     # where a draw weighs spend, the reference differs from the clicks-only one for some requests
     assert any(share > 0 for weighs_spend, share in spend_shares if weighs_spend)
+
+
+def test_logs_without_prices_refuse_a_conditioned_grn_naming_the_plain_config(logs, models_dir, tmp_path):
+    unpriced = tmp_path / "logs"
+    shutil.copytree(logs, unpriced)
+    items = pq.read_table(unpriced / "items.parquet")
+    pq.write_table(items.set_column(items.schema.get_field_index("price"), "price",
+                                    pa.array(np.zeros(len(items), np.float32))), unpriced / "items.parquet")
+    cfg = GeneratorTrainConfig(model=CMR, imitation=0.0, valid_requests=20, train=TrainConfig(epochs=1))
+    with pytest.raises(ConfigError, match="no item prices.*generator.yaml"):
+        train_generator(cfg, unpriced, models_dir / "evaluator", tmp_path / "out", ranker_dir=models_dir / "ranker")
 
 
 def test_conditioned_training_records_the_scale_and_resumes_exactly(logs, models_dir, tmp_path):

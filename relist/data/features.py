@@ -141,6 +141,11 @@ class FeatureStore:
         }
 
 
+def catalogue_price(store: FeatureStore) -> float:
+    """The catalogue's mean price: what turns spend into clicks' units ({gmv: 1 / price}); 0 without prices."""
+    return float(np.mean(store.item_raw_price[1:])) if store.n_items else 0.0
+
+
 def _saved_vocabulary(data_dir: Path, store: FeatureStore) -> IdVocabulary:
     """The saved vocabulary of a directory whose tables hold internal ids; it must fit them."""
     from relist.data.schema import SchemaError

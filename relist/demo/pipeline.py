@@ -92,11 +92,14 @@ def _step_evaluator(data: Path, ranker: Path, sizes: DemoSizes):
 
 def _step_generator(data: Path, models: Path, sizes: DemoSizes, file: str = "generator.yaml"):
     def run(out: Path) -> dict:
+        from relist.data.features import FeatureStore, catalogue_price
         from relist.train.api import train_model
         from relist.train.generator import GeneratorTrainConfig
 
-        result = train_model(_config(GeneratorTrainConfig, file, sizes), data, out,
-                             ranker=models / "ranker", evaluator=models / "evaluator")
+        cfg = _config(GeneratorTrainConfig, file, sizes)
+        if cfg.model.conditioned and catalogue_price(FeatureStore.from_dir(data)) <= 0:
+            return {"trained": False, "why": "no item prices in these logs: no spend to trade clicks for"}
+        result = train_model(cfg, data, out, ranker=models / "ranker", evaluator=models / "evaluator")
         return {"best_epoch": result.best_epoch, "best_metric": result.best_metric}
 
     return run

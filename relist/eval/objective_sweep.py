@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from relist.data.features import FeatureStore
+from relist.data.features import FeatureStore, catalogue_price
 from relist.data.requests import Requests
 from relist.eval.simulated import true_rewards
 from relist.objective import Objective
 from relist.rerank.generators import Context, Generator
 from relist.rerank.rules import BusinessRules
 from relist.sim.world import World
-from relist.train.generator import catalogue_price
 
 
 def sweep_objective(t: float, price: float) -> Objective:

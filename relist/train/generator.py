@@ -36,7 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from relist.data.features import FeatureStore
+from relist.data.features import FeatureStore, catalogue_price
 from relist.data.logs import logged_requests, split_path, upstream_score_sample
 from relist.data.padding import PAD_ID
 from relist.data.requests import Requests
@@ -268,11 +268,6 @@ def reference_generator(cfg: GeneratorTrainConfig, scorer: ListScorer,
     return GreedyCTR(lambda requests, store: {"ctr": prior(requests, store)["ctr"]})
 
 
-def catalogue_price(store: FeatureStore) -> float:
-    """The catalogue's mean price: what turns spend into clicks' units ({gmv: 1 / price})."""
-    return float(np.mean(store.item_raw_price[1:]))
-
-
 def typical_values(scorer: ListScorer, requests: Requests, shown: np.ndarray) -> tuple[float, ...]:
     """A typical list's value of each objective (pv, ipv, buys, gmv): the evaluator's mean over the logged lists
     (what a conditioned GRN reads weights relative to: GRNConfig.objective_scale)."""
@@ -363,6 +358,9 @@ def train_generator(
     scorer = ListScorer.load(evaluator_dir, store, ranker_dir)
     vocab = Vocab.of(store, upstream_score_sample(data_dir))
     requests, shown = logged_requests(data_dir, "valid", cfg.valid_requests)
+    if cfg.model.conditioned and catalogue_price(store) <= 0:
+        raise ConfigError(f"{data_dir}: these logs carry no item prices, so a GRN conditioned on the objective has "
+                          "no spend to trade clicks for; train the plain GRN (relist/configs/generator.yaml)")
     if cfg.model.conditioned and cfg.model.objective_scale is None:  # recorded in the spec the model is read with
         scale = typical_values(scorer, requests, shown)
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"objective_scale": scale})})
