@@ -92,13 +92,13 @@ def build_report(out: Path, data: Path, records: dict, sizes: DemoSizes) -> Call
                   f"{', '.join(table.get('skipped', [])) or 'none'}</p>"
         measurements = {"latency": latency, "gauc": gauc}
         if is_simulated(data):
-            validity = generator_validity(world_of_logs(data), loaded.evaluator, policies, requests[:300], shown[:300],
-                                          n, ctx)
+            world = world_of_logs(data)
+            validity = generator_validity(world, loaded.evaluator, policies, requests[:300], shown[:300], n, ctx)
             measurements["evaluator_validity"] = {k: v for k, v in validity.items() if k != "scatter"}
             sweeping = {name: policies[name] for name in SWEEP_POLICIES if name in policies}
             sweeping |= build_generators(["grn_cmr"], loaded, cfg.rerank)[0]  # where it was trained
-            sweep = objective_sweep(world_of_logs(data), store, sweeping, requests[:sizes.sweep_requests], n,
-                                    cfg.rerank.rules.build(), sizes.sweep_points)
+            sweep = objective_sweep(world, store, sweeping, requests[:sizes.sweep_requests], n, ctx.rules,
+                                    sizes.sweep_points)
             measurements["objective_sweep"] = sweep
             sections = [
                 ("Re-ranking policies: true expected reward on held-out requests (simulator)",

@@ -295,11 +295,11 @@ def request_batches(data_dir: Path, store: FeatureStore, cfg: GeneratorTrainConf
             requests = Requests.from_stream(raw)
             if not cfg.model.conditioned:
                 yield request_inputs(store, requests, rules, cfg.model.list_len, reference, cfg.objective)
-                continue
-            weights = cfg.draws.draw(cfg.train.seed, epoch, step, rank, price)
-            batch = request_inputs(store, requests, rules, cfg.model.list_len, reference,
-                                   np.tile(weights, (len(requests), 1)))
-            yield batch | objective_inputs(weights, len(requests), cfg)
+            else:  # the reference is proposed under the batch's drawn weights too
+                weights = cfg.draws.draw(cfg.train.seed, epoch, step, rank, price)
+                batch = request_inputs(store, requests, rules, cfg.model.list_len, reference,
+                                       np.tile(weights, (len(requests), 1)))
+                yield batch | objective_inputs(weights, len(requests), cfg)
 
     return batches
 
