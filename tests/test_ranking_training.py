@@ -179,3 +179,28 @@ def test_cli_trains_and_evaluates(sim_dir, tmp_path):
     report = json.loads((tmp_path / "run" / "eval_test.json").read_text())
     assert 0.5 < report["ctr"]["gauc"] < 1 and np.isfinite(report["ctr"]["auc"])
     assert runner.invoke(app, ["train", "ranking", "--help"]).exit_code == 0
+
+
+def test_teacher_stops_on_its_loss_over_impressions_as_logged(sim_dir, data, tmp_path):
+    """``monitor: loss`` is the training loss on validation impressions with their slot's term; every epoch kept."""
+    from relist.io.weights import load_weights
+    from relist.models.ranking.losses import hard_loss
+    from relist.models.ranking.samples import LABELS, iterate_batches
+
+    cfg = _cfg(model="teacher", train=TRAIN | {"epochs": 3, "monitor": "loss", "monitor_mode": "min",
+                                               "keep_epochs": True})
+    result = train_ranking(cfg, sim_dir, tmp_path, data=data)
+    losses = [h["val_loss"] for h in result.history]
+    assert result.best_epoch == int(np.argmin(losses))
+    assert sorted(p.name for p in (tmp_path / "epochs").iterdir()) == [f"{k}.safetensors" for k in range(3)]
+    model = load_ranking_model(tmp_path)
+    load_weights(model, tmp_path / "epochs" / "1.safetensors")
+    valid = data.splits["valid"]
+    batch = next(iterate_batches(valid, len(valid["item"])))
+    tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
+    with torch.no_grad():
+        logged, served = model(tensors, logged=True), model(tensors)
+    labels = {name: tensors[name] for name in LABELS if name in tensors}
+    assert float(hard_loss(cfg.teacher.tasks)(logged, labels)["loss"]) == pytest.approx(losses[1], rel=1e-5)
+    position = model.position(tensors["position"].long().clamp(0, model.max_position - 1))
+    assert torch.allclose(logged["ctr"] - served["ctr"], position[:, 0])

@@ -29,4 +29,6 @@ class TrainConfig(BaseModel):
     monitor_mode: Literal["max", "min"] = "min"
     max_steps_per_epoch: int | None = Field(None, ge=1)
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's default")
+    keep_epochs: bool = Field(False, description="also keep every epoch's weights (epochs/<k>.safetensors), to "
+                                                 "study which epoch a monitor should have picked")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")

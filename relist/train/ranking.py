@@ -26,8 +26,9 @@ from relist.io.config import ConfigError, load_config
 from relist.io.train_config import TrainConfig
 from relist.io.weights import BEST, load_weights
 from relist.models.ranking.config import RankingConfig
-from relist.models.ranking.losses import distill_loss, hard_loss, sync_distill_loss
+from relist.models.ranking.losses import LossFn, distill_loss, hard_loss, sync_distill_loss
 from relist.models.ranking.samples import (
+    LABELS,
     RankingData,
     Samples,
     first_rows,
@@ -78,7 +79,8 @@ def train_ranking(
         teacher = _teacher(cfg.distill.teacher_run, data.vocab).to(env.device)
         return _two_stage(model, cfg, _with_soft_labels(batches, teacher), valid, out_dir, resume)
     if cfg.model == "teacher":
-        loss, validate = hard_loss(cfg.teacher.tasks), _validator(valid)
+        loss = hard_loss(cfg.teacher.tasks)
+        validate = _validator(valid, loss=loss)
     elif cfg.distill.mode == "sync":
         loss = sync_distill_loss(cfg.teacher.tasks, cfg.distill.soft_weight, cfg.distill.temperature)
         validate = _validator(valid, "student_ctr")
@@ -173,8 +175,12 @@ def _memory_batches(samples: Samples, cfg: TrainConfig) -> BatchFn:
     return batches
 
 
-def _validator(samples: Samples, output: str = "ctr"):
-    """Validation GAUC/AUC of the click logit ``output`` (and of the teacher's heads when it has them)."""
+def _validator(samples: Samples, output: str = "ctr", loss: LossFn | None = None):
+    """Validation GAUC/AUC of the click logit ``output`` (and of the teacher's heads when it has them).
+
+    With ``loss`` (the teacher's), also that loss on the logged validation impressions, scored as they were
+    logged (position term kept): the training objective on held-out data, what ``monitor: loss`` stops on.
+    """
 
     def validate(model: nn.Module) -> dict[str, float]:
         logits = predict_logits(model, samples)
@@ -186,6 +192,12 @@ def _validator(samples: Samples, output: str = "ctr"):
             metrics["teacher_gauc"] = gauc(samples["user"], samples["click"], logits["ctr"])
         if "next" in logits and "next" in samples and np.ptp(samples["next"]) > 0:  # e.g. LETOR: always 1
             metrics["next_auc"] = auc(samples["next"], logits["next"])
+        if loss is not None:
+            logged = {name: torch.from_numpy(v) for name, v in predict_logits(model, samples, logged=True).items()}
+            labels = {name: torch.from_numpy(samples[name]) for name in LABELS if name in samples}
+            terms = loss(logged, labels)
+            metrics |= {"loss": float(terms["loss"])} | {f"{task}_loss": float(v) for task, v in terms.items()
+                                                         if task != "loss"}
         return metrics
 
     return validate

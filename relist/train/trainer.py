@@ -45,6 +45,7 @@ STATE = Path("checkpoints") / "last_state.pt"
 LOG = "train_log.csv"
 CURVES = "training_curves.png"
 CONFIG = "train_config.yaml"
+EPOCHS = "epochs"  # every epoch's weights, when TrainConfig.keep_epochs
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def fit(
             raise FloatingPointError(f"training loss is {losses['loss']} in epoch {epoch}; lower lr or clip")
         metrics = env.broadcast(_validate(model, validate) if main else None)
         value = _monitored(metrics, cfg, epoch)
-        bar.set_postfix(loss=f"{losses['loss']:.4g}", **{cfg.monitor: f"{value:.4g}"})
+        bar.set_postfix(loss=f"{losses['loss']:.4g}", **{f"val_{cfg.monitor}": f"{value:.4g}"})
         bar.close()
         progress.epoch, progress.step = epoch + 1, progress.step + steps
         progress.history.append(
@@ -131,6 +132,8 @@ def fit(
                 save_weights(model, out_dir / BEST, {"epoch": str(epoch), cfg.monitor: repr(value)})
         else:
             progress.bad_epochs += 1
+        if main and cfg.keep_epochs:
+            save_weights(model, out_dir / EPOCHS / f"{epoch}.safetensors", {"epoch": str(epoch)})
         if main:
             _write_log(out_dir / LOG, progress.history)
             _save_checkpoint(out_dir, model, optimizer, progress)

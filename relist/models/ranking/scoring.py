@@ -14,13 +14,17 @@ from relist.models.ranking.samples import FEATURES, Samples, iterate_batches, up
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, samples: Samples, batch_size: int = 8192) -> dict[str, np.ndarray]:
-    """Every output logit of ``model`` for every sample, by output name."""
+def predict_logits(
+    model: nn.Module, samples: Samples, batch_size: int = 8192, **options: bool
+) -> dict[str, np.ndarray]:
+    """Every output logit of ``model`` for every sample, by output name (``options`` go to its forward,
+    e.g. the teacher's ``logged``)."""
     model.eval()
     device = next(model.parameters()).device
     parts: dict[str, list[np.ndarray]] = {}
     for batch in iterate_batches({k: samples[k] for k in FEATURES}, batch_size):
-        for name, logits in model({k: torch.from_numpy(v).to(device) for k, v in batch.items()}).items():
+        inputs = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+        for name, logits in model(inputs, **options).items():
             parts.setdefault(name, []).append(logits.cpu().numpy())
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 

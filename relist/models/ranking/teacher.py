@@ -6,7 +6,11 @@ interest and the user profile; one linear head per task (click, keeps
 scrolling, purchase) shares the representation (multi-task). The item's upstream
 score and its rank in the request are read too (``upstream``), and a position
 term per task absorbs where the item stood while training (``position_bias``,
-PAL-style): at scoring time it is left out, so the score is the item's own.
+PAL-style): at scoring time it is left out, so the score is the item's own. Validation compares
+the model with *logged* clicks, so it keeps the term there (``logged=True``): a score without it is
+judged against clicks that still carry their slot's effect, and the better the term absorbs position
+the worse such a score looks (validation GAUC of the position-free score peaked an epoch or more
+before the lists it orders were truly best; benchmarks/results/ranking_teacher_monitor.json).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ class FineRankTeacher(nn.Module):
             nn.init.zeros_(self.position.weight)
         self.max_position = cfg.max_position
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, batch: dict[str, Tensor], logged: bool | None = None) -> dict[str, Tensor]:
+        """Logits per task; with the position term when ``logged`` (default: while training)."""
         emb = self.embeddings
         target = emb.target_key(batch)
         items, cates = emb.behaviours(batch)
@@ -58,7 +63,7 @@ class FineRankTeacher(nn.Module):
         x0 = torch.cat(parts, -1)
         shared = torch.cat([self.cross(x0), self.deep(x0)], -1)
         logits = {task: head(shared).squeeze(-1) for task, head in self.heads.items()}
-        if self.position is not None and self.training:
+        if self.position is not None and (self.training if logged is None else logged):
             bias = self.position(batch["position"].long().clamp(0, self.max_position - 1))
             logits = {task: logit + bias[:, i] for i, (task, logit) in enumerate(logits.items())}
         return logits
