@@ -181,17 +181,17 @@ def test_cli_trains_and_evaluates(sim_dir, tmp_path):
     assert runner.invoke(app, ["train", "ranking", "--help"]).exit_code == 0
 
 
-def test_teacher_stops_on_its_loss_over_impressions_as_logged(sim_dir, data, tmp_path):
-    """``monitor: loss`` is the training loss on validation impressions with their slot's term; every epoch kept."""
+def test_teacher_stops_on_its_heads_losses_over_impressions_as_logged(sim_dir, data, tmp_path):
+    """A summed monitor keeps the epoch of least click + scroll loss; the loss scores impressions as logged."""
     from relist.io.weights import load_weights
     from relist.models.ranking.losses import hard_loss
     from relist.models.ranking.samples import LABELS, iterate_batches
 
-    cfg = _cfg(model="teacher", train=TRAIN | {"epochs": 3, "monitor": "loss", "monitor_mode": "min",
+    cfg = _cfg(model="teacher", train=TRAIN | {"epochs": 3, "monitor": "ctr_loss+next_loss", "monitor_mode": "min",
                                                "keep_epochs": True})
     result = train_ranking(cfg, sim_dir, tmp_path, data=data)
-    losses = [h["val_loss"] for h in result.history]
-    assert result.best_epoch == int(np.argmin(losses))
+    summed = [h["val_ctr_loss"] + h["val_next_loss"] for h in result.history]
+    assert result.best_epoch == int(np.argmin(summed))
     assert sorted(p.name for p in (tmp_path / "epochs").iterdir()) == [f"{k}.safetensors" for k in range(3)]
     model = load_ranking_model(tmp_path)
     load_weights(model, tmp_path / "epochs" / "1.safetensors")
@@ -201,6 +201,14 @@ def test_teacher_stops_on_its_loss_over_impressions_as_logged(sim_dir, data, tmp
     with torch.no_grad():
         logged, served = model(tensors, logged=True), model(tensors)
     labels = {name: tensors[name] for name in LABELS if name in tensors}
-    assert float(hard_loss(cfg.teacher.tasks)(logged, labels)["loss"]) == pytest.approx(losses[1], rel=1e-5)
+    terms = hard_loss(cfg.teacher.tasks)(logged, labels)
+    assert float(terms["loss"]) == pytest.approx(result.history[1]["val_loss"], rel=1e-5)
+    assert float(terms["ctr"]) == pytest.approx(result.history[1]["val_ctr_loss"], rel=1e-5)
     position = model.position(tensors["position"].long().clamp(0, model.max_position - 1))
     assert torch.allclose(logged["ctr"] - served["ctr"], position[:, 0])
+
+
+def test_a_summed_monitor_names_the_metric_it_lacks(sim_dir, data, tmp_path):
+    cfg = _cfg(model="teacher", train=TRAIN | {"epochs": 1, "monitor": "ctr_loss+nope", "monitor_mode": "min"})
+    with pytest.raises(ValueError, match="nope"):
+        train_ranking(cfg, sim_dir, tmp_path, data=data)

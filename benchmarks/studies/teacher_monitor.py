@@ -6,7 +6,8 @@ trainer logs (click GAUC and AUC of the position-free score, the NEXT head's AUC
 on the logged validation impressions with their position term) and the true IPV of the greedy-by-CTR and
 beam lists that epoch's teacher serves on validation requests (the design bucket: never test requests,
 never another world). For each metric it then replays early stopping (the config's patience) and reports
-the epoch that metric keeps and what its lists are truly worth, next to the truly best epoch.
+the epoch that metric keeps and what its lists are truly worth, next to the truly best epoch. The shipped
+monitor (``train.monitor`` of the config) must be among them.
 
     python -m benchmarks teacher_monitor
 """
@@ -44,8 +45,10 @@ class Config(BaseModel):
     seeds: list[int] = [0, 1, 2, 3, 4]
     epochs: int = Field(10, ge=1, description="epochs every run trains (no early stopping; each epoch kept)")
     requests: int = Field(1000, ge=1, description="validation requests the lists are judged on")
-    monitors: dict[str, str] = Field({"gauc": "max", "auc": "max", "next_auc": "max", "loss": "min"},
-                                     description="validation metric -> the direction early stopping keeps")
+    monitors: dict[str, str] = Field({"gauc": "max", "auc": "max", "next_auc": "max", "loss": "min",
+                                      "ctr_loss+next_loss": "min"},
+                                     description="validation metric (or sum 'a+b') -> the direction early "
+                                                 "stopping keeps")
     eval_config: str = "relist/configs/rerank_eval.yaml"
 
 
@@ -93,7 +96,8 @@ def run(cfg: Config, work: Path) -> dict:
             models = Models(store, ranker=model.eval())
             policies, _, _ = build_policies(eval_cfg, data, models)
             report = rerank_report(world, logged, serve(policies, logged, models, eval_cfg), eval_cfg, *oracles)
-            epochs.append({"epoch": epoch} | {name: row[f"val_{name}"] for name in cfg.monitors}
+            epochs.append({"epoch": epoch} | {name: sum(row[f"val_{part}"] for part in name.split("+"))
+                                              for name in cfg.monitors}
                           | {p: report["policies"][p]["ipv"]["gap_closed"] for p in POLICIES})
             print(f"seed {seed} epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in epochs[-1].items()), flush=True)
         kept = {name: kept_epoch([e[name] for e in epochs], mode, patience) for name, mode in cfg.monitors.items()}
@@ -104,10 +108,11 @@ def run(cfg: Config, work: Path) -> dict:
         rows = [s["epochs"][s["kept"][name]] for s in per_seed.values()]
         monitors[name] = {"epoch_kept": [s["kept"][name] for s in per_seed.values()]} | {
             f"{p}_gap_closed": float(np.mean([r[p] for r in rows])) for p in POLICIES}
-    print(f"{'monitor':>14} | epochs kept    | greedy_ctr gap | beam gap")
+    print(f"{'monitor':>18} | epochs kept      | greedy_ctr gap | beam gap")
     for name, row in monitors.items():
-        print(f"{name:>14} | {str(row['epoch_kept']):14} | {row['greedy_ctr_gap_closed']:13.1f}% | "
+        print(f"{name:>18} | {str(row['epoch_kept']):16} | {row['greedy_ctr_gap_closed']:13.1f}% | "
               f"{row['beam_gap_closed']:7.1f}%")
-    return {"monitors": monitors, "per_seed": per_seed, "patience": patience,
+    gain = monitors[shipped.train.monitor]["beam_gap_closed"] - monitors["gauc"]["beam_gap_closed"]
+    return {"monitors": monitors, "per_seed": per_seed, "patience": patience, "shipped": shipped.train.monitor,
             "judged_on": f"first {cfg.requests} validation requests of the default world (true IPV, rules kept)",
-            "loss_minus_gauc_beam_gap": monitors["loss"]["beam_gap_closed"] - monitors["gauc"]["beam_gap_closed"]}
+            "shipped_minus_gauc_beam_gap": gain}

@@ -25,7 +25,8 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(None, gt=0, description="max global gradient norm; None: no clipping")
     seed: int = Field(0, ge=0)
     patience: int | None = Field(3, ge=1, description="epochs without progress before stopping; None: never")
-    monitor: str = Field("loss", description="name of the validation metric that picks the best epoch")
+    monitor: str = Field("loss", description="name of the validation metric that picks the best epoch, or a sum "
+                                             "of several: 'ctr_loss+next_loss'")
     monitor_mode: Literal["max", "min"] = "min"
     max_steps_per_epoch: int | None = Field(None, ge=1)
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's default")

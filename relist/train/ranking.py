@@ -179,7 +179,8 @@ def _validator(samples: Samples, output: str = "ctr", loss: LossFn | None = None
     """Validation GAUC/AUC of the click logit ``output`` (and of the teacher's heads when it has them).
 
     With ``loss`` (the teacher's), also that loss on the logged validation impressions, scored as they were
-    logged (position term kept): the training objective on held-out data, what ``monitor: loss`` stops on.
+    logged (position term kept), in total and per head: the training objective on held-out data, which the
+    teacher's ``monitor: ctr_loss+next_loss`` stops on.
     """
 
     def validate(model: nn.Module) -> dict[str, float]:

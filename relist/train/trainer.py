@@ -198,10 +198,13 @@ def _validate(model: nn.Module, validate: ValidateFn) -> dict[str, float]:
 
 
 def _monitored(metrics: Mapping[str, float], cfg: TrainConfig, epoch: int) -> float:
-    """The early-stopping value; runs on every rank after the broadcast, so all raise together."""
-    if cfg.monitor not in metrics:
-        raise ValueError(f"validate() returned {sorted(metrics)}, which lacks monitor '{cfg.monitor}'")
-    value = metrics[cfg.monitor]
+    """The early-stopping value: one validation metric, or the sum of several named "a+b"; runs on every rank
+    after the broadcast, so all raise together."""
+    names = cfg.monitor.split("+")
+    missing = [name for name in names if name not in metrics]
+    if missing:
+        raise ValueError(f"validate() returned {sorted(metrics)}, which lacks {missing} of monitor '{cfg.monitor}'")
+    value = sum(metrics[name] for name in names)
     if not math.isfinite(value):
         raise ValueError(f"validation metric '{cfg.monitor}' is {value} in epoch {epoch}")
     return value
