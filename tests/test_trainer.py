@@ -168,7 +168,7 @@ def test_loss_and_model_contracts_fail_with_clear_errors(tmp_path):
 
     with pytest.raises(TypeError, match="dict of named logits, got Tensor"):
         fit(Bare(), bce, batches, validate, cfg, tmp_path)
-    with pytest.raises(ValueError, match="lacks monitor 'logloss'"):
+    with pytest.raises(ValueError, match=r"lacks \['logloss'\] of monitor 'logloss'"):
         fit(Tiny(), bce, batches, lambda model: {"auc": 0.5}, cfg, tmp_path)
 
 
