@@ -123,12 +123,29 @@ def train_models(data: Path, models: Path, seed: int, generator_steps: int | Non
     return {role: s for role, s in seconds.items() if s is not None}
 
 
+def world_logs(home: Path, sim: SimConfig, lists: int) -> Path:
+    """A world's logs under ``home/sim``, simulated where missing (every study given the same ``--work`` reuses
+    them)."""
+    data = home / "sim"
+    if not (data / "lists").is_dir():
+        simulate_logs(build_world(sim), data, lists, progress=False)
+    return data
+
+
+def cached_oracles(path: Path, world: World, requests: Requests, cfg: RerankEvalConfig
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle lists of ``requests`` (under the rules, without), computed once and kept at ``path``."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, *compute_oracles(world, requests, cfg))
+    with np.load(path) as saved:
+        return saved["arr_0"], saved["arr_1"]
+
+
 def default_world_models(work: Path, sim: SimConfig, lists: int, seed: int) -> tuple[Path, Path]:
     """This study's default-world logs and one seed's models under ``work`` (made where missing), so that
     every study given the same ``--work`` reuses them: (log directory, models directory)."""
-    data = work / "default" / "sim"
-    if not (data / "lists").is_dir():
-        simulate_logs(build_world(sim), data, lists, progress=False)
+    data = world_logs(work / "default", sim, lists)
     models = work / "default" / f"seed{seed}"
     train_models(data, models, seed, None)
     return data, models
@@ -181,18 +198,12 @@ def run(cfg: Config, work: Path) -> dict:
     results, training = {}, {}
     for name, spec in cfg.worlds.items():
         home = work / (spec.logs_of or name)
-        data = home / "sim"
-        if not (data / "lists").is_dir():
-            source = cfg.worlds[spec.logs_of] if spec.logs_of else spec
-            simulate_logs(build_world(source.sim_config()), data, source.lists, progress=False)
+        source = cfg.worlds[spec.logs_of] if spec.logs_of else spec
+        data = world_logs(home, source.sim_config(), source.lists)
         world = judging_world(spec, data)
         logged = LoggedTest.read(data, cfg.requests, cfg.split)
-        oracle_path = work / name / f"oracle_{cfg.split}_{cfg.requests}.npz"
-        oracle_path.parent.mkdir(parents=True, exist_ok=True)
-        if not oracle_path.is_file():
-            np.savez(oracle_path, *compute_oracles(world, logged.requests, eval_cfg))
-        with np.load(oracle_path) as saved:
-            oracles = (saved["arr_0"], saved["arr_1"])
+        oracles = cached_oracles(work / name / f"oracle_{cfg.split}_{cfg.requests}.npz", world, logged.requests,
+                                 eval_cfg)
         store = FeatureStore.from_dir(data)
         runs, per_seed = [], {}
         for seed in cfg.seeds:

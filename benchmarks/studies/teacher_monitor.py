@@ -21,16 +21,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.studies.rerank import WorldSpec
+from benchmarks.studies.rerank import WorldSpec, cached_oracles, world_logs
 from relist.data.features import FeatureStore
-from relist.eval.rerank import LoggedTest, RerankEvalConfig, build_policies, compute_oracles, rerank_report, serve
+from relist.eval.rerank import LoggedTest, RerankEvalConfig, build_policies, rerank_report, serve
 from relist.io.config import CONFIGS, load_config
 from relist.io.weights import load_weights
 from relist.models.ranking.config import RankingConfig
 from relist.models.ranking.saved import load_ranking_model
 from relist.rerank.registry import Models
-from relist.sim.logs import simulate_logs
-from relist.sim.world import build_world, world_of_logs
+from relist.sim.world import world_of_logs
 from relist.train.ranking import train_ranking
 from relist.train.trainer import EPOCHS, LOG
 
@@ -67,17 +66,11 @@ def kept_epoch(values: list[float], mode: str, patience: int | None) -> int:
 
 def run(cfg: Config, work: Path) -> dict:
     torch.set_num_threads(1)
-    data = work / "default" / "sim"
-    if not (data / "lists").is_dir():
-        simulate_logs(build_world(cfg.world.sim_config()), data, cfg.world.lists, progress=False)
+    data = world_logs(work / "default", cfg.world.sim_config(), cfg.world.lists)
     eval_cfg = load_config(ROOT / cfg.eval_config, RerankEvalConfig).model_copy(
         update={"requests": cfg.requests, "policies": list(POLICIES)})
     world, logged = world_of_logs(data), LoggedTest.read(data, cfg.requests, "valid")
-    oracle_path = work / "default" / f"oracle_valid_{cfg.requests}.npz"
-    if not oracle_path.is_file():
-        np.savez(oracle_path, *compute_oracles(world, logged.requests, eval_cfg))
-    with np.load(oracle_path) as saved:
-        oracles = (saved["arr_0"], saved["arr_1"])
+    oracles = cached_oracles(work / "default" / f"oracle_valid_{cfg.requests}.npz", world, logged.requests, eval_cfg)
     store = FeatureStore.from_dir(data)
     shipped = load_config(CONFIGS / "ranking_teacher.yaml", RankingConfig)
     patience = shipped.train.patience

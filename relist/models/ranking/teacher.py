@@ -10,7 +10,7 @@ PAL-style): at scoring time it is left out, so the score is the item's own. Vali
 the model with *logged* clicks, so it keeps the term there (``logged=True``): a score without it is
 judged against clicks that still carry their slot's effect, and the better the term absorbs position
 the worse such a score looks (validation GAUC of the position-free score peaked an epoch or more
-before the lists it orders were truly best; benchmarks/results/ranking_teacher_monitor.json).
+before the lists it orders were truly best; benchmarks/results/teacher_monitor.json).
 """
 
 from __future__ import annotations
