@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from relist.data.features import FeatureStore
 from relist.data.padding import PAD_ID
 from relist.data.requests import Requests
+from relist.models.ranking.context import ContextTerms
 from relist.objective import Objective
 from relist.rerank.generators import Context
 from relist.rerank.rules import BusinessRules
@@ -57,24 +58,28 @@ def beam_search(
     rules: BusinessRules = BusinessRules(),
     p_buy: np.ndarray | None = None,
     price: np.ndarray | None = None,
+    context: ContextTerms | None = None,
 ) -> BeamLists:
     """Search lists of ``n`` of the ``m`` candidates [B, m] that maximise the expected list value.
 
     ``weights`` are the objective's weights over (PV, IPV, purchases, GMV): [4], or [B, 4] per request.
-    Arrays throughout (numpy's small operations cost a fraction of torch's); ties go to the earlier
-    beam and candidate.
+    ``p_buy`` is a purchase given a click. With ``context`` (a teacher's slot terms), each probability is
+    the item's own plus, on the logit scale, what the prefix in front of it adds: its slot, the category
+    just above it and the earlier items of its category. Arrays throughout (numpy's small operations cost
+    a fraction of torch's); ties go to the earlier beam and candidate.
     """
-    ctr, nxt = (np.asarray(x, dtype=np.float64) for x in (p_ctr, p_next))
     ids, cates, shops = (np.asarray(x) for x in (cand_ids, cand_cates, cand_shops))
     mask = np.asarray(cand_mask, dtype=bool)
-    buy = np.asarray(p_buy, dtype=np.float64) * ctr if p_buy is not None else np.zeros_like(ctr)
-    gmv = buy * np.asarray(price, dtype=np.float64) if price is not None else np.zeros_like(ctr)
-    B, m = ctr.shape
+    B, m = ids.shape
     # One extra "nothing left" column (index m) lets a request with fewer than n candidates finish.
-    ctr, nxt, buy, gmv, cates, shops = (np.concatenate([x, np.zeros((B, 1), x.dtype)], 1)
-                                        for x in (ctr, nxt, buy, gmv, cates, shops))
+    extend = lambda x: np.concatenate([x, np.zeros((B, 1), x.dtype)], 1)  # noqa: E731
+    scores = {"ctr": p_ctr, "next": p_next, "buy": p_buy if p_buy is not None else np.zeros_like(p_ctr)}
+    scores = {task: extend(np.asarray(x, dtype=np.float64)) for task, x in scores.items()}
+    price = extend(np.asarray(price, dtype=np.float64)) if price is not None else np.zeros((B, m + 1))
+    cates, shops = extend(cates), extend(shops)
     ids = np.concatenate([ids, np.full((B, 1), PAD_ID, ids.dtype)], 1)
     real = np.concatenate([mask, np.zeros((B, 1), bool)], 1)
+    at_slot = _SlotScores(scores, cates, context)
 
     rows = np.arange(B)[:, None]
     key = np.full((B, k), -np.inf)
@@ -84,9 +89,7 @@ def beam_search(
     relaxed = np.zeros((B, k), bool)
     chosen = np.zeros((B, k, m + 1), bool)
     prefix = np.zeros((B, k, 0), np.int64)
-    gains = np.stack([real.astype(np.float64), ctr, buy, gmv], -1)  # per exposure, [B, m+1, 4]
     w = np.asarray(weights, dtype=np.float64).reshape(-1, 4)[:, None, None, :]  # [B|1, 1, 1, 4]
-    value_per_exposure = (gains * w[:, 0]).sum(-1)  # [B, m+1]: a candidate's value where it is seen
     beam_cates, beam_shops, beam_ids, beam_real = (np.repeat(x, k, 0) for x in (cates, shops, ids, real))
     beam_rows = np.arange(B * k)[:, None]
     for slot in range(n):
@@ -98,16 +101,19 @@ def beam_search(
         allowed = allowed.reshape(B, k, m + 1)
         allowed[:, :, m] = ~allowed[:, :, :m].any(2)  # "nothing left" only when nothing is left
         slot_relaxed = slot_relaxed.reshape(B, k)
-        cand_key = key[:, :, None] + exposure[:, :, None] * value_per_exposure[:, None, :] \
+        ctr, nxt, buy = at_slot(slot, prefix)  # [B, k, m+1] each
+        gains = np.stack([np.broadcast_to(real[:, None], ctr.shape), ctr, buy * ctr, buy * ctr * price[:, None]], -1)
+        value_per_exposure = (gains * w).sum(-1)  # [B, k, m+1]: a candidate's value where it is seen
+        cand_key = key[:, :, None] + exposure[:, :, None] * value_per_exposure \
             - RELAX_PENALTY * slot_relaxed[:, :, None]
         cand_key = np.where(allowed, cand_key, -np.inf).reshape(B, k * (m + 1))
         best = np.argsort(-cand_key, axis=1, kind="stable")[:, :k]
         key = cand_key[rows, best]
         beam, col = best // (m + 1), best % (m + 1)
         seen = exposure[rows, beam]
-        totals = totals[rows, beam] + seen[:, :, None] * gains[rows, col]
+        totals = totals[rows, beam] + seen[:, :, None] * gains[rows, beam, col]
         relaxed = relaxed[rows, beam] | slot_relaxed[rows, beam]
-        exposure = seen * nxt[rows, col]
+        exposure = seen * nxt[rows, beam, col]
         chosen = chosen[rows, beam]
         chosen[rows, np.arange(k)[None, :], col] = True
         chosen[:, :, m] = False
@@ -116,6 +122,39 @@ def beam_search(
     value = np.where(valid, (totals * w[:, :, 0]).sum(-1), -np.inf)
     items = ids[rows[:, :, None], prefix]
     return BeamLists(prefix, items, value, totals, relaxed, valid)
+
+
+class _SlotScores:
+    """Click, scroll and purchase-given-click probabilities of every candidate [B, m+1] in one slot, behind
+    each beam's prefix: the items' own without slot terms, else their logits plus the terms."""
+
+    def __init__(self, scores: dict[str, np.ndarray], cates: np.ndarray, context: ContextTerms | None):
+        self.scores, self.cates, self.context = scores, cates, context
+        if context is not None:
+            self.logits = {task: _logit(p) for task, p in scores.items()}
+
+    def __call__(self, slot: int, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        b, k = prefix.shape[:2]
+        shape = (b, k, self.cates.shape[1])
+        if self.context is None:
+            return tuple(np.broadcast_to(self.scores[task][:, None], shape) for task in ("ctr", "next", "buy"))
+        rows = np.arange(b)[:, None, None]
+        above = self.cates[rows, prefix]  # [B, k, slot]
+        cate = self.cates[:, None, :]  # [B, 1, m+1]
+        prev = above[:, :, -1:] if slot else np.zeros((b, k, 1), self.cates.dtype)
+        repeats = (above[:, :, :, None] == cate[:, :, None, :]).sum(2) * (cate > 0)  # [B, k, m+1]
+        return tuple(_sigmoid(self.logits[task][:, None] + self.context.logit(task, slot, prev, cate, repeats))
+                     if task in self.context.pair else np.broadcast_to(self.scores[task][:, None], shape)
+                     for task in ("ctr", "next", "buy"))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 ScoresFn = Callable[[Requests, FeatureStore], dict[str, np.ndarray]]
@@ -129,24 +168,27 @@ class BeamConfig(BaseModel):
     k: int = Field(8, ge=1, description="beam width, and the lists proposed to list ranking")
     p_next: float = Field(0.85, gt=0, le=1, description="beam_upstream: the assumed chance to keep scrolling "
                                                          "(no model of it)")
+    slot_context: bool = Field(True, description="add the teacher's slot terms (position, the category above, "
+                                                 "repeats of a category) prefix by prefix, where it learned them")
 
 
 class Beam:
     """Beam search as a generator: the ``k`` best lists under the request's objective, best first.
 
     Point scores come from ``scores`` (e.g. the fine-ranking teacher's). The purchase and GMV terms
-    need a purchase model ("buy" among the scores); prices come from the store.
+    need a purchase model ("buy" among the scores); prices come from the store. ``context``: the slot
+    terms the scores' teacher learned (relist.models.ranking.context), added behind every prefix.
     """
 
-    def __init__(self, scores: ScoresFn, k: int = 8):
-        self.scores, self.k = scores, k
+    def __init__(self, scores: ScoresFn, k: int = 8, context: ContextTerms | None = None):
+        self.scores, self.k, self.context = scores, k, context
 
     def search(self, requests: Requests, n: int, ctx: Context) -> BeamLists:
         p = self.scores(requests, ctx.store)
         cates, shops = ctx.attributes(requests)
         price = ctx.store.item_features(requests.candidates)["raw_price"].numpy()
         return beam_search(p["ctr"], p["next"], requests.candidates, cates, shops, requests.mask, n, self.k,
-                           ctx.objective_weights(len(requests)), ctx.rules, p.get("buy"), price)
+                           ctx.objective_weights(len(requests)), ctx.rules, p.get("buy"), price, self.context)
 
     def propose(self, requests: Requests, n: int, ctx: Context) -> np.ndarray:
         """The k lists [B, k, n]; where fewer than k exist, the best one stands in for the missing."""

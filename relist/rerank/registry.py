@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relist.data.features import FeatureStore
 from relist.data.requests import Requests
+from relist.models.ranking.context import ContextTerms
 from relist.objective import Objective
 from relist.rerank.baselines import Baseline, GreedyCTR
 from relist.rerank.beam import Beam, BeamConfig, upstream_scores
@@ -90,6 +91,11 @@ class Models:
 
         return probabilities(teacher_logits(self.ranker, store, requests), requests.mask)
 
+    def slot_terms(self, cfg: BeamConfig) -> ContextTerms | None:
+        """The teacher's slot terms beam search adds back (None: it learned none, or the config leaves them out)."""
+        terms = getattr(self.ranker, "context_terms", None)
+        return terms() if terms is not None and cfg.slot_context else None
+
     def value_model(self, p_next: float = 0.85):
         """What values lists: the evaluator, or the upstream scores where the version has none."""
         return self.evaluator if self.evaluator is not None else UpstreamValue(p_next)
@@ -136,7 +142,7 @@ GENERATORS: dict[str, Builder] = {
     "random": lambda m, c: RandomOrder(),
     "beam_upstream": lambda m, c: Beam(upstream_scores(c.beam.p_next), c.beam.k),
     "greedy_ctr": lambda m, c: GreedyCTR(m.point_scores) if m.ranker is not None else None,
-    "beam": lambda m, c: Beam(m.point_scores, c.beam.k) if m.ranker is not None else None,
+    "beam": lambda m, c: Beam(m.point_scores, c.beam.k, m.slot_terms(c.beam)) if m.ranker is not None else None,
     "prm": lambda m, c: Baseline(m.prm) if m.prm is not None else None,
     "dlcm": lambda m, c: Baseline(m.dlcm) if m.dlcm is not None else None,
     "seq2slate": lambda m, c: Baseline(m.seq2slate) if m.seq2slate is not None else None,

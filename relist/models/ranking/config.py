@@ -29,6 +29,11 @@ class TeacherConfig(BaseModel):
     position_bias: bool = Field(True, description="PAL-style: a position term learned in training, left out "
                                                   "at scoring, so clicks are not credited to the slot")
     max_position: int = Field(64, ge=1, description="positions with their own bias (later ones share the last)")
+    slot_context: bool = Field(False, description="also learn, like the position term, what the list above an "
+                                                  "item does to it (the category just above, repeats of its "
+                                                  "category: relist.models.ranking.context); beam search adds it "
+                                                  "back slot by slot")
+    max_repeats: int = Field(4, ge=1, description="earlier items of a category with their own term (more share it)")
 
 
 class StudentConfig(BaseModel):

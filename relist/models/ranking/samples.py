@@ -27,7 +27,7 @@ from relist.models.vocab import Vocab
 
 Samples = dict[str, np.ndarray]
 FEATURES = ("segment", "hist", "hist_cate", "hist_mask", "item", "cate", "shop", "price_bucket",
-            "score", "score_rank", "has_score", "position")
+            "score", "score_rank", "has_score", "position", "prev_cate", "repeats")
 LABELS = ("click", "next", "buy")
 LIST_COLUMNS = ("user_id", "candidates", "cand_scores", "shown", "exposed_len", "click", "next")  # + "buy"
 LISTS_PER_READ = 4096
@@ -92,7 +92,10 @@ def stream_lists(
 def samples_from_lists(lists: dict[str, np.ndarray], store: FeatureStore) -> Samples:
     """One sample per exposed position of a batch of lists (as :func:`stream_lists` yields them).
 
-    Each sample carries the item's upstream score and rank in its request, and its position.
+    Each sample carries the item's upstream score and rank in its request, its position, and what stood
+    before it in the list: the category of the item just above (``prev_cate``, 0 at the top) and how many
+    items above it share its category (``repeats``), the slot context a teacher may learn (relist.models.
+    ranking.context).
     """
     width = lists["shown"].shape[1]
     exposed = lists["shown_mask"] & (np.arange(width) < lists["exposed_len"][:, None])
@@ -102,12 +105,24 @@ def samples_from_lists(lists: dict[str, np.ndarray], store: FeatureStore) -> Sam
     score, rank = requests.upstream_of(np.where(lists["shown_mask"], lists["shown"], 0))
     samples: Samples = {"user": users, "position": position} | upstream_features(score[rows, position],
                                                                                  rank[rows, position])
+    shown_cates = store.item_features(np.where(lists["shown_mask"], lists["shown"], 0))["cate"].numpy()
+    prev_cate, repeats = slot_context(shown_cates)
+    samples |= {"prev_cate": prev_cate[rows, position], "repeats": repeats[rows, position]}
     for name, value in (store.user_features(users) | store.item_features(items)).items():
         samples[name] = value.numpy()
     for label in LABELS:
         if label in lists:
             samples[label] = lists[label][rows, position]
     return samples
+
+
+def slot_context(cates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per slot of lists [B, n] of categories (0 = unknown or padding): the category of the slot above
+    (0 at the top) and how many slots above share its category (0 for an unknown one)."""
+    prev_cate = np.concatenate([np.zeros_like(cates[:, :1]), cates[:, :-1]], 1)
+    above = np.tri(cates.shape[1], k=-1, dtype=bool)  # [slot, earlier slot]
+    same = (cates[:, :, None] == cates[:, None, :]) & above & (cates[:, :, None] > 0)
+    return prev_cate.astype(np.int64), same.sum(2).astype(np.int64)
 
 
 def samples_from_logs(data_dir: str | Path, split: str, store: FeatureStore) -> Samples:
@@ -138,6 +153,8 @@ def samples_from_ctr(split: dict[str, np.ndarray]) -> Samples:
         "price_bucket": zeros,
         "click": split["label"],
         "position": zeros,
+        "prev_cate": zeros,
+        "repeats": zeros,
     } | upstream_features(np.full(len(zeros), np.nan), np.zeros(len(zeros)))
 
 

@@ -32,12 +32,13 @@ def predict_logits(
 def request_inputs(store: FeatureStore, requests: Requests) -> dict[str, Tensor]:
     """Model inputs for every (user, candidate) pair of the requests, flattened to B*m rows.
 
-    Each pair carries the candidate's upstream score and rank; its position is 0 (scoring leaves
-    the position out).
+    Each pair carries the candidate's upstream score and rank; its position and slot context are 0
+    (scoring leaves them out: the item's own score).
     """
     per_row = np.repeat(requests.user_id, requests.candidates.shape[1])
     score, rank = requests.upstream_of(requests.candidates)
-    upstream = upstream_features(score.reshape(-1), rank.reshape(-1)) | {"position": np.zeros(len(per_row))}
+    upstream = upstream_features(score.reshape(-1), rank.reshape(-1)) | {
+        name: np.zeros(len(per_row), np.int64) for name in ("position", "prev_cate", "repeats")}
     return (store.user_features(per_row) | store.item_features(requests.candidates.reshape(-1))
             | {name: torch.as_tensor(value) for name, value in upstream.items()})
 

@@ -1,0 +1,73 @@
+"""Slot context of a point-wise score: what stood above an item in the list changes its click and scroll.
+
+A user who has just seen a category reacts to the next item differently (a complementary category
+draws clicks, a near-duplicate does not), and every earlier item of the same category tires them.
+The teacher learns both as additive logit terms per task, PAL-style like its position term: fitted
+on logged impressions, where the list above each one is known, and left out of the item's own score.
+Beam search builds lists slot by slot, so it knows the list above every candidate and adds them back
+(relist.rerank.beam), which no point-wise sort can.
+
+Two tables per task: ``pair[task, category above, category]`` and ``repeats[task, r]`` for r earlier
+items of the category (r >= ``max_repeats`` share the last entry; r = 0 is the reference, 0).
+Category 0 means unknown, and above the first slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class SlotContext(nn.Module):
+    """The two tables; stored divided by ``gain``: Adam moves every parameter by about the learning rate
+    per step, and each entry of a table sees only its share of the impressions, so at the network's rate
+    the tables stay a fraction of their size (the pair table's spread came out at half of what a fit of
+    the tables alone gives on the same logs)."""
+
+    def __init__(self, n_cates: int, tasks: int, max_repeats: int = 4, gain: float = 3.0):
+        super().__init__()
+        self.scaled_pair = nn.Parameter(torch.zeros(tasks, n_cates, n_cates))
+        self.scaled_repeats = nn.Parameter(torch.zeros(tasks, max_repeats))
+        self.max_repeats, self.gain = max_repeats, gain
+
+    def forward(self, prev_cate: Tensor, cate: Tensor, repeats: Tensor) -> Tensor:
+        """Logit terms [N, tasks] of N slots."""
+        n = self.scaled_pair.shape[1]
+        pair = self.gain * self.scaled_pair[:, prev_cate.long().clamp(0, n - 1), cate.long().clamp(0, n - 1)]
+        return (pair + self.repeated()[:, repeats.long().clamp(0, self.max_repeats)]).T
+
+    def repeated(self) -> Tensor:
+        """[tasks, max_repeats + 1]: the term of r earlier items of the category (0 for none)."""
+        return self.gain * torch.cat([torch.zeros_like(self.scaled_repeats[:, :1]), self.scaled_repeats], 1)
+
+    def terms(self, tasks: tuple[str, ...], position: Tensor | None) -> ContextTerms:
+        """The tables as arrays, by task, for a search that adds them slot by slot (with the teacher's
+        position term [P, tasks], if it has one)."""
+        pair = (self.gain * self.scaled_pair).detach().cpu().numpy()
+        repeated = self.repeated().detach().cpu().numpy()
+        slots = None if position is None else position.detach().cpu().numpy()
+        return ContextTerms({task: pair[i] for i, task in enumerate(tasks)},
+                            {task: repeated[i] for i, task in enumerate(tasks)},
+                            {task: np.zeros(1) if slots is None else slots[:, i] for i, task in enumerate(tasks)})
+
+
+@dataclass(frozen=True)
+class ContextTerms:
+    """A teacher's slot terms by task ("ctr", "next", ...): ``pair`` [C, C], ``repeats`` [R + 1], ``position``
+    [P] (the last entry stands for later slots)."""
+
+    pair: dict[str, np.ndarray]
+    repeats: dict[str, np.ndarray]
+    position: dict[str, np.ndarray]
+
+    def logit(self, task: str, slot: int, prev_cate: np.ndarray, cate: np.ndarray, repeats: np.ndarray
+              ) -> np.ndarray:
+        """The term of ``task`` in ``slot`` for items of ``cate`` with ``prev_cate`` above and ``repeats``
+        earlier items of their category (shapes broadcast)."""
+        table, counts, position = self.pair[task], self.repeats[task], self.position[task]
+        n = len(table)
+        return position[min(slot, len(position) - 1)] + table[np.clip(prev_cate, 0, n - 1), np.clip(cate, 0, n - 1)] \
+            + counts[np.clip(repeats, 0, len(counts) - 1)]
