@@ -50,7 +50,7 @@ def train_roles(logs: Path, out: Path, roles: tuple[str, ...]) -> Path:
 
     if "ranker" in roles:
         teacher = RankingConfig(model="teacher", dim=8,
-                                teacher=TeacherConfig(hidden=(16, 8), tasks=("ctr", "next", "buy")),
+                                teacher=TeacherConfig(hidden=(16, 8), tasks=("ctr", "next", "buy"), slot_context=True),
                                 train=tiny_train(batch_size=512, monitor="gauc", monitor_mode="max"))
         train_ranking(teacher, logs, out / "ranker")
     if "evaluator" in roles:
