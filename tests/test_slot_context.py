@@ -31,7 +31,7 @@ def test_logged_logits_add_the_position_and_slot_terms_a_search_reads(logs):
     torch.manual_seed(0)
     model = FineRankTeacher(data.vocab, 8, TeacherConfig(hidden=(16, 8), tasks=("ctr", "next"), slot_context=True))
     with torch.no_grad():
-        for p in (model.context.scaled_pair, model.context.scaled_repeats, model.position.weight):
+        for p in (model.context.pair, model.context.repeats, model.position.weight):
             p.normal_()
     model.eval()
     batch = {k: torch.from_numpy(v) for k, v in next(iterate_batches(valid, 500)).items()}
@@ -99,3 +99,25 @@ def test_zero_slot_terms_leave_the_beam_as_it_was():
     with_terms, without = _beam(ctr, nxt, cates, n, 5, zero), _beam(ctr, nxt, cates, n, 5, None)
     np.testing.assert_array_equal(with_terms.index, without.index)
     np.testing.assert_allclose(with_terms.value, without.value)
+
+
+def test_the_evaluators_prior_is_the_teachers_logit_of_each_item_in_its_slot_of_the_list(models, store, logs):
+    from relist.data.logs import logged_requests
+    from relist.models.ranking.scoring import point_logits
+    from relist.rerank.list_scorer import list_priors, teacher_prior
+
+    requests, shown = logged_requests(logs, "test", 30)
+    prior = teacher_prior(models.ranker)
+    assert prior.slots is not None  # the tests' teacher learns slot terms, like the shipped one
+    rows = np.arange(len(requests))
+    got = list_priors(prior, store, requests, shown, rows)["prior_click"].numpy()
+    own = np.take_along_axis(point_logits(models.ranker, store, requests)["ctr"], requests.columns_of(shown), 1)
+    cates = store.item_features(shown)["cate"].numpy()
+    prev, repeats = slot_context(cates)
+    slot_terms = np.stack([prior.slots.logit("ctr", s, prev[:, s], cates[:, s], repeats[:, s])
+                           for s in range(shown.shape[1])], 1)
+    np.testing.assert_allclose(got, own + slot_terms, rtol=1e-5, atol=1e-5)
+    assert np.abs(slot_terms).max() > 0  # trained: the terms are not all zero
+    prior.slots = None  # a teacher without slot terms: the item's own logit
+    np.testing.assert_allclose(list_priors(prior, store, requests, shown, rows)["prior_click"].numpy(), own,
+                               rtol=1e-5, atol=1e-6)

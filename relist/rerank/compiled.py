@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from relist.models.generator import GRN, Encoded
+from relist.models.ranking.context import ContextTerms
 from relist.rerank.grn import RULE_INPUTS, GRNRunner, branch_free_rules_hook, request_batch
 from relist.rerank.rules import BusinessRules
 
@@ -78,11 +79,15 @@ class OnnxGraph:
 class OnnxModule:
     """A module over a batch dict (evaluator, teacher) run from its graph: ``module(batch) -> {name: tensor}``."""
 
-    def __init__(self, graph: OnnxGraph, outputs: list[str]):
-        self.graph, self.names = graph, outputs
+    def __init__(self, graph: OnnxGraph, outputs: list[str], context_terms: ContextTerms | None = None):
+        self.graph, self.names, self._context_terms = graph, outputs, context_terms
 
     def eval(self) -> OnnxModule:
         return self
+
+    def context_terms(self) -> ContextTerms | None:
+        """The teacher's slot terms (tables, not a graph: beam search and the evaluator's prior add them)."""
+        return self._context_terms
 
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         out = self.graph.run(batch)
@@ -339,7 +344,8 @@ def compiled_models(models, onnx_dir: str | Path, threads: int = 1):
                                        manifest["slots"])
     ranker = models.ranker
     if "ranker" in graphs and ranker is not None:
-        ranker = changes["ranker"] = OnnxModule(graph("ranker"), graphs["ranker"]["outputs"])
+        terms = ranker.context_terms() if hasattr(ranker, "context_terms") else None
+        ranker = changes["ranker"] = OnnxModule(graph("ranker"), graphs["ranker"]["outputs"], terms)
     scorer = models.evaluator
     if "evaluator" in graphs and scorer is not None:
         updates = {"compiled": OnnxModule(graph("evaluator"), ["click", "next", "buy"])}

@@ -27,6 +27,8 @@ from relist.data.features import FeatureStore
 from relist.data.requests import Requests
 from relist.models.evaluator import Evaluator, exposure, load_evaluator
 from relist.models.inputs import list_inputs
+from relist.models.ranking.context import ContextTerms
+from relist.models.ranking.samples import slot_context
 from relist.objective import Objective, terms, value
 from relist.rerank import shared
 
@@ -40,15 +42,28 @@ PRIOR_OF = {"click": "ctr", "next": "next", "buy": "buy"}
 def list_priors(prior: PriorFn, store: FeatureStore, requests: Requests, lists: np.ndarray,
                 rows: np.ndarray) -> dict[str, Tensor]:
     """The teacher's logits of the items of lists [R, n] of ``requests[rows]``, as the evaluator's
-    ``prior_*`` inputs (0 at padding, and for a head the teacher lacks)."""
+    ``prior_*`` inputs (0 at padding, and for a head the teacher lacks). A teacher with slot terms
+    (relist.models.ranking.context; ``prior.slots``) gives each item its logit *in its slot of this list*:
+    its own plus the terms of its position, the category above it and the earlier items of its category,
+    so the evaluator starts from the teacher's estimate of the very list it scores."""
     logits = prior(requests, store)
     columns = requests[rows].columns_of(lists)
     at = np.maximum(columns, 0)
+    slots = getattr(prior, "slots", None)
+    if slots is not None:
+        cates = store.item_features(np.where(columns >= 0, lists, 0))["cate"].numpy()
+        prev, repeats = slot_context(cates)
     out = {}
     for head, name in PRIOR_OF.items():
         values = logits.get(name)
-        gathered = (np.zeros(columns.shape) if values is None
-                    else np.where(columns >= 0, np.take_along_axis(values[rows], at, 1), 0.0))
+        if values is None:
+            gathered = np.zeros(columns.shape)
+        else:
+            gathered = np.take_along_axis(values[rows], at, 1)
+            if slots is not None and name in slots.pair:
+                gathered = gathered + np.stack([slots.logit(name, s, prev[:, s], cates[:, s], repeats[:, s])
+                                                for s in range(lists.shape[1])], 1)
+            gathered = np.where(columns >= 0, gathered, 0.0)
         out[f"prior_{head}"] = torch.as_tensor(gathered, dtype=torch.float32)
     return out
 
@@ -61,13 +76,22 @@ def teacher_logits(ranker, store: FeatureStore, requests: Requests) -> dict[str,
     return shared.once("teacher.logits", ranker, requests, store, lambda: point_logits(ranker, store, requests))
 
 
-def teacher_prior(ranker) -> PriorFn:
+class TeacherPrior:
+    """The prior an evaluator trained with ``ranker`` reads: the teacher's logits of every candidate, and the
+    slot terms it learned (None without them) that :func:`list_priors` adds per list."""
+
+    def __init__(self, ranker):
+        self.ranker = ranker
+        terms = getattr(ranker, "context_terms", None)
+        self.slots: ContextTerms | None = terms() if terms is not None else None
+
+    def __call__(self, requests: Requests, store: FeatureStore) -> dict[str, np.ndarray]:
+        return teacher_logits(self.ranker, store, requests)
+
+
+def teacher_prior(ranker) -> TeacherPrior:
     """The prior an evaluator trained with ``ranker`` reads."""
-
-    def prior(requests: Requests, store: FeatureStore) -> dict[str, np.ndarray]:
-        return teacher_logits(ranker, store, requests)
-
-    return prior
+    return TeacherPrior(ranker)
 
 
 class ListScorer:

@@ -30,7 +30,7 @@ from relist.io.train_config import TrainConfig
 from relist.models.evaluator import SPEC_FILE, DCWNConfig, Evaluator, EvaluatorSpec, exposure
 from relist.models.inputs import list_inputs
 from relist.models.vocab import Vocab
-from relist.rerank.list_scorer import PriorFn, list_priors
+from relist.rerank.list_scorer import PriorFn, list_priors, teacher_prior
 from relist.train.distributed import save_on_rank0
 from relist.train.model_folder import builds_model_folder
 from relist.train.trainer import FitResult, fit, to_device
@@ -144,7 +144,6 @@ def train_evaluator(
     With ``cfg.model.prior`` the heads start from the fine-ranking teacher in ``ranker_dir``.
     """
     from relist.models.ranking.saved import load_ranking_model, weights_digest
-    from relist.models.ranking.scoring import point_logits
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     store = FeatureStore.from_dir(data_dir)
@@ -155,10 +154,7 @@ def train_evaluator(
         if ranker_dir is None:
             raise ConfigError("model.prior: true needs the trained fine-ranking teacher (--ranker DIR); "
                               "or set model.prior: false")
-        ranker, digest = load_ranking_model(ranker_dir), weights_digest(ranker_dir)
-
-        def prior(requests: Requests, store: FeatureStore) -> dict[str, np.ndarray]:
-            return point_logits(ranker, store, requests)
+        prior, digest = teacher_prior(load_ranking_model(ranker_dir)), weights_digest(ranker_dir)
 
     torch.manual_seed(cfg.train.seed)
     model = Evaluator(vocab, cfg.model)

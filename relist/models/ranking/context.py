@@ -22,32 +22,26 @@ from torch import Tensor, nn
 
 
 class SlotContext(nn.Module):
-    """The two tables; stored divided by ``gain``: Adam moves every parameter by about the learning rate
-    per step, and each entry of a table sees only its share of the impressions, so at the network's rate
-    the tables stay a fraction of their size (the pair table's spread came out at half of what a fit of
-    the tables alone gives on the same logs)."""
-
-    def __init__(self, n_cates: int, tasks: int, max_repeats: int = 4, gain: float = 3.0):
+    def __init__(self, n_cates: int, tasks: int, max_repeats: int = 4):
         super().__init__()
-        self.scaled_pair = nn.Parameter(torch.zeros(tasks, n_cates, n_cates))
-        self.scaled_repeats = nn.Parameter(torch.zeros(tasks, max_repeats))
-        self.max_repeats, self.gain = max_repeats, gain
+        self.pair = nn.Parameter(torch.zeros(tasks, n_cates, n_cates))
+        self.repeats = nn.Parameter(torch.zeros(tasks, max_repeats))
+        self.max_repeats = max_repeats
 
     def forward(self, prev_cate: Tensor, cate: Tensor, repeats: Tensor) -> Tensor:
         """Logit terms [N, tasks] of N slots."""
-        n = self.scaled_pair.shape[1]
-        pair = self.gain * self.scaled_pair[:, prev_cate.long().clamp(0, n - 1), cate.long().clamp(0, n - 1)]
+        n = self.pair.shape[1]
+        pair = self.pair[:, prev_cate.long().clamp(0, n - 1), cate.long().clamp(0, n - 1)]
         return (pair + self.repeated()[:, repeats.long().clamp(0, self.max_repeats)]).T
 
     def repeated(self) -> Tensor:
         """[tasks, max_repeats + 1]: the term of r earlier items of the category (0 for none)."""
-        return self.gain * torch.cat([torch.zeros_like(self.scaled_repeats[:, :1]), self.scaled_repeats], 1)
+        return torch.cat([torch.zeros_like(self.repeats[:, :1]), self.repeats], 1)
 
     def terms(self, tasks: tuple[str, ...], position: Tensor | None) -> ContextTerms:
         """The tables as arrays, by task, for a search that adds them slot by slot (with the teacher's
         position term [P, tasks], if it has one)."""
-        pair = (self.gain * self.scaled_pair).detach().cpu().numpy()
-        repeated = self.repeated().detach().cpu().numpy()
+        pair, repeated = self.pair.detach().cpu().numpy(), self.repeated().detach().cpu().numpy()
         slots = None if position is None else position.detach().cpu().numpy()
         return ContextTerms({task: pair[i] for i, task in enumerate(tasks)},
                             {task: repeated[i] for i, task in enumerate(tasks)},
