@@ -1,9 +1,10 @@
 """Each remedy of the "wins in truth" issue switched off alone, on the default world's validation requests.
 
 The design bucket: truth on *validation* requests of the default world (never test requests, never
-another world). Every row is the full system with one remedy changed — an evaluator setting (no
-ensemble, no upstream score, no teacher prior, no neighbourhood features), a list-ranking setting
-(no pessimism, no safe incumbent, no local search) or a generator setting (no behaviour term, no
+another world). Every row is the full system with one remedy changed — a teacher setting (no slot
+context), an evaluator setting (no ensemble, no upstream score, no teacher prior, a prior without the
+slot terms, no neighbourhood features), a list-ranking setting (beam without the slot terms, no
+pessimism, no safe incumbent, no local search) or a generator setting (no behaviour term, no
 pessimism in its reward) — so its change against the full row says what that remedy is worth.
 Models a row does not change are shared with the rerank study's seed (its work directory); a row
 that changes a model trains its own copy.
@@ -34,6 +35,8 @@ from relist.sim.world import world_of_logs
 class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    ranker: dict = Field({}, description="changes to relist/configs/ranking_teacher.yaml (retrains it, the evaluator "
+                                         "and the GRN)")
     evaluator: dict = Field({}, description="changes to relist/configs/evaluator.yaml (retrains it and the GRN)")
     generator: dict = Field({}, description="changes to relist/configs/generator.yaml (retrains the GRN)")
     rerank: dict = Field({}, description="changes to the evaluation's rerank section (no training)")
@@ -49,11 +52,14 @@ class Config(BaseModel):
     policies: list[str] = ["list_retrieval", "list_retrieval_last", "grn", "last"]
     variants: dict[str, Variant] = {
         "all remedies": Variant(),
+        "teacher: no slot context": Variant(ranker={"teacher": {"slot_context": False}}),
+        "beam: no slot terms": Variant(rerank={"beam": {"slot_context": False}}),
         "evaluator as before (one member, no upstream score, no prior, no neighbourhood)": Variant(
             evaluator={"model": {"members": 1, "upstream": False, "prior": False, "neighbourhood": False}}),
         "evaluator: one member (no ensemble)": Variant(evaluator={"model": {"members": 1}}),
         "evaluator: no upstream score": Variant(evaluator={"model": {"upstream": False}}),
         "evaluator: no teacher prior": Variant(evaluator={"model": {"prior": False}}),
+        "evaluator: the item's own prior (no slot terms)": Variant(evaluator={"model": {"prior_in_slot": False}}),
         "evaluator: no neighbourhood features": Variant(evaluator={"model": {"neighbourhood": False}}),
         "list ranking: no pessimism (beta 0)": Variant(rerank={"ranking": {"beta": 0.0}, "last": {"beta": 0.0}}),
         "list ranking: no safe incumbent": Variant(rerank={"ranking": {"incumbent": None}}),
@@ -64,15 +70,26 @@ class Config(BaseModel):
 
 
 def _train_variant(data: Path, base: Path, out: Path, variant: Variant, seed: int) -> None:
-    """The base seed's models, with the evaluator and/or GRN retrained as the variant says."""
+    """The base seed's models, with the teacher, the evaluator and/or the GRN retrained as the variant says
+    (and what reads a retrained model)."""
+    from relist.models.ranking.config import RankingConfig
     from relist.train.evaluator import EvaluatorTrainConfig, train_evaluator
     from relist.train.generator import GeneratorTrainConfig, train_generator
+    from relist.train.ranking import train_ranking
 
     out.mkdir(parents=True, exist_ok=True)
-    retrain = {"evaluator", "generator"} if variant.evaluator else ({"generator"} if variant.generator else set())
+    retrain = ({"ranker", "evaluator", "generator"} if variant.ranker else {"evaluator", "generator"}
+               if variant.evaluator else ({"generator"} if variant.generator else set()))
     for role in ("ranker", "evaluator", "generator", "prm", "dlcm", "seq2slate"):
         if role not in retrain and not (out / role).exists():
             (out / role).symlink_to(base / role)
+    if "ranker" in retrain and not (out / "ranker" / DONE).is_file():
+        shutil.rmtree(out / "ranker", ignore_errors=True)
+        cfg = load_config(CONFIGS / "ranking_teacher.yaml", RankingConfig).model_dump()
+        cfg = RankingConfig.model_validate(_merged(cfg, variant.ranker | {"train": {"seed": seed, "num_threads": 1}}))
+        start = time.perf_counter()
+        train_ranking(cfg, data, out / "ranker")
+        (out / "ranker" / DONE).write_text(f"{time.perf_counter() - start:.1f} s\n")
     if "evaluator" in retrain and not (out / "evaluator" / DONE).is_file():
         shutil.rmtree(out / "evaluator", ignore_errors=True)
         cfg = load_config(CONFIGS / "evaluator.yaml", EvaluatorTrainConfig).model_dump()
@@ -97,7 +114,8 @@ def run(cfg: Config, work: Path) -> dict:
     eval_cfg = load_config(CONFIGS / "rerank_eval.yaml", RerankEvalConfig)
     rows, full = {}, None
     for name, variant in cfg.variants.items():
-        models_dir = work / "ablation" / _slug(name) if (variant.evaluator or variant.generator) else base
+        trains = variant.ranker or variant.evaluator or variant.generator
+        models_dir = work / "ablation" / _slug(name) if trains else base
         if models_dir != base:
             _train_variant(data, base, models_dir, variant, cfg.seed)
         models, _ = Models.load(models_dir, store)
@@ -116,7 +134,7 @@ def run(cfg: Config, work: Path) -> dict:
                           "vs_all_remedies_ci95": paired_relative(values, full[p])[1] if p in full else None}
                       for p, values in truth.items() if p != "logging"}
         rows[name]["incumbent"] = {k: v.get("incumbent") for k, v in incumbents.items()}
-        if variant.evaluator or name == "all remedies":  # the instrument, before and after each evaluator change
+        if variant.ranker or variant.evaluator or name == "all remedies":  # the instrument, before and after
             rows[name]["evaluator_validity"] = validity(world, models, policies, logged, variant_cfg,
                                                         cfg.validity_requests)
         print(name, {p: round(100 * r["vs_logging"], 1) for p, r in rows[name].items() if "vs_logging" in r},

@@ -63,6 +63,9 @@ class DCWNConfig(BaseModel):
     upstream: bool = Field(True, description="read each item's upstream score and rank (False: ablation)")
     prior: bool = Field(True, description="start each head from the fine-ranking teacher's logit of the item "
                                           "(needs the ranker role); False: learn them from the logs alone")
+    prior_in_slot: bool = Field(True, description="with a teacher that learned slot terms, the prior is its logit of "
+                                                  "the item in its slot of the scored list (position, the category "
+                                                  "above, repeats); False: the item's own logit (ablation)")
     neighbourhood: bool = Field(True, description="the explicit neighbourhood features (repeats, what stands "
                                                   "beside each item); False: the sequence models alone (ablation)")
     next_weight: float = Field(0.5, ge=0, description="loss weight of the scroll (next) head, whose cumulative "

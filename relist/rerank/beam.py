@@ -79,7 +79,7 @@ def beam_search(
     cates, shops = extend(cates), extend(shops)
     ids = np.concatenate([ids, np.full((B, 1), PAD_ID, ids.dtype)], 1)
     real = np.concatenate([mask, np.zeros((B, 1), bool)], 1)
-    at_slot = _SlotScores(scores, cates, context)
+    at_slot = _SlotGains(scores, real, price, cates, context, k)
 
     rows = np.arange(B)[:, None]
     key = np.full((B, k), -np.inf)
@@ -101,9 +101,8 @@ def beam_search(
         allowed = allowed.reshape(B, k, m + 1)
         allowed[:, :, m] = ~allowed[:, :, :m].any(2)  # "nothing left" only when nothing is left
         slot_relaxed = slot_relaxed.reshape(B, k)
-        ctr, nxt, buy = at_slot(slot, prefix)  # [B, k, m+1] each
-        gains = np.stack([np.broadcast_to(real[:, None], ctr.shape), ctr, buy * ctr, buy * ctr * price[:, None]], -1)
-        value_per_exposure = (gains * w).sum(-1)  # [B, k, m+1]: a candidate's value where it is seen
+        gains, nxt = at_slot.gains(slot)  # [B, k|1, m+1, 4] per exposure, [B, k|1, m+1]
+        value_per_exposure = (gains * w).sum(-1)  # a candidate's value where it is seen
         cand_key = key[:, :, None] + exposure[:, :, None] * value_per_exposure \
             - RELAX_PENALTY * slot_relaxed[:, :, None]
         cand_key = np.where(allowed, cand_key, -np.inf).reshape(B, k * (m + 1))
@@ -111,9 +110,10 @@ def beam_search(
         key = cand_key[rows, best]
         beam, col = best // (m + 1), best % (m + 1)
         seen = exposure[rows, beam]
-        totals = totals[rows, beam] + seen[:, :, None] * gains[rows, beam, col]
+        totals = totals[rows, beam] + seen[:, :, None] * np.broadcast_to(gains, (B, k, m + 1, 4))[rows, beam, col]
         relaxed = relaxed[rows, beam] | slot_relaxed[rows, beam]
-        exposure = seen * nxt[rows, beam, col]
+        exposure = seen * np.broadcast_to(nxt, (B, k, m + 1))[rows, beam, col]
+        at_slot.advance(beam, col)
         chosen = chosen[rows, beam]
         chosen[rows, np.arange(k)[None, :], col] = True
         chosen[:, :, m] = False
@@ -124,28 +124,58 @@ def beam_search(
     return BeamLists(prefix, items, value, totals, relaxed, valid)
 
 
-class _SlotScores:
-    """Click, scroll and purchase-given-click probabilities of every candidate [B, m+1] in one slot, behind
-    each beam's prefix: the items' own without slot terms, else their logits plus the terms."""
+class _SlotGains:
+    """Per exposure, what each candidate [B, m+1] adds to the four objectives in the next slot behind every
+    beam's prefix (PV, IPV, purchases, GMV), and its chance to keep the user scrolling.
 
-    def __init__(self, scores: dict[str, np.ndarray], cates: np.ndarray, context: ContextTerms | None):
-        self.scores, self.cates, self.context = scores, cates, context
-        if context is not None:
-            self.logits = {task: _logit(p) for task, p in scores.items()}
+    Without slot terms these are the items' own, computed once ([B, 1, m+1]). With them, each beam keeps
+    the category of its last item and, per candidate, how many items of the candidate's category it holds,
+    so a slot costs a few array operations whatever its length; the tables are gathered per candidate once.
+    """
 
-    def __call__(self, slot: int, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        b, k = prefix.shape[:2]
-        shape = (b, k, self.cates.shape[1])
+    def __init__(self, scores: dict[str, np.ndarray], real: np.ndarray, price: np.ndarray, cates: np.ndarray,
+                 context: ContextTerms | None, k: int):
+        self.real, self.price, self.context = real, price, context
+        if context is None:
+            self.fixed = self._gains({task: p[:, None] for task, p in scores.items()})
+            return
+        b = len(cates)
+        self.tasks = [task for task in ("ctr", "next", "buy") if task in context.pair]
+        self.own = {task: p[:, None] for task, p in scores.items() if task not in self.tasks}
+        self.logits = np.stack([_logit(scores[task]) for task in self.tasks])[:, :, None]  # [T, B, 1, m+1]
+        pair = np.stack([context.pair[task] for task in self.tasks])  # [T, C above, C]
+        self.cates = np.clip(cates, 0, pair.shape[1] - 1)
+        self.pair = pair[:, :, self.cates]  # [T, C above, B, m+1]
+        self.repeat = np.stack([context.repeats[task] for task in self.tasks])  # [T, R+1]
+        self.position = np.stack([context.position[task] for task in self.tasks])  # [T, P]
+        self.above = np.zeros((b, k), np.int64)  # category of each beam's last item (0 before the first)
+        self.repeats = np.zeros((b, k, cates.shape[1]), np.int64)  # items of each candidate's category held
+
+    def gains(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
         if self.context is None:
-            return tuple(np.broadcast_to(self.scores[task][:, None], shape) for task in ("ctr", "next", "buy"))
-        rows = np.arange(b)[:, None, None]
-        above = self.cates[rows, prefix]  # [B, k, slot]
-        cate = self.cates[:, None, :]  # [B, 1, m+1]
-        prev = above[:, :, -1:] if slot else np.zeros((b, k, 1), self.cates.dtype)
-        repeats = (above[:, :, :, None] == cate[:, :, None, :]).sum(2) * (cate > 0)  # [B, k, m+1]
-        return tuple(_sigmoid(self.logits[task][:, None] + self.context.logit(task, slot, prev, cate, repeats))
-                     if task in self.context.pair else np.broadcast_to(self.scores[task][:, None], shape)
-                     for task in ("ctr", "next", "buy"))
+            return self.fixed
+        rows = np.arange(len(self.above))[:, None]
+        terms = (self.pair[:, self.above, rows, :]  # [T, B, k, m+1]
+                 + self.repeat[:, np.minimum(self.repeats, self.repeat.shape[1] - 1)]
+                 + self.position[:, min(slot, self.position.shape[1] - 1), None, None, None])
+        p = _sigmoid(self.logits + terms)
+        return self._gains(dict(zip(self.tasks, p, strict=True)) | self.own)
+
+    def advance(self, beam: np.ndarray, col: np.ndarray) -> None:
+        """Beam j now extends the earlier beam ``beam[:, j]`` by candidate ``col[:, j]``."""
+        if self.context is None:
+            return
+        rows = np.arange(len(beam))[:, None]
+        chosen = self.cates[rows, col]  # [B, k]
+        same = (self.cates[:, None, :] == chosen[:, :, None]) & (chosen > 0)[:, :, None]
+        self.repeats = self.repeats[rows, beam] + same
+        self.above = chosen
+
+    def _gains(self, p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        ctr, buy = p["ctr"], p["buy"] * p["ctr"]
+        real = np.broadcast_to(self.real[:, None], ctr.shape)
+        gains = np.stack(np.broadcast_arrays(real, ctr, buy, buy * self.price[:, None]), -1)
+        return gains, p["next"]
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

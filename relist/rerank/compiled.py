@@ -350,6 +350,6 @@ def compiled_models(models, onnx_dir: str | Path, threads: int = 1):
     if "evaluator" in graphs and scorer is not None:
         updates = {"compiled": OnnxModule(graph("evaluator"), ["click", "next", "buy"])}
         if scorer.prior is not None and ranker is not None:
-            updates["prior"] = teacher_prior(ranker)
+            updates["prior"] = teacher_prior(ranker, scorer.model.cfg.prior_in_slot)
         changes["evaluator"] = scorer.replaced(**updates)
     return dataclasses.replace(models, **changes)

@@ -80,18 +80,18 @@ class TeacherPrior:
     """The prior an evaluator trained with ``ranker`` reads: the teacher's logits of every candidate, and the
     slot terms it learned (None without them) that :func:`list_priors` adds per list."""
 
-    def __init__(self, ranker):
+    def __init__(self, ranker, in_slot: bool = True):
         self.ranker = ranker
-        terms = getattr(ranker, "context_terms", None)
+        terms = getattr(ranker, "context_terms", None) if in_slot else None
         self.slots: ContextTerms | None = terms() if terms is not None else None
 
     def __call__(self, requests: Requests, store: FeatureStore) -> dict[str, np.ndarray]:
         return teacher_logits(self.ranker, store, requests)
 
 
-def teacher_prior(ranker) -> TeacherPrior:
-    """The prior an evaluator trained with ``ranker`` reads."""
-    return TeacherPrior(ranker)
+def teacher_prior(ranker, in_slot: bool = True) -> TeacherPrior:
+    """The prior an evaluator trained with ``ranker`` reads (``in_slot``: DCWNConfig.prior_in_slot)."""
+    return TeacherPrior(ranker, in_slot)
 
 
 class ListScorer:
@@ -125,7 +125,7 @@ class ListScorer:
             if spec.prior_weights != weights_digest(ranker_dir):
                 raise ValueError(f"{model_dir}: trained with another ranker than {ranker_dir} "
                                  "(weights differ); retrain the evaluator or use its ranker")
-            prior = teacher_prior(load_ranking_model(ranker_dir))
+            prior = teacher_prior(load_ranking_model(ranker_dir), spec.model.prior_in_slot)
 
         return cls(model, store, spec.exposure_weighted, prior=prior)
 

@@ -154,7 +154,8 @@ def train_evaluator(
         if ranker_dir is None:
             raise ConfigError("model.prior: true needs the trained fine-ranking teacher (--ranker DIR); "
                               "or set model.prior: false")
-        prior, digest = teacher_prior(load_ranking_model(ranker_dir)), weights_digest(ranker_dir)
+        prior = teacher_prior(load_ranking_model(ranker_dir), cfg.model.prior_in_slot)
+        digest = weights_digest(ranker_dir)
 
     torch.manual_seed(cfg.train.seed)
     model = Evaluator(vocab, cfg.model)
