@@ -263,8 +263,10 @@ def reference_generator(cfg: GeneratorTrainConfig, scorer: ListScorer,
     if prior is None:
         raise ConfigError(f"imitate: {cfg.imitate} needs the fine-ranking teacher (give its directory, --ranker), "
                           "or set imitate: greedy_upstream_score")
-    if cfg.imitate == "beam":
-        return Beam(lambda requests, store: probabilities(prior(requests, store), requests.mask))
+    if cfg.imitate == "beam":  # with the slot terms the teacher learned, as the beam generator searches
+        ranker = getattr(prior, "ranker", None)
+        terms = ranker.context_terms() if hasattr(ranker, "context_terms") else None
+        return Beam(lambda requests, store: probabilities(prior(requests, store), requests.mask), context=terms)
     return GreedyCTR(lambda requests, store: {"ctr": prior(requests, store)["ctr"]})
 
 
