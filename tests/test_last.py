@@ -108,6 +108,24 @@ def test_the_gradient_direction_raises_the_advantage_weighted_logp(grn, store, r
     assert (gain > 0).all()
 
 
+def test_one_backward_pass_gives_every_directions_gradient(grn, store, requests):
+    """Per-sample probes and one backward pass equal D backward passes through one shared probe, taken on the
+    eager decoder's own log-probabilities of the same lists."""
+    batch = list_inputs(store, requests[:8])
+    with torch.no_grad():
+        space = _ActivationShift(grn, batch, grn.encode(batch), 10, BusinessRules(cate_window=2), 1.0)
+        choice, logp, probe = _sample_with_grad(space, None, 4, torch.Generator().manual_seed(1))
+        weights = torch.randn(8, 3, 4, generator=torch.Generator().manual_seed(2))
+        fast = space.gradients(logp, probe, weights)
+        shared = {name: torch.zeros_like(value, requires_grad=True) for name, value in space.reference().items()}
+        with torch.enable_grad():
+            eager = space.decode(shared, samples=4, forced=choice)["logp"]
+            slow = [torch.autograd.grad((weights[:, j] * eager).sum(), list(shared.values()), retain_graph=True)
+                    for j in range(3)]
+    for i, name in enumerate(shared):
+        torch.testing.assert_close(fast[name], torch.stack([g[i] for g in slow], 1), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["parallel", "serial"])
 def test_last_never_serves_below_the_grn_list_by_the_pessimistic_value(grn, scorer, store, requests, mode):
     cfg = LASTConfig(mode=mode)

@@ -169,16 +169,28 @@ class _ActivationShift:
                                              greedy_first=with_greedy, temperature=self.temperature,
                                              generator=generator)
         greedy, choice, allowed = (choice[:, :1] if with_greedy else None), choice[:, first:], allowed[:, first:]
-        probe = {name: torch.zeros_like(value, requires_grad=True) for name, value in self.reference().items()}
         b = choice.shape[0]
-        rows = torch.arange(b).repeat_interleave(samples)
+        rows_enc, _ = expand(enc, self.batch, torch.arange(b).repeat_interleave(samples))
+        # one zero probe per sample (its request's activations, copied): one backward pass then gives every
+        # sample's own gradient, and any weighting of the samples is a sum of those (see ``gradients``)
+        probe = {"candidates": torch.zeros_like(rows_enc.candidates, requires_grad=True),
+                 "state": torch.zeros_like(rows_enc.state, requires_grad=True)}
         with torch.enable_grad():
-            probed = Encoded(enc.candidates + probe["candidates"], enc.state + probe["state"], enc.mask)
-            rows_enc, _ = expand(probed, self.batch, rows)
-            steps = self.model.forced_logp(rows_enc, choice.reshape(b * samples, self.n),
+            probed = Encoded(rows_enc.candidates + probe["candidates"], rows_enc.state + probe["state"],
+                             rows_enc.mask)
+            steps = self.model.forced_logp(probed, choice.reshape(b * samples, self.n),
                                            allowed.reshape(b * samples, self.n, -1), self.temperature)
             logp = steps.sum(-1).view(b, samples)
         return greedy, choice, logp, probe
+
+    def gradients(self, logp: Tensor, probe: Shifted, weights: Tensor) -> Shifted:
+        """The gradients of the D weighted sums of the samples' logp (weights [B, D, S]) -> [B, D, ...], from
+        one backward pass: the per-sample gradients [B·S, ...], weighted and summed per request."""
+        b, d, s = weights.shape
+        with torch.enable_grad():
+            grads = torch.autograd.grad(logp.sum(), list(probe.values()))
+        return {name: torch.einsum("bds,bs...->bd...", weights, g.view(b, s, *g.shape[1:]))
+                for name, g in zip(probe, grads, strict=True)}
 
     def decode_shifted(self, shifts: Shifted) -> Tensor:
         """Greedy lists of K shifts [B, K, ...] as one batch of B·K rows -> choice [B, K, n]."""
@@ -242,6 +254,15 @@ class _WeightShift:
             out = self.decode(at, samples=samples, generator=generator)
         return greedy, out["choice"], out["logp"], probe
 
+    def gradients(self, logp: Tensor, probe: Shifted, weights: Tensor) -> Shifted:
+        """As ``_ActivationShift.gradients``; the samples share one probe (the weights), so one pass per D."""
+        d = weights.shape[1]
+        with torch.enable_grad():
+            objectives = [(weights[:, j] * logp).sum() for j in range(d)]
+        grads = [torch.autograd.grad(objectives[j], list(probe.values()), retain_graph=j < d - 1)
+                 for j in range(d)]
+        return {name: torch.stack([g[i] for g in grads], 1) for i, name in enumerate(probe)}
+
     def decode_shifted(self, shifts: Shifted) -> Tensor:
         """Greedy lists of K weight shifts [1, K, ...], the K generators vmapped -> choice [1, K, n]."""
         kwargs = {"greedy": True, "allowed_fn": self.vmap_hook, "encoded": self.enc}
@@ -267,14 +288,7 @@ def _sample_with_grad(space, delta: Shifted | None, samples: int, generator: tor
 
 def _directions(space, logp: Tensor, probe: Shifted, weights: Tensor) -> Shifted:
     """D weighted gradients of the samples' logp (weights [B, D, S]) -> relative shifts [B, D, ...]."""
-    d = weights.shape[1]
-    with torch.enable_grad():
-        objectives = [(weights[:, j] * logp).sum() for j in range(d)]
-    grads = [
-        torch.autograd.grad(objectives[j], list(probe.values()), retain_graph=j < d - 1) for j in range(d)
-    ]
-    directions = {name: torch.stack([g[i] for g in grads], 1) for i, name in enumerate(probe)}
-    return _relative(directions, space.reference())
+    return _relative(space.gradients(logp, probe, weights), space.reference())
 
 
 def _relative(directions: Shifted, reference: Shifted) -> Shifted:
