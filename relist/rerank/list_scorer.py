@@ -61,8 +61,7 @@ def list_priors(prior: PriorFn, store: FeatureStore, requests: Requests, lists: 
         else:
             gathered = np.take_along_axis(values[rows], at, 1)
             if slots is not None and name in slots.pair:
-                gathered = gathered + np.stack([slots.logit(name, s, prev[:, s], cates[:, s], repeats[:, s])
-                                                for s in range(lists.shape[1])], 1)
+                gathered = gathered + slots.logit(name, np.arange(lists.shape[1]), prev, cates, repeats)
             gathered = np.where(columns >= 0, gathered, 0.0)
         out[f"prior_{head}"] = torch.as_tensor(gathered, dtype=torch.float32)
     return out

@@ -57,11 +57,11 @@ class ContextTerms:
     repeats: dict[str, np.ndarray]
     position: dict[str, np.ndarray]
 
-    def logit(self, task: str, slot: int, prev_cate: np.ndarray, cate: np.ndarray, repeats: np.ndarray
-              ) -> np.ndarray:
+    def logit(self, task: str, slot: int | np.ndarray, prev_cate: np.ndarray, cate: np.ndarray,
+              repeats: np.ndarray) -> np.ndarray:
         """The term of ``task`` in ``slot`` for items of ``cate`` with ``prev_cate`` above and ``repeats``
-        earlier items of their category (shapes broadcast)."""
+        earlier items of their category (shapes broadcast, ``slot`` too)."""
         table, counts, position = self.pair[task], self.repeats[task], self.position[task]
         n = len(table)
-        return position[min(slot, len(position) - 1)] + table[np.clip(prev_cate, 0, n - 1), np.clip(cate, 0, n - 1)] \
-            + counts[np.clip(repeats, 0, len(counts) - 1)]
+        pair = table[np.clip(prev_cate, 0, n - 1), np.clip(cate, 0, n - 1)]
+        return position[np.minimum(slot, len(position) - 1)] + pair + counts[np.clip(repeats, 0, len(counts) - 1)]
