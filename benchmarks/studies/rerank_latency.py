@@ -7,7 +7,10 @@ on the compiled path a served version runs (relist.rerank.compiled: the GRN, eva
 ONNX graphs in ONNX Runtime, written as ``relist export`` writes them). Medians and p99 per policy and
 path, and the ratio to a greedy sort by the upstream score measured in the same run (the floor any
 re-ranker pays). The row ``served`` is list ranking as ``relist export`` configures a version by default:
-the generators served on at least 2% of validation requests, the incumbent first, no local search.
+the generators served on at least 2% of validation requests, the incumbent first, no local search; the row
+``served_last`` is the same with LAST (K=8) competing too, whatever its share — list retrieval + LAST as a
+version serves it. ``list_retrieval`` and ``list_retrieval_last`` are the evaluation's: every generator,
+then three rounds of local search.
 
     python -m benchmarks rerank_latency --work WORK
 """
@@ -25,6 +28,7 @@ from benchmarks.studies.rerank import ROOT, default_world_models
 
 FLOOR = "greedy_upstream_score"
 SERVED = "served"  # list ranking as an exported version serves it (serve.yaml's defaults resolved on validation)
+SERVED_LAST = "served_last"  # the same, with LAST among its generators
 
 
 class Config(BaseModel):
@@ -48,7 +52,8 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.io.config import CONFIGS, load_config
     from relist.rerank.compiled import compiled_models, export_onnx
     from relist.rerank.generators import Context
-    from relist.rerank.registry import Models, build_ranking
+    from relist.rerank.list_ranking import ListRanking
+    from relist.rerank.registry import Models, build_generators, build_ranking
     from relist.serve.config import PipelineConfig
     from relist.serve.pipeline import UPSTREAM, VALID_REQUESTS
     from relist.sim.config import load_sim_config
@@ -73,9 +78,12 @@ def run(cfg: Config, work: Path) -> dict:
     for path, models in paths.items():
         policies, skipped, _ = build_policies(eval_cfg, data, models)
         policies[SERVED], _, choice = build_ranking(models, served_cfg, served_names, (valid, eval_cfg.n))
+        served = policies[SERVED]
+        last, _ = build_generators(["last"], models, served_cfg)
+        policies[SERVED_LAST] = ListRanking(served.generators | last, served.scorer, served.cfg, served.incumbent)
         out[path] = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p.propose(r, eval_cfg.n, ctx),
                                                          singles))
-                     for name in [*cfg.policies, SERVED] if name in policies}
+                     for name in [*cfg.policies, SERVED, SERVED_LAST] if name in policies}
     floor = out["eager"][FLOOR]["median_ms"]
     for rows in out.values():
         for row in rows.values():

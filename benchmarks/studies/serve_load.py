@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.studies.rerank import ROOT, default_world_models
+from benchmarks.studies.rerank import ROOT, _merged, default_world_models
 
 FLOORS = ("upstream", "popular")  # what the service serves when it does not re-rank
 ROLES = ("ranker", "evaluator", "generator", "prm", "dlcm", "seq2slate")
@@ -59,6 +59,9 @@ class Config(BaseModel):
     duration_s: int = Field(10, ge=1, description="seconds per wrk run (after a 2 s warm-up run)")
     endpoints: list[str] = ["noop", "rerank", "recommend"]
     bodies: int = Field(200, ge=1, description="logged test requests sent in turn")
+    pipeline: dict = Field({}, description="changes to the serving config's pipeline the version is exported "
+                                           "with, e.g. {rerank: {ranking: {generators: [upstream, beam, last], "
+                                           "min_share: 0}}} to serve LAST whatever its share on validation")
 
 
 def run(cfg: Config, work: Path) -> dict:
@@ -73,8 +76,9 @@ def run(cfg: Config, work: Path) -> dict:
     serve_config = ROOT / cfg.serve_config
     model_dir = work / "serve_load_versions"
     shutil.rmtree(model_dir, ignore_errors=True)  # exported anew: the version is what today's export writes
-    export_version(model_dir, "v1", data, {role: models / role for role in ROLES},
-                   load_serve_config(serve_config).pipeline, activate=True)
+    pipeline = load_serve_config(serve_config).pipeline
+    pipeline = type(pipeline).model_validate(_merged(pipeline.model_dump(), cfg.pipeline))
+    export_version(model_dir, "v1", data, {role: models / role for role in ROLES}, pipeline, activate=True)
     manifest = json.loads((model_dir / VERSIONS / "v1" / "manifest.json").read_text())
     requests, _ = logged_requests(data, "test", cfg.bodies)
     bodies = _bodies(requests, work)
