@@ -179,3 +179,12 @@ def test_last_plugs_into_list_ranking(grn, scorer, store, requests):
     ranked = ListRanking(generators, scorer, cfg, "grn").rank(requests[:64], 10, context(store))
     assert_valid_lists(ranked.lists, requests[:64])
     assert set(ranked.source) <= {"grn", "last"}
+
+
+def test_the_lists_left_unscored_for_list_ranking_hold_the_list_last_serves(grn, scorer, store, requests):
+    last = LAST(grn, scorer, LASTConfig())
+    served = last.propose(requests[:64], 10, context(store))[:, 0]
+    handed = last.unscored(requests[:64], 10, context(store))
+    assert handed.shape == (64, 1 + last.cfg.k, 10)
+    assert (handed == served[:, None]).all(-1).any(1).all()
+    assert (handed[:, 1:] != handed[:, :1]).any(-1).any(), "no shift moved any list"

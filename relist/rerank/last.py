@@ -124,6 +124,7 @@ class LASTResult:
     lists: np.ndarray  # [B, n] item ids served
     reward: np.ndarray  # [B] pessimistic value of the served lists (NaN if the budget left the floor unscored)
     source: np.ndarray  # [B] where each served list came from: greedy | sample | shift | serial
+    unscored: np.ndarray | None = None  # [B, L, n] lists found but left unscored (``score_shifts=False``)
 
 
 class _ActivationShift:
@@ -351,14 +352,27 @@ class LAST:
         return self._thread.model
 
     def propose(self, requests: Requests, n: int, ctx: Context) -> np.ndarray:
+        return self._in_chunks(requests, n, ctx, lambda result: result.lists[:, None])
+
+    def unscored(self, requests: Requests, n: int, ctx: Context) -> np.ndarray:
+        """For a caller that scores and chooses among lists anyway (list ranking): the best list LAST scored
+        (its greedy floor or a sample) and the K shifted lists, unscored [B, 1 + K, n] — one evaluator call
+        fewer than ``propose``. The serial mode scores every step: its best list alone."""
+        if self.cfg.mode == "serial":
+            return self.propose(requests, n, ctx)
+        return self._in_chunks(requests, n, ctx, lambda result: np.concatenate(
+            [result.lists[:, None], result.unscored], 1), score_shifts=False)
+
+    def _in_chunks(self, requests: Requests, n: int, ctx: Context, take, score_shifts: bool = True) -> np.ndarray:
         size = 1 if self.cfg.shift != "activations" else self.cfg.batch_size
-        out = [self.rerank(requests[start:start + size], n, ctx.rows(slice(start, start + size))).lists
-               for start in range(0, len(requests), size)]
-        return (np.concatenate(out) if out else np.zeros((0, n), np.int64))[:, None, :]
+        out = [take(self.rerank(requests[start:start + size], n, ctx.rows(slice(start, start + size)),
+                                score_shifts)) for start in range(0, len(requests), size)]
+        return np.concatenate(out) if out else np.zeros((0, 1, n), np.int64)
 
     @torch.no_grad()
-    def rerank(self, requests: Requests, n: int, ctx: Context) -> LASTResult:
-        """The best list LAST finds for each request (one request at a time for weight shifts)."""
+    def rerank(self, requests: Requests, n: int, ctx: Context, score_shifts: bool = True) -> LASTResult:
+        """The best list LAST finds for each request (one request at a time for weight shifts); with
+        ``score_shifts=False`` the shifted lists are returned unscored (``LASTResult.unscored``)."""
         budget, rows = ctx.budget, len(requests)
         scorer = self.scorer.on_store(ctx.store)
         generator = torch.Generator().manual_seed(self._seed(requests))
@@ -381,7 +395,7 @@ class LAST:
         if not budget.affords("last.explore", rows):
             with budget.stage("last.greedy", rows):
                 best = _Best(lists_of(space.greedy(None))[:, 0])
-            return LASTResult(best.lists.numpy(), best.reward.numpy(), best.source)
+            return LASTResult(best.lists.numpy(), best.reward.numpy(), best.source, np.zeros((rows, 0, n), np.int64))
         with budget.stage("last.explore", rows):  # the greedy floor decodes in the samples' pass
             greedy, choice, logp, probe = space.explore(None, self.cfg.samples, generator, with_greedy=True)
             floor, samples = lists_of(greedy), lists_of(choice)
@@ -391,14 +405,20 @@ class LAST:
             best.offer(floor, lr_greedy[:, None], "greedy")
             if self.cfg.serve_samples:
                 best.offer(samples, lr, "sample")
-        search = self._parallel if self.cfg.mode == "parallel" else self._serial
-        search(space, lists_of, score, (lr, logp, probe, lr_greedy), generator, best, budget, rows)
-        return LASTResult(best.lists.numpy(), best.reward.numpy(), best.source)
+        if self.cfg.mode == "parallel":
+            found = self._parallel(space, lists_of, score if score_shifts else None, (lr, logp, probe, lr_greedy),
+                                   best, budget, rows)
+        else:
+            found = self._serial(space, lists_of, score, (lr, logp, probe, lr_greedy), generator, best, budget,
+                                 rows)
+        unscored = found.numpy() if found is not None else np.zeros((rows, 0, n), np.int64)
+        return LASTResult(best.lists.numpy(), best.reward.numpy(), best.source, unscored)
 
-    def _parallel(self, space, lists_of, score, explored, generator, best, budget: Budget, rows: int) -> None:
+    def _parallel(self, space, lists_of, score, explored, best, budget: Budget, rows: int) -> Tensor | None:
+        """The K shifted generators' lists, offered to ``best`` when ``score`` is given, else returned."""
         lr, logp, probe, lr_greedy = explored
         if not budget.affords("last.gradient", rows):
-            return
+            return None
         with budget.stage("last.gradient", rows):
             weights = _advantage_weights(lr, lr_greedy, self.cfg.baseline, self.cfg.directions)
             directions = _directions(space, logp, probe, weights)
@@ -408,14 +428,15 @@ class LAST:
                 for name, d in directions.items()
             }  # [B, D·len(steps), ...]
         if not budget.affords("last.decode", rows):
-            return
+            return None
         with budget.stage("last.decode", rows):
-            shifted = space.decode_shifted(shifts)
-        if not budget.affords("last.score", rows):
-            return
-        with budget.stage("last.score", rows):
-            lists = lists_of(shifted)
-            best.offer(lists, score(lists), "shift")
+            lists = lists_of(space.decode_shifted(shifts))
+        if score is None:
+            return lists
+        if budget.affords("last.score", rows):
+            with budget.stage("last.score", rows):
+                best.offer(lists, score(lists), "shift")
+        return None
 
     def _serial(self, space, lists_of, score, explored, generator, best, budget: Budget, rows: int) -> None:
         lr, logp, probe, lr_greedy = explored

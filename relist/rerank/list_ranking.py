@@ -1,8 +1,10 @@
 """List ranking: the second step of list retrieval, and the only place that chooses among lists.
 
 Generators (relist.rerank.generators) propose lists for a batch of requests, each only if the
-budget affords it. Duplicates are dropped, every remaining list is valued by the evaluator
-ensemble in one call (any objective, relist.objective), and per request one list is served:
+budget affords it; one that scores lists to choose its own (LAST) hands over the lists it would have
+scored last (``unscored``), since they are scored here anyway. Duplicates are dropped, every remaining
+list is valued by the evaluator ensemble in one call (any objective, relist.objective), and per request
+one list is served:
 
 * with a **safe incumbent** (a named generator, e.g. the policy that is best on validation), a
   challenger is served only when the members agree it beats the incumbent's list: its pessimistic
@@ -104,8 +106,8 @@ class ListRanking:
             generator = self.generators[name]
             if not ctx.budget.affords(name, size):
                 continue
-            with ctx.budget.stage(name, size):
-                lists = generator.propose(requests, n, ctx)
+            with ctx.budget.stage(name, size):  # a generator that scores its own lists may leave that to us
+                lists = getattr(generator, "unscored", generator.propose)(requests, n, ctx)
             parts.append(lists)
             source += [name] * lists.shape[1]
         if not parts:
