@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from relist.data.logs import logged_requests
+from relist.models.ranking.context import ContextTerms
 from relist.rerank.compiled import MANIFEST, OnnxGRN, compiled_models, export_onnx
 from relist.rerank.generators import Context
 from relist.rerank.grn import GRNGreedy, GRNSamples
@@ -45,6 +46,20 @@ def test_the_manifest_names_every_graph_and_what_it_reads(onnx_dir, fast):
         assert (onnx_dir / graph["file"]).is_file() and graph["inputs"] and graph["outputs"]
     assert manifest["slots"] == 10 and manifest["rules"]["cate_window"] == 2 and manifest["members"] == 2
     assert isinstance(fast.generator, OnnxGRN) and fast.evaluator.compiled is not None
+
+
+def test_the_teachers_slot_tables_ship_with_the_graphs(models, onnx_dir, fast):
+    """The teacher's graph does not hold its slot tables: the export writes them beside it, and the compiled
+    teacher reads them from there, not from the eager model."""
+    manifest = json.loads((onnx_dir / MANIFEST).read_text())
+    shipped = ContextTerms.load(onnx_dir / manifest["slot_terms"]["file"])
+    eager = models.ranker.context_terms()
+    assert manifest["slot_terms"]["tasks"] == sorted(eager.pair) and fast.ranker.context_terms() is not eager
+    for kind in ("pair", "repeats", "position"):
+        for task, table in getattr(eager, kind).items():
+            np.testing.assert_array_equal(getattr(shipped, kind)[task], table)
+            np.testing.assert_array_equal(getattr(fast.ranker.context_terms(), kind)[task], table)
+    assert np.abs(shipped.pair["ctr"]).sum() > 0  # the tiny teacher learned some
 
 
 @pytest.mark.parametrize("rows", [slice(0, 1), slice(3, 4), slice(0, 200)])

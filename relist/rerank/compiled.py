@@ -9,7 +9,8 @@ were measured on one request (m=50, n=10, greedy and 9 rows; loaded 2-core machi
 ONNX Runtime 5-6x faster than eager, torch.compile about as fast as ONNX Runtime but 5 minutes to
 compile (and again for every new version), TorchScript 2.4x. ONNX Runtime it is; the graphs are
 written once by ``relist export --onnx`` (seconds) and the server loads them with the version
-(relist.serve.registry), as an edge device would (the manifest says what each graph reads).
+(relist.serve.registry), as an edge device would (the manifest says what each graph reads). The teacher's
+slot tables (relist.models.ranking.context) are no graph: they ship beside them as ``slot_terms.npz``.
 
 Exactness: greedy decoding and sampling (Gumbel noise drawn from the request's seed by the caller,
 as the eager path draws it) pick the same candidates as the eager modules; log-probabilities and
@@ -44,6 +45,7 @@ OPSET = 17
 FORMAT = 1
 GRAPHS = {"generator_encoder": "generator_encoder.onnx", "generator_decoder": "generator_decoder.onnx",
           "evaluator": "evaluator.onnx", "ranker": "ranker.onnx"}
+SLOT_TERMS = "slot_terms.npz"  # the teacher's slot tables (relist.models.ranking.context), when it has them
 DECODER_INPUTS = ("candidates", "state", *[f"rule_{name}" for name in RULE_INPUTS], "noise", "temperature")
 DECODER_OUTPUTS = ("choice", "step_logp", "allowed")
 
@@ -303,6 +305,10 @@ def export_onnx(models, rules: BusinessRules, out_dir: str | Path, slots: int | 
         graphs["ranker"] = _export_dict_module(teacher, request_inputs(models.store, requests),
                                                sorted(teacher(request_inputs(models.store, requests[:1]))),
                                                out / GRAPHS["ranker"])
+        terms = teacher.context_terms() if hasattr(teacher, "context_terms") else None
+        if terms is not None:  # tables, not a graph: beam search and the evaluator's prior add them per list
+            terms.save(out / SLOT_TERMS)
+            manifest["slot_terms"] = {"file": SLOT_TERMS, "tasks": sorted(terms.pair)}
     scorer = models.evaluator
     if scorer is not None and hasattr(scorer, "model"):
         lists = requests.candidates[:, :5]
@@ -344,7 +350,7 @@ def compiled_models(models, onnx_dir: str | Path, threads: int = 1):
                                        manifest["slots"])
     ranker = models.ranker
     if "ranker" in graphs and ranker is not None:
-        terms = ranker.context_terms() if hasattr(ranker, "context_terms") else None
+        terms = ContextTerms.load(onnx_dir / manifest["slot_terms"]["file"]) if "slot_terms" in manifest else None
         ranker = changes["ranker"] = OnnxModule(graph("ranker"), graphs["ranker"]["outputs"], terms)
     scorer = models.evaluator
     if "evaluator" in graphs and scorer is not None:

@@ -15,6 +15,7 @@ Category 0 means unknown, and above the first slot.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,3 +66,16 @@ class ContextTerms:
         n = len(table)
         pair = table[np.clip(prev_cate, 0, n - 1), np.clip(cate, 0, n - 1)]
         return position[np.minimum(slot, len(position) - 1)] + pair + counts[np.clip(repeats, 0, len(counts) - 1)]
+
+    def save(self, path: str | Path) -> None:
+        """The tables as one ``.npz`` file (``pair.ctr``, ``repeats.ctr``, ``position.ctr``, ...): what an edge
+        export ships beside the teacher's graph, which does not hold them."""
+        np.savez(path, **{f"{kind}.{task}": table for kind in ("pair", "repeats", "position")
+                          for task, table in getattr(self, kind).items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> ContextTerms:
+        with np.load(path) as tables:
+            by_kind = {kind: {key.split(".", 1)[1]: tables[key] for key in tables.files
+                              if key.split(".", 1)[0] == kind} for kind in ("pair", "repeats", "position")}
+        return cls(**by_kind)
