@@ -350,7 +350,10 @@ def compiled_models(models, onnx_dir: str | Path, threads: int = 1):
                                        manifest["slots"])
     ranker = models.ranker
     if "ranker" in graphs and ranker is not None:
-        terms = ContextTerms.load(onnx_dir / manifest["slot_terms"]["file"]) if "slot_terms" in manifest else None
+        if "slot_terms" in manifest:
+            terms = ContextTerms.load(onnx_dir / manifest["slot_terms"]["file"])
+        else:  # an export written before the tables shipped with it
+            terms = ranker.context_terms() if hasattr(ranker, "context_terms") else None
         ranker = changes["ranker"] = OnnxModule(graph("ranker"), graphs["ranker"]["outputs"], terms)
     scorer = models.evaluator
     if "evaluator" in graphs and scorer is not None:
