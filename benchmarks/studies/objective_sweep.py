@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from benchmarks.studies.rerank import ROOT, default_world_models, train_role
+from benchmarks.studies.rerank import ROOT, DefaultWorldStudy, default_world_models, train_role
 from relist.data.features import FeatureStore
 from relist.eval.objective_sweep import objective_sweep
 from relist.eval.report import objective_front
@@ -33,12 +33,7 @@ from relist.sim.world import world_of_logs
 from relist.train.generator import GeneratorTrainConfig
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    world: str = "relist/configs/sim_default.yaml"
-    lists: int = 20_000
-    seed: int = 0
+class Config(DefaultWorldStudy):
     points: int = Field(11, ge=2, description="weights from all clicks (t=0) to all spend (t=1)")
     requests: int = Field(500, ge=1)
     split: str = "test"

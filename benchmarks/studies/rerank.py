@@ -142,6 +142,16 @@ def cached_oracles(path: Path, world: World, requests: Requests, cfg: RerankEval
         return saved["arr_0"], saved["arr_1"]
 
 
+class DefaultWorldStudy(BaseModel):
+    """The settings of a study that runs on this study's default-world models of one seed (``default_world_models``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    world: str = "relist/configs/sim_default.yaml"
+    lists: int = 20_000
+    seed: int = 0
+
+
 def default_world_models(work: Path, sim: SimConfig, lists: int, seed: int) -> tuple[Path, Path]:
     """This study's default-world logs and one seed's models under ``work`` (made where missing), so that
     every study given the same ``--work`` reuses them: (log directory, models directory)."""

@@ -20,23 +20,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.studies.rerank import ROOT, default_world_models
+from benchmarks.studies.rerank import ROOT, DefaultWorldStudy, default_world_models
 
 FLOOR = "greedy_upstream_score"
 SERVED = "served"  # list ranking as an exported version serves it (serve.yaml's defaults resolved on validation)
 SERVED_LAST = "served_last"  # the same, with LAST among its generators
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    world: str = "relist/configs/sim_default.yaml"
-    lists: int = 20_000
-    seed: int = 0
+class Config(DefaultWorldStudy):
     requests: int = Field(200, ge=10, description="logged test requests, each served alone")
     threads: int = Field(2, ge=1, description="torch threads")
     onnx_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per graph (the server's)")

@@ -14,17 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from benchmarks.studies.rerank import ROOT, default_world_models
+from benchmarks.studies.rerank import ROOT, DefaultWorldStudy, default_world_models
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    world: str = "relist/configs/sim_default.yaml"
-    lists: int = 20_000
-    seed: int = 0
+class Config(DefaultWorldStudy):
     requests: int = Field(1000, ge=10, description="validation requests after the export's own")
     n: int = 10
 
