@@ -124,7 +124,7 @@ class LASTResult:
     lists: np.ndarray  # [B, n] item ids served
     reward: np.ndarray  # [B] pessimistic value of the served lists (NaN if the budget left the floor unscored)
     source: np.ndarray  # [B] where each served list came from: greedy | sample | shift | serial
-    unscored: np.ndarray | None = None  # [B, L, n] lists found but left unscored (``score_shifts=False``)
+    unscored: np.ndarray  # [B, L, n] lists found but left unscored (``score_shifts=False``; L = 0 otherwise)
 
 
 class _ActivationShift:
@@ -329,6 +329,12 @@ class _Best:
             self.reward[better] = top[better]
             self.source[better.numpy()] = source
 
+    def result(self, unscored: Tensor | None, n: int) -> LASTResult:
+        """What was found: the best lists so far, and the lists left unscored (none: [B, 0, n])."""
+        rows = len(self.lists)
+        found = unscored.numpy() if unscored is not None else np.zeros((rows, 0, n), np.int64)
+        return LASTResult(self.lists.numpy(), self.reward.numpy(), self.source, found)
+
 
 class LAST:
     """Learning at serving time over a deployed GRN and evaluator (see the module docstring).
@@ -395,7 +401,7 @@ class LAST:
         if not budget.affords("last.explore", rows):
             with budget.stage("last.greedy", rows):
                 best = _Best(lists_of(space.greedy(None))[:, 0])
-            return LASTResult(best.lists.numpy(), best.reward.numpy(), best.source, np.zeros((rows, 0, n), np.int64))
+            return best.result(None, n)
         with budget.stage("last.explore", rows):  # the greedy floor decodes in the samples' pass
             greedy, choice, logp, probe = space.explore(None, self.cfg.samples, generator, with_greedy=True)
             floor, samples = lists_of(greedy), lists_of(choice)
@@ -411,8 +417,7 @@ class LAST:
         else:
             found = self._serial(space, lists_of, score, (lr, logp, probe, lr_greedy), generator, best, budget,
                                  rows)
-        unscored = found.numpy() if found is not None else np.zeros((rows, 0, n), np.int64)
-        return LASTResult(best.lists.numpy(), best.reward.numpy(), best.source, unscored)
+        return best.result(found, n)
 
     def _parallel(self, space, lists_of, score, explored, best, budget: Budget, rows: int) -> Tensor | None:
         """The K shifted generators' lists, offered to ``best`` when ``score`` is given, else returned."""
