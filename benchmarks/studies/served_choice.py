@@ -33,18 +33,17 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.rerank.generators import Context
     from relist.rerank.registry import Models, build_ranking
     from relist.serve.config import PipelineConfig
-    from relist.serve.pipeline import UPSTREAM, VALID_REQUESTS
+    from relist.serve.pipeline import UPSTREAM, VALID_REQUESTS, with_incumbent
     from relist.sim.config import load_sim_config
     from relist.sim.world import world_of_logs
 
     data, models_dir = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
     store = FeatureStore.from_dir(data)
     models, _ = Models.load(models_dir, store)
-    rerank = PipelineConfig().rerank
+    rerank = with_incumbent(PipelineConfig(), data, models_dir).rerank  # resolved as export resolves it
     valid, _ = logged_requests(data, "valid", VALID_REQUESTS + cfg.requests)
-    export_on, judged = valid[:VALID_REQUESTS], valid[VALID_REQUESTS:]
-    names = list(dict.fromkeys([UPSTREAM, *rerank.ranking.generators]))
-    served, _, choice = build_ranking(models, rerank, names, (export_on, cfg.n))
+    judged = valid[VALID_REQUESTS:]  # export chose on the first VALID_REQUESTS
+    served, _, _ = build_ranking(models, rerank, list(dict.fromkeys([UPSTREAM, *rerank.ranking.generators])))
     ctx = Context(store, rerank.rules.build(), rerank.objective)
     lists = served.rank(judged, cfg.n, ctx).lists
     with shared.scope():
@@ -53,7 +52,7 @@ def run(cfg: Config, work: Path) -> dict:
     ipv_served = true_rewards(world, judged.user_id, lists)["ipv"]
     ipv_first = true_rewards(world, judged.user_id, first)["ipv"]
     change, ci = paired_relative(ipv_served, ipv_first)
-    out = {"generators": list(served.generators), "incumbent": served.incumbent, "export_choice": choice,
+    out = {"generators": list(served.generators), "incumbent": served.incumbent,
            "requests": len(judged), "split": "valid (after the export's own)",
            "served_ipv": float(ipv_served.mean()), "incumbent_first_ipv": float(ipv_first.mean()),
            "vs_incumbent_first": {"relative": change, "ci95": ci, "relative_hi": change + ci},
