@@ -122,24 +122,6 @@ def test_the_incumbent_runs_first_and_is_served_when_scoring_is_out_of_time(logs
     assert ctx.budget.skipped == ["list_ranking.score"]
 
 
-def test_an_incumbent_left_alone_serves_its_first_list_unscored_unless_asked_to_choose(logs, store):
-    requests, _ = logged_requests(logs, "test", 12)
-    ctx = Context(store, BusinessRules(cate_window=0))
-    lists = np.concatenate([RandomOrder(s).propose(requests, 10, ctx) for s in (1, 2, 3)], 1)  # like beam's k
-    for choose in (True, False):
-        scorer = TableScorer()
-        cfg = ListRankingConfig(refine=NO_SEARCH, choose_within_incumbent=choose)
-        budget = Context(store, BusinessRules(cate_window=0), budget=Budget(60_000.0))
-        ranked = ListRanking({"inc": Fixed(lists)}, scorer, cfg, incumbent="inc").rank(requests, 10, budget)
-        if choose:
-            assert scorer.calls and (ranked.lists != lists[:, 0]).any(1).any()  # the evaluator chose among them
-        else:
-            assert not scorer.calls and not ranked.scored
-            np.testing.assert_array_equal(ranked.lists, lists[:, 0])
-    offline = ListRanking({"inc": Fixed(lists)}, scorer, cfg, incumbent="inc").rank(requests, 10, ctx)
-    assert offline.scored  # without a time budget the lists are still scored (the evaluation's reward)
-
-
 def test_local_search_never_ends_below_its_start(logs, store):
     requests, _ = logged_requests(logs, "test", 20)
     ctx = Context(store, BusinessRules(cate_window=2))
