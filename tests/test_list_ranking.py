@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from relist.data.logs import logged_requests
 from relist.rerank.budget import Budget, StageCosts
 from relist.rerank.generators import Context
-from relist.rerank.list_ranking import ListRanking, ListRankingConfig, duplicates
+from relist.rerank.list_ranking import FLOOR, ListRanking, ListRankingConfig, duplicates
 from relist.rerank.list_scorer import pessimistic
 from relist.rerank.local_search import LocalSearch, LocalSearchConfig, neighbours, position_moves
 from relist.rerank.policy import RandomOrder, Upstream
@@ -120,6 +120,27 @@ def test_the_incumbent_runs_first_and_is_served_when_scoring_is_out_of_time(logs
     np.testing.assert_array_equal(ranked.lists, RandomOrder(2).propose(requests, 10, ctx)[:, 0])
     assert (ranked.source == "inc").all() and np.isnan(ranked.reward).all()
     assert ctx.budget.skipped == ["list_ranking.score"]
+
+
+def test_an_incumbent_left_alone_with_the_floor_serves_its_first_list_unscored_unless_asked_to_choose(logs, store):
+    requests, _ = logged_requests(logs, "test", 12)
+    ctx = Context(store, BusinessRules(cate_window=0))
+    lists = np.concatenate([RandomOrder(s).propose(requests, 10, ctx) for s in (1, 2, 3)], 1)  # like beam's k
+    alone = {FLOOR: Upstream(), "inc": Fixed(lists)}  # as the server builds a version: the upstream floor too
+    for generators, choose, scored in ((alone, True, True), (alone, False, False),
+                                       (alone | {"challenger": RandomOrder(4)}, False, True)):
+        scorer = TableScorer()
+        cfg = ListRankingConfig(refine=NO_SEARCH, choose_within_incumbent=choose)
+        budget = Context(store, BusinessRules(cate_window=0), budget=Budget(60_000.0))
+        ranked = ListRanking(generators, scorer, cfg, incumbent="inc").rank(requests, 10, budget)
+        assert ranked.scored == scored and bool(scorer.calls) == scored
+        if scored:
+            assert (ranked.lists != lists[:, 0]).any(1).any()  # the evaluator chose among them
+        else:
+            np.testing.assert_array_equal(ranked.lists, lists[:, 0])
+            assert (ranked.source == "inc").all()
+    offline = ListRanking(alone, scorer, cfg, incumbent="inc").rank(requests, 10, ctx)
+    assert offline.scored  # without a time budget the lists are still scored (the evaluation's reward)
 
 
 def test_local_search_never_ends_below_its_start(logs, store):

@@ -15,7 +15,9 @@ one list is served:
 
 The incumbent runs first, so when the budget has no time left to score the lists, the incumbent's
 list is served (the first proposal that keeps the rules), and only with no time for any model the
-upstream order. Under a time budget, a single proposal per request is served unscored.
+upstream order. Under a time budget, a single proposal per request is served unscored, and so is the
+incumbent's first list when it is the only generator besides the upstream floor that ran and
+``choose_within_incumbent`` is off (the floor is what a failed or late model leaves, not a challenger).
 
 The chosen list is then refined by evaluator-guided local search under the same criterion
 (relist.rerank.local_search). Lists that break a business rule are served only when no proposal
@@ -38,6 +40,7 @@ from relist.rerank.list_scorer import pessimistic
 from relist.rerank.local_search import LocalSearch, LocalSearchConfig
 
 AUTO = "auto"
+FLOOR = "upstream"  # the registry's name for the upstream order (relist.rerank.policy.Upstream)
 
 
 class ListRankingConfig(BaseModel):
@@ -59,6 +62,11 @@ class ListRankingConfig(BaseModel):
     min_share: float = Field(0.0, ge=0, lt=1, description="with validation requests: generators whose list is "
                                                          "served on fewer than this share of them are left out "
                                                          "(they cost time and rarely win); 0: keep all")
+    choose_within_incumbent: bool = Field(
+        True, description="when the incumbent is the only generator besides the upstream floor that ran, the "
+                          "evaluator still chooses among its own lists (beam's k) and the floor's; false: under a "
+                          "time budget its first list is served unscored, which halves a beam-only version's cost "
+                          "(benchmarks/results/served_choice.json)")
     refine: LocalSearchConfig = LocalSearchConfig()
 
 
@@ -111,7 +119,7 @@ class ListRanking:
             parts.append(lists)
             source += [name] * lists.shape[1]
         if not parts:
-            return requests.candidates[:, None, :n], ["upstream"]
+            return requests.candidates[:, None, :n], [FLOOR]
         return np.concatenate(parts, 1), source
 
     def rank(self, requests: Requests, n: int, ctx: Context) -> RankedLists:
@@ -127,7 +135,8 @@ class ListRanking:
         any_keeps = keeps.any(1)
         eligible = np.where(any_keeps[:, None], keeps, fresh)
         at = np.arange(b)
-        nothing_to_choose = k == 1 and not ctx.budget.unlimited  # e.g. only the floor ran: no time is spent
+        alone = set(source) - {FLOOR} == {self.incumbent} and not self.cfg.choose_within_incumbent
+        nothing_to_choose = (k == 1 or alone) and not ctx.budget.unlimited  # e.g. only the floor ran
         if nothing_to_choose or not ctx.budget.affords("list_ranking.score", b * k * n):
             pick = eligible.argmax(1)  # the first eligible proposal in run order: the incumbent's when it ran
             return RankedLists(proposals[at, pick], np.full(b, np.nan), np.asarray(source)[pick], ~any_keeps, 0,

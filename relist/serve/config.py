@@ -24,7 +24,7 @@ class PipelineConfig(BaseModel):
 
     rerank: RerankConfig = Field(
         RerankConfig(ranking=ListRankingConfig(generators=SERVED_GENERATORS, min_share=SERVED_MIN_SHARE,
-                                               refine=LocalSearchConfig(rounds=0))),
+                                               choose_within_incumbent=False, refine=LocalSearchConfig(rounds=0))),
         description="generators, list ranking (incumbent, pessimism, local search), rules and the objective: the "
                     "same settings as `relist eval rerank`; generators whose models the version lacks are left out")
     forced_only: list[str] = Field([], description="generators that do not compete in list ranking but that a "

@@ -33,12 +33,12 @@ from relist.data.requests import Requests
 from relist.objective import Objective
 from relist.rerank.budget import Budget, StageCosts
 from relist.rerank.generators import Context, Generator
-from relist.rerank.list_ranking import AUTO, ListRanking
+from relist.rerank.list_ranking import AUTO, FLOOR, ListRanking
 from relist.rerank.registry import Models, build_generators, build_ranking
 from relist.serve.config import PipelineConfig
 
 log = logging.getLogger(__name__)
-UPSTREAM = "upstream"
+UPSTREAM = FLOOR
 VALID_REQUESTS, N_VALID = 500, 10  # what an 'auto' incumbent is chosen on at export
 
 Ranker = Callable[[FeatureStore, int, np.ndarray], np.ndarray]  # (store, user, ids) -> click probabilities
@@ -105,14 +105,16 @@ class Pipeline:
         return self.ranking.scorer
 
     def _ranking_for(self, strategy: str | None) -> ListRanking:
-        """All generators, or one forced generator (with the upstream floor, no incumbent, no refinement)."""
+        """All generators, or one forced generator (with the upstream floor, no refinement; the evaluator still
+        chooses among its lists, so a forced response carries its list reward)."""
         if strategy is None:
             return self.ranking
         generators = self.ranking.generators | self.forced_only
         if strategy not in generators:
             raise UnknownStrategy(strategy, self.strategies)
         names = list(dict.fromkeys([UPSTREAM, strategy]))
-        cfg = self.ranking.cfg.model_copy(update={"refine": self.ranking.cfg.refine.model_copy(update={"rounds": 0})})
+        cfg = self.ranking.cfg.model_copy(update={"refine": self.ranking.cfg.refine.model_copy(update={"rounds": 0}),
+                                                  "choose_within_incumbent": True})
         return ListRanking({name: generators[name] for name in names}, self.ranking.scorer, cfg, strategy)
 
     def rerank(self, inp: RerankInput, strategy: str | None = None,
