@@ -93,7 +93,10 @@ def run(cfg: Config, work: Path) -> dict:
            "negatives": "one uniform negative per positive (the README's ctr_split)"}
     if "grid" in cfg.stages:
         base = load_config(relist_config(cfg.base_config), RankingConfig)
-        base = base.model_copy(update={"teacher": base.teacher.model_copy(update={"tasks": ("ctr",)})})
+        # click head only, so early stopping on validation GAUC (the base may monitor heads Amazon lacks)
+        base = base.model_copy(update={"teacher": base.teacher.model_copy(update={"tasks": ("ctr",)}),
+                                       "train": base.train.model_copy(update={"monitor": "gauc",
+                                                                              "monitor_mode": "max"})})
         rows = {}
         for name, change in cfg.grid.items():
             slug = "".join(c if c.isalnum() else "_" for c in name)
