@@ -139,7 +139,8 @@ def test_an_incumbent_left_alone_with_the_floor_serves_its_first_list_unscored_u
         else:
             np.testing.assert_array_equal(ranked.lists, lists[:, 0])
             assert (ranked.source == "inc").all()
-    offline = ListRanking(alone, scorer, cfg, incumbent="inc").rank(requests, 10, ctx)
+    off = ListRankingConfig(refine=NO_SEARCH, choose_within_incumbent=False)
+    offline = ListRanking(alone, TableScorer(), off, incumbent="inc").rank(requests, 10, ctx)
     assert offline.scored  # without a time budget the lists are still scored (the evaluation's reward)
 
 

@@ -27,7 +27,7 @@ from relist.rerank.beam import Beam, BeamConfig, upstream_scores
 from relist.rerank.generators import Context, Generator
 from relist.rerank.grn import GRNGreedy, GRNSamples
 from relist.rerank.last import LAST, LASTConfig
-from relist.rerank.list_ranking import AUTO, ListRanking, ListRankingConfig
+from relist.rerank.list_ranking import AUTO, FLOOR, ListRanking, ListRankingConfig
 from relist.rerank.list_scorer import ListScorer, UpstreamValue, teacher_logits
 from relist.rerank.policy import GreedyUpstreamScore, RandomOrder, Upstream
 from relist.rerank.rules import RulesConfig
@@ -137,7 +137,7 @@ def load_role(role: str, path: Path, store: FeatureStore, ranker_dir: Path | Non
 Builder = Callable[[Models, RerankConfig], Generator | None]
 
 GENERATORS: dict[str, Builder] = {
-    "upstream": lambda m, c: Upstream(),
+    FLOOR: lambda m, c: Upstream(),
     "greedy_upstream_score": lambda m, c: GreedyUpstreamScore(),
     "random": lambda m, c: RandomOrder(),
     "beam_upstream": lambda m, c: Beam(upstream_scores(c.beam.p_next), c.beam.k),
