@@ -171,3 +171,15 @@ class _AnyStore:
     def item_features(self, ids):
         zeros = torch.zeros(np.asarray(ids).shape, dtype=torch.long)
         return {"cate": zeros, "shop": zeros}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([-np.inf, 0.0, 0.5, 1.0, 2.0, 3.5]), min_size=1, max_size=40), st.integers(1, 8))
+def test_the_compiled_top_k_is_a_stable_descending_sorts_first_k(values, k):
+    from relist.rerank.beam import _top
+
+    values = np.array(values)
+    k = min(k, len(values))
+    out = np.empty(k, np.int64)
+    _top(values, out)
+    assert out.tolist() == np.argsort(-values, kind="stable")[:k].tolist()  # ties (and -inf) to the earlier

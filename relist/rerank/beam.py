@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numba
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,8 +67,10 @@ def beam_search(
     ``weights`` are the objective's weights over (PV, IPV, purchases, GMV): [4], or [B, 4] per request.
     ``p_buy`` is a purchase given a click. With ``context`` (a teacher's slot terms), each probability is
     the item's own plus, on the logit scale, what the prefix in front of it adds: its slot, the category
-    just above it and the earlier items of its category. Arrays throughout (numpy's small operations cost
-    a fraction of torch's); ties go to the earlier beam and candidate.
+    just above it and the earlier items of its category. The rules mask each slot as arrays
+    (``feasible_mask``, shared with every generator); extending the beams is one compiled step per slot
+    (:func:`_extend`), since numpy's small operations made the search ~40 per slot. Ties go to the earlier
+    beam and candidate.
     """
     ids, cates, shops = (np.asarray(x) for x in (cand_ids, cand_cates, cand_shops))
     mask = np.asarray(cand_mask, dtype=bool)
@@ -79,112 +83,166 @@ def beam_search(
     cates, shops = extend(cates), extend(shops)
     ids = np.concatenate([ids, np.full((B, 1), PAD_ID, ids.dtype)], 1)
     real = np.concatenate([mask, np.zeros((B, 1), bool)], 1)
-    at_slot = _SlotGains(scores, real, price, cates, context, k)
+    terms = _SlotTerms.of(scores, cates, context)
+    w = np.ascontiguousarray(np.broadcast_to(np.asarray(weights, dtype=np.float64).reshape(-1, 4), (B, 4)))
 
-    rows = np.arange(B)[:, None]
     key = np.full((B, k), -np.inf)
     key[:, 0] = 0.0  # one empty prefix to start from
     exposure = np.ones((B, k))
     totals = np.zeros((B, k, 4))  # PV, IPV, purchases, GMV
     relaxed = np.zeros((B, k), bool)
     chosen = np.zeros((B, k, m + 1), bool)
-    prefix = np.zeros((B, k, 0), np.int64)
-    w = np.asarray(weights, dtype=np.float64).reshape(-1, 4)[:, None, None, :]  # [B|1, 1, 1, 4]
+    prefix = np.zeros((B, k, n), np.int64)
+    above = np.zeros((B, k), np.int64)  # slot terms: category of each beam's last item (0 before the first)
+    repeats = np.zeros((B, k, m + 1), np.int64)  # ... and, per candidate, the items of its category it holds
     beam_cates, beam_shops, beam_ids, beam_real = (np.repeat(x, k, 0) for x in (cates, shops, ids, real))
     beam_rows = np.arange(B * k)[:, None]
     for slot in range(n):
-        prefix_cols = prefix.reshape(B * k, slot)
+        prefix_cols = prefix[:, :, :slot].reshape(B * k, slot)
         allowed, slot_relaxed = rules.feasible_mask(
             beam_cates[beam_rows, prefix_cols], beam_shops[beam_rows, prefix_cols],
             beam_cates, beam_shops, chosen.reshape(B * k, m + 1), slot, cand_ids=beam_ids, cand_mask=beam_real,
         )
-        allowed = allowed.reshape(B, k, m + 1)
-        allowed[:, :, m] = ~allowed[:, :, :m].any(2)  # "nothing left" only when nothing is left
-        slot_relaxed = slot_relaxed.reshape(B, k)
-        gains, nxt = at_slot.gains(slot)  # [B, k|1, m+1, 4] per exposure, [B, k|1, m+1]
-        value_per_exposure = (gains * w).sum(-1)  # a candidate's value where it is seen
-        cand_key = key[:, :, None] + exposure[:, :, None] * value_per_exposure \
-            - RELAX_PENALTY * slot_relaxed[:, :, None]
-        cand_key = np.where(allowed, cand_key, -np.inf).reshape(B, k * (m + 1))
-        best = np.argsort(-cand_key, axis=1, kind="stable")[:, :k]
-        key = cand_key[rows, best]
-        beam, col = best // (m + 1), best % (m + 1)
-        seen = exposure[rows, beam]
-        totals = totals[rows, beam] + seen[:, :, None] * np.broadcast_to(gains, (B, k, m + 1, 4))[rows, beam, col]
-        relaxed = relaxed[rows, beam] | slot_relaxed[rows, beam]
-        exposure = seen * np.broadcast_to(nxt, (B, k, m + 1))[rows, beam, col]
-        at_slot.advance(beam, col)
-        chosen = chosen[rows, beam]
-        chosen[rows, np.arange(k)[None, :], col] = True
-        chosen[:, :, m] = False
-        prefix = np.concatenate([prefix[rows, beam], col[:, :, None]], 2)
+        key, exposure, totals, relaxed, chosen, prefix, above, repeats = _extend(
+            slot, allowed.reshape(B, k, m + 1), slot_relaxed.reshape(B, k), w, real.astype(np.float64), price,
+            *terms, key, exposure, totals, relaxed, chosen, prefix, above, repeats)
     valid = np.isfinite(key)
-    value = np.where(valid, (totals * w[:, :, 0]).sum(-1), -np.inf)
-    items = ids[rows[:, :, None], prefix]
+    value = np.where(valid, (totals * w[:, None, :]).sum(-1), -np.inf)
+    items = ids[np.arange(B)[:, None, None], prefix]
     return BeamLists(prefix, items, value, totals, relaxed, valid)
 
 
-class _SlotGains:
-    """Per exposure, what each candidate [B, m+1] adds to the four objectives in the next slot behind every
-    beam's prefix (PV, IPV, purchases, GMV), and its chance to keep the user scrolling.
+class _SlotTerms(NamedTuple):
+    """What :func:`_extend` reads to price a candidate behind a prefix, per task (ctr, next, buy).
 
-    Without slot terms these are the items' own, computed once ([B, 1, m+1]). With them, each beam keeps
-    the category of its last item and, per candidate, how many items of the candidate's category it holds,
-    so a slot costs a few array operations whatever its length; the tables are gathered per candidate once.
+    ``own`` are the items' own probabilities [3, B, m+1]. A task the teacher learned slot terms for
+    (``learned``) is instead the sigmoid of its own logit plus the terms of the prefix: the pair table
+    [3, C above, C] at (last category, candidate's category), the repeat table [3, R+1] at the items of its
+    category already shown, and the position table [3, P] at the slot (the last entry stands for later
+    slots). Without terms the tables are single zeros and never read.
     """
 
-    def __init__(self, scores: dict[str, np.ndarray], real: np.ndarray, price: np.ndarray, cates: np.ndarray,
-                 context: ContextTerms | None, k: int):
-        self.real, self.price, self.context = real, price, context
-        if context is None:
-            self.fixed = self._gains({task: p[:, None] for task, p in scores.items()})
-            return
-        b = len(cates)
-        self.tasks = [task for task in ("ctr", "next", "buy") if task in context.pair]
-        self.own = {task: p[:, None] for task, p in scores.items() if task not in self.tasks}
-        self.logits = np.stack([_logit(scores[task]) for task in self.tasks])[:, :, None]  # [T, B, 1, m+1]
-        pair = np.stack([context.pair[task] for task in self.tasks])  # [T, C above, C]
-        self.cates = np.clip(cates, 0, pair.shape[1] - 1)
-        self.pair = pair[:, :, self.cates]  # [T, C above, B, m+1]
-        self.repeat = np.stack([context.repeats[task] for task in self.tasks])  # [T, R+1]
-        self.position = np.stack([context.position[task] for task in self.tasks])  # [T, P]
-        self.above = np.zeros((b, k), np.int64)  # category of each beam's last item (0 before the first)
-        self.repeats = np.zeros((b, k, cates.shape[1]), np.int64)  # items of each candidate's category held
+    own: np.ndarray
+    logits: np.ndarray
+    learned: np.ndarray
+    cates: np.ndarray  # [B, m+1] categories clipped to the pair table
+    pair: np.ndarray
+    repeat: np.ndarray
+    position: np.ndarray
 
-    def gains(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.context is None:
-            return self.fixed
-        rows = np.arange(len(self.above))[:, None]
-        terms = (self.pair[:, self.above, rows, :]  # [T, B, k, m+1]
-                 + self.repeat[:, np.minimum(self.repeats, self.repeat.shape[1] - 1)]
-                 + self.position[:, min(slot, self.position.shape[1] - 1), None, None, None])
-        p = _sigmoid(self.logits + terms)
-        return self._gains(dict(zip(self.tasks, p, strict=True)) | self.own)
+    @classmethod
+    def of(cls, scores: dict[str, np.ndarray], cates: np.ndarray, context: ContextTerms | None) -> _SlotTerms:
+        own = np.stack([scores[task] for task in _TASKS])
+        learned = np.array([context is not None and task in context.pair for task in _TASKS])
+        if not learned.any():
+            nothing = np.zeros((3, 1, 1), np.float32), np.zeros((3, 1), np.float32), np.zeros((3, 1), np.float32)
+            return cls(own, own, learned, np.zeros(cates.shape, np.int64), *nothing)
+        tables = [(context.pair[task], context.repeats[task], context.position[task]) if on else None
+                  for task, on in zip(_TASKS, learned, strict=True)]
+        like = next(t for t in tables if t is not None)
+        tables = [t if t is not None else tuple(np.zeros_like(x) for x in like) for t in tables]
+        pair, repeat, position = (np.stack([t[i] for t in tables]) for i in range(3))  # in their dtype
+        clipped = np.clip(cates, 0, pair.shape[1] - 1).astype(np.int64)
+        return cls(own, _logit(own), learned, clipped, pair, repeat, position)
 
-    def advance(self, beam: np.ndarray, col: np.ndarray) -> None:
-        """Beam j now extends the earlier beam ``beam[:, j]`` by candidate ``col[:, j]``."""
-        if self.context is None:
-            return
-        rows = np.arange(len(beam))[:, None]
-        chosen = self.cates[rows, col]  # [B, k]
-        same = (self.cates[:, None, :] == chosen[:, :, None]) & (chosen > 0)[:, :, None]
-        self.repeats = self.repeats[rows, beam] + same
-        self.above = chosen
 
-    def _gains(self, p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        ctr, buy = p["ctr"], p["buy"] * p["ctr"]
-        real = np.broadcast_to(self.real[:, None], ctr.shape)
-        gains = np.stack(np.broadcast_arrays(real, ctr, buy, buy * self.price[:, None]), -1)
-        return gains, p["next"]
+_TASKS = ("ctr", "next", "buy")
+
+
+@numba.njit(cache=True, nogil=True)
+def _extend(slot, allowed, slot_relaxed, w, real, price, own, logits, learned, cates, pair, repeat, position,
+            key, exposure, totals, relaxed, chosen, prefix, above, repeats):  # pragma: no cover - compiled
+    """One slot of the search: every beam [B, k] extended by every allowed candidate (the "nothing left"
+    column m only where nothing else is), the ``k`` best kept. Returns the new beam state."""
+    B, k, m1 = allowed.shape
+    m = m1 - 1
+    new_key = np.full((B, k), -np.inf)
+    new_exposure = np.zeros((B, k))
+    new_totals = np.zeros((B, k, 4))
+    new_relaxed = np.zeros((B, k), np.bool_)
+    new_chosen = np.zeros((B, k, m1), np.bool_)
+    new_prefix = np.zeros(prefix.shape, np.int64)
+    new_above = np.zeros((B, k), np.int64)
+    new_repeats = np.zeros((B, k, m1), np.int64)
+    flat = np.empty(k * m1)
+    top = np.empty(k, np.int64)
+    gains = np.empty(7)  # the four gains, then the three probabilities
+    for b in range(B):
+        for j in range(k):
+            if key[b, j] == -np.inf:  # no such prefix (yet): nothing behind it can be kept
+                flat[j * m1:(j + 1) * m1] = -np.inf
+                continue
+            left = False
+            for c in range(m):
+                left = left or allowed[b, j, c]
+            for c in range(m1):
+                ok = allowed[b, j, c] if c < m else not left
+                if not ok:
+                    flat[j * m1 + c] = -np.inf
+                    continue
+                nxt = _gains(gains, b, j, c, slot, real, price, own, logits, learned, cates, pair, repeat,
+                             position, above, repeats)
+                value = gains[0] * w[b, 0] + gains[1] * w[b, 1] + gains[2] * w[b, 2] + gains[3] * w[b, 3]
+                flat[j * m1 + c] = key[b, j] + exposure[b, j] * value - RELAX_PENALTY * slot_relaxed[b, j]
+        _top(flat, top)
+        for r in range(k):
+            best = top[r]
+            j, c = best // m1, best % m1
+            nxt = _gains(gains, b, j, c, slot, real, price, own, logits, learned, cates, pair, repeat, position,
+                         above, repeats)
+            new_key[b, r] = flat[best]
+            for t in range(4):
+                new_totals[b, r, t] = totals[b, j, t] + exposure[b, j] * gains[t]
+            new_exposure[b, r] = exposure[b, j] * nxt
+            new_relaxed[b, r] = relaxed[b, j] or slot_relaxed[b, j]
+            new_chosen[b, r] = chosen[b, j]
+            new_chosen[b, r, c] = c < m
+            new_prefix[b, r, :slot] = prefix[b, j, :slot]
+            new_prefix[b, r, slot] = c
+            cate = cates[b, c]
+            new_above[b, r] = cate
+            for i in range(m1):
+                new_repeats[b, r, i] = repeats[b, j, i] + (cate > 0 and cates[b, i] == cate)
+    return new_key, new_exposure, new_totals, new_relaxed, new_chosen, new_prefix, new_above, new_repeats
+
+
+@numba.njit(cache=True)
+def _top(values, out):  # pragma: no cover - compiled
+    """The indices of the ``len(out)`` largest values into ``out``, largest first, ties to the earlier index (a
+    stable descending sort's first ones, in one pass)."""
+    k, kept = len(out), 0
+    for f in range(len(values)):
+        v = values[f]
+        if kept == k and not v > values[out[k - 1]]:
+            continue
+        at = min(kept, k - 1)
+        while at > 0 and v > values[out[at - 1]]:
+            out[at] = out[at - 1]
+            at -= 1
+        out[at] = f
+        kept = min(kept + 1, k)
+
+
+@numba.njit(cache=True, inline="always")
+def _gains(out, b, j, c, slot, real, price, own, logits, learned, cates, pair, repeat, position, above,
+           repeats):  # pragma: no cover - compiled
+    """Candidate c behind beam j: what it adds per exposure to PV, IPV, purchases and GMV (into ``out``), and
+    its chance to keep the user scrolling (returned)."""
+    for t in range(3):
+        if learned[t]:
+            terms = (pair[t, above[b, j], cates[b, c]] + repeat[t, min(repeats[b, j, c], repeat.shape[1] - 1)]
+                     + position[t, min(slot, position.shape[1] - 1)])
+            out[4 + t] = 0.5 * (1.0 + np.tanh(0.5 * (logits[t, b, c] + terms)))
+        else:
+            out[4 + t] = own[t, b, c]
+    buy = out[6] * out[4]
+    out[0], out[1], out[2], out[3] = real[b, c], out[4], buy, buy * price[b, c]
+    return out[5]
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-7, 1 - 1e-7)
     return np.log(p) - np.log1p(-p)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 ScoresFn = Callable[[Requests, FeatureStore], dict[str, np.ndarray]]
