@@ -44,8 +44,13 @@ class Requests:
         m = max(part.candidates.shape[1] for part in parts)
 
         def padded(name: str, value) -> np.ndarray:
-            return np.concatenate([np.pad(getattr(part, name), ((0, 0), (0, m - part.candidates.shape[1])),
-                                          constant_values=value) for part in parts])
+            columns = [getattr(part, name) for part in parts]
+            out = np.full((sum(len(x) for x in columns), m), value, dtype=columns[0].dtype)
+            row = 0
+            for x in columns:
+                out[row:row + len(x), :x.shape[1]] = x
+                row += len(x)
+            return out
 
         return cls(np.concatenate([part.request_id for part in parts]),
                    np.concatenate([part.user_id for part in parts]), padded("candidates", PAD_ID),

@@ -274,7 +274,7 @@ class Beam:
     def search(self, requests: Requests, n: int, ctx: Context) -> BeamLists:
         p = self.scores(requests, ctx.store)
         cates, shops = ctx.attributes(requests)
-        price = ctx.store.item_features(requests.candidates)["raw_price"].numpy()
+        price = ctx.store.item_raw_price[ctx.store.item_index(requests.candidates).numpy()]
         return beam_search(p["ctr"], p["next"], requests.candidates, cates, shops, requests.mask, n, self.k,
                            ctx.objective_weights(len(requests)), ctx.rules, p.get("buy"), price, self.context)
 

@@ -39,7 +39,8 @@ class Context:
 
     def attributes(self, requests: Requests) -> tuple[torch.Tensor, torch.Tensor]:
         """Category and shop of every candidate [B, m], request overrides applied (0 = unknown)."""
-        cates, shops = item_attributes(self.store, requests.candidates)
+        if self.cates is None or self.shops is None:
+            cates, shops = item_attributes(self.store, requests.candidates)
         if self.cates is not None:
             cates = torch.as_tensor(self.cates, dtype=torch.long)
         if self.shops is not None:
