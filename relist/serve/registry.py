@@ -29,6 +29,7 @@ A restarted server therefore never crash-loops on a bad pointer it had survived.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -310,6 +311,7 @@ class Registry:
         self._refused: tuple[str, float] | None = None  # pointer value + mtime that failed, not retried
         self.refused_version: str | None = None
         self.pipeline: Pipeline = self._open()
+        _freeze_heap()
 
     def _open(self) -> Pipeline:
         """What CURRENT names; if that is refused, LAST_GOOD with a loud warning; else one clear error."""
@@ -372,6 +374,7 @@ class Registry:
             self._refused, self.refused_version = None, None
             record_good(self.model_dir, target)
             log.info("model version %s -> %s", old.version, new.version)
+            _freeze_heap()
             return old, new
 
     def pointer_changed(self) -> bool:
@@ -394,3 +397,17 @@ class Registry:
             self._refused = state
             self.refused_version = state[0] if state else UNREADABLE_POINTER
             raise
+
+
+def _freeze_heap() -> None:
+    """Keep the loaded version out of the cyclic garbage collector's full collections.
+
+    A full collection walks every tracked object: ~300k for the default world's version, 180 ms on the
+    2-core machine, which stopped every request in flight and set the p99 of /v1/rerank (~220 ms at 32
+    connections). Frozen objects are still freed by reference counting; the unfreeze and collection
+    before each freeze lets a reload's cyclic garbage go.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
