@@ -13,7 +13,7 @@ from relist.eval.metrics import list_reward
 from relist.rerank.budget import Budget, StageCosts
 from relist.rerank.registry import Models
 from relist.serve.config import PipelineConfig
-from relist.serve.pipeline import UnknownStrategy, build_pipeline
+from relist.serve.pipeline import UPSTREAM, UnknownStrategy, build_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,21 @@ def test_generators_left_out_at_export_can_still_be_forced(models, models_dir, l
     for name in config.forced_only:
         assert pipeline.rerank(inp, strategy=name).generator in (name, "upstream")
     assert pipeline.rerank(inp).generator in (*ranking.generators, "upstream")
+
+
+def test_a_request_short_of_time_does_not_take_its_batch_to_the_floor(models, logs):
+    from relist.data.logs import logged_requests
+
+    pipeline = build_pipeline("b", models.store, PipelineConfig.of(["upstream", "beam"], incumbent="beam"), models)
+    requests, _ = logged_requests(logs, "test", 3)
+    inputs = [pipeline.request_input(None, ids[real], scores[real], 10)
+              for ids, scores, real in zip(requests.candidates, requests.cand_scores, requests.mask, strict=True)]
+    first, m = pipeline.ranking.run_order[0], max(inp.m for inp in inputs)
+    assert first == "beam"
+    for rows in (1, 2, 4):  # the incumbent is known to take 5 ms whatever the batch
+        pipeline.costs.record(first, rows * m * 10, 5.0, rows)
+    served = pipeline.rerank_batch(inputs, budget_ms=[1000.0, 1.0, 1000.0])
+    assert [r.generator for r in served] == ["beam", UPSTREAM, "beam"]
+    assert [r.batch for r in served] == [2, 1, 2] and "beam" in served[1].skipped
+    tight = pipeline.rerank_batch(inputs, budget_ms=1.0)  # nobody affords it: one batch on the floor
+    assert [r.generator for r in tight] == [UPSTREAM] * 3 and {r.batch for r in tight} == {3}

@@ -7,8 +7,9 @@ gets the upstream order. Here a request joins the pending ones; a drainer (at mo
 ``pipeline_threads`` at once, as many as the cores the worker may use) waits ``wait_ms`` for company,
 then re-ranks up to ``max_batch`` pending requests of the same model version and strategy in one
 :meth:`~relist.serve.pipeline.Pipeline.rerank_batch`, and answers each. While a batch runs, the next
-one gathers, so the batch grows with the load. Each request keeps its own deadline: the batch's
-budget is what the tightest of them has left, and each response records its own queue time.
+one gathers, so the batch grows with the load. Each request keeps its own deadline: the pipeline serves
+together those whose tightest deadline still affords the model (Pipeline.rerank_batch), and each response
+records its own queue time.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def _run(batch: list[_Pending]) -> list[RerankResult | BaseException]:
             outcomes.append(err)
     ready = [item for item, outcome in zip(batch, outcomes, strict=True) if outcome is None]
     if ready:
-        budget_ms = max(min(item.deadline for item in ready) - perf_counter(), 0.0) * 1e3
+        now = perf_counter()
+        budget_ms = [max(item.deadline - now, 0.0) * 1e3 for item in ready]
         try:
             results = iter(ready[0].pipeline.rerank_batch(inputs, ready[0].strategy, budget_ms))
         except Exception as err:

@@ -123,22 +123,42 @@ class Pipeline:
         return self.rerank_batch([inp], strategy, budget_ms)[0]
 
     def rerank_batch(self, inputs: Sequence[RerankInput], strategy: str | None = None,
-                     budget_ms: float = float("inf")) -> list[RerankResult]:
+                     budget_ms: float | Sequence[float] = float("inf")) -> list[RerankResult]:
         """Each request's best list, requests served together (one batch per list length, store view and
-        objective) under one budget; every request gets the upstream order where its batch's models fail."""
+        objective, split by :meth:`_afforded_together`) under the tightest budget among them (``budget_ms``:
+        one for all, or each request's own); every request gets the upstream order where its batch's models
+        fail."""
         ranking = self._ranking_for(strategy)
         results: list[RerankResult | None] = [None] * len(inputs)
         start = perf_counter()
+        budgets = np.broadcast_to(np.asarray(budget_ms, dtype=np.float64), (len(inputs),))
         groups: dict[tuple, list[int]] = {}
         for i, inp in enumerate(inputs):
             objective = inp.objective or self.config.rerank.objective
             groups.setdefault((inp.n, id(inp.store), tuple(objective.vector())), []).append(i)
-        for (n, _, _), rows in groups.items():
-            budget = Budget(budget_ms - (perf_counter() - start) * 1e3, self.costs, len(rows))
-            for i, result in zip(rows, self._rerank_together([inputs[i] for i in rows], n, ranking, budget),
-                                 strict=True):
-                results[i] = result
+        for (n, _, _), same in groups.items():
+            for rows in self._afforded_together(same, budgets - (perf_counter() - start) * 1e3, inputs, n,
+                                                ranking.run_order[0]):
+                left = float(budgets[rows].min()) - (perf_counter() - start) * 1e3
+                for i, result in zip(rows, self._rerank_together([inputs[i] for i in rows], n, ranking,
+                                                                 Budget(left, self.costs, len(rows))), strict=True):
+                    results[i] = result
         return results
+
+    def _afforded_together(self, rows: list[int], left_ms: np.ndarray, inputs: Sequence[RerankInput], n: int,
+                           first: str) -> list[list[int]]:
+        """The requests of one batch, split so that one short of time does not take its batch to the floor.
+
+        A batch runs under its tightest budget, so one request that waited long would skip the first stage
+        (the incumbent) for all. The first part is the most requests, those with the most time left, whose
+        first stage is expected to fit the tightest of them; the rest follow on their own budgets.
+        """
+        order = sorted(rows, key=lambda i: -left_ms[i])
+        m = max(inputs[i].m for i in rows)
+        for size in range(len(order), 0, -1):
+            if self.costs.expected_ms(first, size * m * n, size) <= left_ms[order[size - 1]]:
+                return [part for part in (order[:size], order[size:]) if part]
+        return [order]  # none affords it: one batch, on the floor
 
     def _rerank_together(self, inputs: list[RerankInput], n: int, ranking: ListRanking,
                          budget: Budget) -> list[RerankResult]:
