@@ -97,6 +97,7 @@ def beam_search(
     repeats = np.zeros((B, k, m + 1), np.int64)  # ... and, per candidate, the items of its category it holds
     beam_cates, beam_shops, beam_ids, beam_real = (np.repeat(x, k, 0) for x in (cates, shops, ids, real))
     beam_rows = np.arange(B * k)[:, None]
+    pv = real.astype(np.float64)  # what a real candidate adds to PV where it is seen
     for slot in range(n):
         prefix_cols = prefix[:, :, :slot].reshape(B * k, slot)
         allowed, slot_relaxed = rules.feasible_mask(
@@ -104,7 +105,7 @@ def beam_search(
             beam_cates, beam_shops, chosen.reshape(B * k, m + 1), slot, cand_ids=beam_ids, cand_mask=beam_real,
         )
         key, exposure, totals, relaxed, chosen, prefix, above, repeats = _extend(
-            slot, allowed.reshape(B, k, m + 1), slot_relaxed.reshape(B, k), w, real.astype(np.float64), price,
+            slot, allowed.reshape(B, k, m + 1), slot_relaxed.reshape(B, k), w, pv, price,
             *terms, key, exposure, totals, relaxed, chosen, prefix, above, repeats)
     valid = np.isfinite(key)
     value = np.where(valid, (totals * w[:, None, :]).sum(-1), -np.inf)
@@ -180,8 +181,8 @@ def _extend(slot, allowed, slot_relaxed, w, real, price, own, logits, learned, c
                 if not ok:
                     flat[j * m1 + c] = -np.inf
                     continue
-                nxt = _gains(gains, b, j, c, slot, real, price, own, logits, learned, cates, pair, repeat,
-                             position, above, repeats)
+                _gains(gains, b, j, c, slot, real, price, own, logits, learned, cates, pair, repeat, position,
+                       above, repeats)
                 value = gains[0] * w[b, 0] + gains[1] * w[b, 1] + gains[2] * w[b, 2] + gains[3] * w[b, 3]
                 flat[j * m1 + c] = key[b, j] + exposure[b, j] * value - RELAX_PENALTY * slot_relaxed[b, j]
         _top(flat, top)
