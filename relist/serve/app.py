@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
+from typing import TypeVar
 
 import anyio
 import numpy as np
@@ -33,6 +34,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -55,6 +58,7 @@ from relist.serve.schemas import (
 )
 
 log = logging.getLogger(__name__)
+Body = TypeVar("Body", bound=BaseModel)
 access_log = logging.getLogger("relist.access")
 
 ENV_MODEL_DIR = "RELIST_MODEL_DIR"
@@ -148,9 +152,11 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
     batcher = Batcher(limiter, config.max_batch, config.batch_wait_ms)  # concurrent /v1/rerank requests together
     body_errors = _errors(400, 413, 415, 422)
 
-    @app.post("/v1/rerank", response_model=RerankResponse, tags=["serving"], responses=body_errors)
-    async def rerank(body: RerankRequest) -> RerankResponse:
+    @app.post("/v1/rerank", response_model=RerankResponse, tags=["serving"], responses=body_errors,
+              openapi_extra=_json_body(RerankRequest))
+    async def rerank(request: Request) -> RerankResponse:
         """Re-rank the candidates of one request into the best list the time budget allows."""
+        body = _parse(RerankRequest, await request.body())
         if len(body.candidates) > config.max_candidates:
             raise _field_error(("body", "candidates"), f"at most {config.max_candidates} candidates per "
                                                        f"request (got {len(body.candidates)})", "too_long")
@@ -175,9 +181,11 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
         return RerankResponse(**_response_fields(pipeline, body.request_id, result, request_items),
                               duplicate_candidates=repeats)
 
-    @app.post("/v1/recommend", response_model=RecommendResponse, tags=["serving"], responses=body_errors)
-    async def recommend(body: RecommendRequest) -> RecommendResponse:
+    @app.post("/v1/recommend", response_model=RecommendResponse, tags=["serving"], responses=body_errors,
+              openapi_extra=_json_body(RecommendRequest))
+    async def recommend(request: Request) -> RecommendResponse:
         """The whole pipeline for a user: recall from the served catalogue, ranking, then re-ranking."""
+        body = _parse(RecommendRequest, await request.body())
         pipeline = registry.pipeline
         considered = 0
         user = _internal_user(pipeline, body.user, metrics)
@@ -288,6 +296,36 @@ def _response_fields(pipeline: Pipeline, request_id: int | None, result: RerankR
                 unknown_items=int((~pipeline.store.known_items(items)).sum()))
 
 
+def _json_body(model: type[BaseModel]) -> dict:
+    """The OpenAPI request body of an endpoint that parses ``model`` itself (:func:`_parse`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+def _parse(model: type[Body], raw: bytes) -> Body:
+    """``raw`` as ``model``, parsed straight from JSON by pydantic (half the cost of ``json.loads`` and then
+    validating the dict, as FastAPI does). A body that fails is parsed again FastAPI's way, so an error is
+    the one FastAPI would answer, with the same ``loc``: invalid input costs more, valid input less."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError:
+        pass
+    if not raw:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", err.pos), "msg": "JSON decode error",
+                                       "ctx": {"error": err.msg}}]) from None
+    except Exception as err:  # not UTF-8, nested too deeply: 400 saying why (_http_error)
+        raise HTTPException(400, "There was an error parsing the body") from err
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])}
+                                      for e in err.errors(include_url=False)]) from None
+
+
 def _detail(loc: tuple[str | int, ...], msg: str, kind: str) -> list[dict]:
     """One error in the service's shape (relist.serve.schemas.ErrorResponse's ``detail``)."""
     return [{"loc": list(loc), "field": ".".join(map(str, loc[1:])) or str(loc[0]), "msg": msg, "type": kind}]
@@ -346,8 +384,9 @@ def _public(err: Exception, model_dir: Path) -> str:
 
 
 def _served_openapi(app: FastAPI, registry: Registry, config: ServeConfig) -> Callable[[], dict]:
-    """``app.openapi`` for the served version: its strategies as an enum, this server's candidate cap, and
-    integer bounds written as integers (FastAPI writes them as floats: 9.223372036854776e+18)."""
+    """``app.openapi`` for the served version: the request bodies the endpoints parse themselves, its
+    strategies as an enum, this server's candidate cap, and integer bounds written as integers (FastAPI
+    writes them as floats: 9.223372036854776e+18)."""
     generate = app.openapi
     built_for: list[tuple[str, ...]] = []
 
@@ -356,8 +395,11 @@ def _served_openapi(app: FastAPI, registry: Registry, config: ServeConfig) -> Ca
         if app.openapi_schema is None or built_for != [served]:
             app.openapi_schema = None
             schema = generate()
-            _exact_integer_bounds(schema)
             components = schema["components"]["schemas"]
+            _, defs = models_json_schema([(RerankRequest, "validation"), (RecommendRequest, "validation")],
+                                         ref_template="#/components/schemas/{model}")  # bodies of _json_body
+            components.update({k: v for k, v in defs["$defs"].items() if k not in components})
+            _exact_integer_bounds(schema)
             for name in ("RerankRequest", "RecommendRequest"):
                 for branch in components[name]["properties"]["strategy"]["anyOf"]:
                     if branch.get("type") == "string":
