@@ -3,25 +3,33 @@
 Serving a request alone is dominated by per-call overhead (model calls, the slot loops), so eight
 requests re-ranked together cost little more than one. Under load a lone-request server queues:
 at 8 connections a request waits for the seven ahead of it, its budget is spent in the queue and it
-gets the upstream order. Here a request joins the pending ones; a drainer (at most
-``pipeline_threads`` at once, as many as the cores the worker may use) waits ``wait_ms`` for company,
-then re-ranks up to ``max_batch`` pending requests of the same model version and strategy in one
-:meth:`~relist.serve.pipeline.Pipeline.rerank_batch`, and answers each. While a batch runs, the next
-one gathers, so the batch grows with the load. Each request keeps its own deadline: the pipeline serves
-together those whose tightest deadline still affords the model (Pipeline.rerank_batch), and each response
-records its own queue time.
+gets the upstream order. Here a request joins a queue that ``threads`` long-lived pipeline threads (as
+many as the cores the worker may use) serve: a thread takes the first request, waits until ``wait_ms``
+after its arrival for company, then re-ranks up to ``max_batch`` queued requests, those of one model
+version and strategy in one :meth:`~relist.serve.pipeline.Pipeline.rerank_batch`, and answers each.
+While a batch runs, the next one gathers, so the batch grows with the load. Each request keeps its own
+deadline: the pipeline serves together those whose tightest deadline still affords the model
+(Pipeline.rerank_batch), and each response records its own queue time. Other pipeline work (a
+/v1/recommend request) goes through the same threads, so the worker never runs more pipelines at once
+than it has threads.
+
+The threads live as long as the app: handing a batch to a fresh thread-pool call and sleeping on the
+event loop for company cost the event loop ~0.25 ms per batch, as much as parsing a request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
-
-import anyio
+from typing import Any, TypeVar
 
 from relist.serve.pipeline import Pipeline, RerankInput, RerankResult
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,52 +42,104 @@ class _Pending:
     future: asyncio.Future = field(repr=False)
 
 
+@dataclass
+class _Job:
+    work: Callable[[], Any]
+    future: asyncio.Future = field(repr=False)
+
+
 class Batcher:
-    def __init__(self, limiter: anyio.CapacityLimiter, max_batch: int = 16, wait_ms: float = 1.0):
-        self.limiter, self.max_batch, self.wait_s = limiter, max_batch, wait_ms / 1e3
-        self._pending: list[_Pending] = []
-        self._drainers = 0
+    def __init__(self, threads: int = 1, max_batch: int = 16, wait_ms: float = 1.0):
+        self.threads, self.max_batch, self.wait_s = threads, max_batch, wait_ms / 1e3
+        self._queue: queue.SimpleQueue[_Pending | _Job | None] = queue.SimpleQueue()
+        self._running: list[threading.Thread] = []
+        self._lock = threading.Lock()
 
     async def rerank(self, pipeline: Pipeline, make_input: Callable[[], RerankInput], strategy: str | None,
                      budget_ms: float) -> RerankResult:
-        """The request's result, re-ranked with whatever else is pending; raises what its batch raised."""
+        """The request's result, re-ranked with whatever else is queued; raises what its batch raised."""
         now = perf_counter()
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(pipeline, make_input, strategy, now + budget_ms / 1e3, now, future))
-        if self._drainers < self.limiter.total_tokens:
-            self._drainers += 1
-            asyncio.create_task(self._drain())
+        self._put(_Pending(pipeline, make_input, strategy, now + budget_ms / 1e3, now, future))
         return await future
 
-    async def _drain(self) -> None:
-        try:
-            if self.wait_s > 0:
-                await asyncio.sleep(self.wait_s)
-            while self._pending:
-                batch = self._take()
-                try:
-                    outcomes = await anyio.to_thread.run_sync(_run, batch, limiter=self.limiter)
-                except Exception as err:  # never leave a request waiting
-                    outcomes = [err] * len(batch)
-                for item, outcome in zip(batch, outcomes, strict=True):
-                    if item.future.done():  # the client is gone
-                        continue
-                    if isinstance(outcome, BaseException):
-                        item.future.set_exception(outcome)
-                    else:
-                        item.future.set_result(outcome)
-        finally:
-            self._drainers -= 1
+    async def run(self, work: Callable[[], T]) -> T:
+        """``work()`` in a pipeline thread, between batches."""
+        future = asyncio.get_running_loop().create_future()
+        self._put(_Job(work, future))
+        return await future
 
-    def _take(self) -> list[_Pending]:
-        """Up to ``max_batch`` pending requests for the first one's version and strategy, in arrival order."""
-        first = self._pending[0]
-        batch, rest = [], []
-        for item in self._pending:
-            same = item.pipeline is first.pipeline and item.strategy == first.strategy
-            (batch if same and len(batch) < self.max_batch else rest).append(item)
-        self._pending = rest
-        return batch
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the threads once the work queued before this call is done."""
+        with self._lock:
+            running, self._running = self._running, []
+        for _ in running:
+            self._queue.put(None)
+        for thread in running:
+            thread.join(timeout_s)
+
+    def _put(self, item: _Pending | _Job) -> None:
+        if len(self._running) < self.threads:  # started on first use: in the process that serves
+            with self._lock:
+                while len(self._running) < self.threads:
+                    thread = threading.Thread(target=self._serve, name=f"relist-pipeline-{len(self._running)}",
+                                              daemon=True)
+                    thread.start()
+                    self._running.append(thread)
+        self._queue.put(item)
+
+    def _serve(self) -> None:
+        while (first := self._queue.get()) is not None:
+            work = [first]
+            if isinstance(first, _Pending):
+                until = first.arrived + self.wait_s
+                while len(work) < self.max_batch:
+                    try:
+                        item = self._queue.get(timeout=max(until - perf_counter(), 0.0))
+                    except queue.Empty:
+                        break
+                    if item is None:  # closing: served after this batch
+                        self._queue.put(None)
+                        break
+                    work.append(item)
+            self._do(work)
+
+    def _do(self, work: list[_Pending | _Job]) -> None:
+        """Each (version, strategy) group of the requests as one batch, in arrival order; then the jobs."""
+        groups: dict[tuple[int, str | None], list[_Pending]] = {}
+        for item in work:
+            if isinstance(item, _Pending):
+                groups.setdefault((id(item.pipeline), item.strategy), []).append(item)
+        for batch in groups.values():
+            try:
+                outcomes = _run(batch)
+            except Exception as err:  # never leave a request waiting
+                outcomes = [err] * len(batch)
+            for item, outcome in zip(batch, outcomes, strict=True):
+                _settle(item.future, outcome)
+        for item in work:
+            if isinstance(item, _Job):
+                try:
+                    outcome = item.work()
+                except Exception as err:
+                    outcome = err
+                _settle(item.future, outcome)
+
+
+def _settle(future: asyncio.Future, outcome: object) -> None:
+    """Answer ``future`` on its own event loop (from a pipeline thread)."""
+    def settle() -> None:
+        if future.done():  # the client is gone
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    try:
+        future.get_loop().call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop is closed: nobody waits for the answer
+        pass
 
 
 def _run(batch: list[_Pending]) -> list[RerankResult | BaseException]:

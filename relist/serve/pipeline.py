@@ -250,9 +250,9 @@ class Pipeline:
         m = len(ids)
         if scores is None:
             scores = np.full(m, np.nan, np.float32)
-        features = self.store.item_features(ids)
-        cate = _override(features["cate"].numpy(), cates)
-        shop = _override(features["shop"].numpy(), shops)
+        rows = np.where(self.store.known_items(ids), ids, 0)  # unknown items read the neutral row 0
+        cate = _override(self.store.item_cate[rows], cates)
+        shop = _override(self.store.item_shop[rows], shops)
         requests = Requests.from_arrays([request_id or 0], [user_id], ids[None, :],
                                         np.asarray(scores, np.float32)[None, :])
         return RerankInput(requests, min(n, m), cate[None, :], shop[None, :], store, objective)
@@ -291,7 +291,7 @@ class UserLike(Protocol):
 
 def _override(stored: np.ndarray, given: list[int | None] | None) -> np.ndarray:
     """Request-given attributes (raw ids) over the store's (raw + 1; 0 = unknown)."""
-    if given is None:
+    if given is None or all(g is None for g in given):
         return stored
     return np.array([s if g is None else g + 1 for s, g in zip(stored, given, strict=True)], np.int64)
 
