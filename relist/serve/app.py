@@ -27,7 +27,6 @@ from pathlib import Path
 from time import perf_counter
 from typing import TypeVar
 
-import anyio
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -97,6 +96,9 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
     metrics.set_version(None, registry.pipeline.version)
     metrics.set_refused(registry.refused_version)
     admin_token = admin_token or os.environ.get(config.admin_token_env) or None
+    # CPU-bound pipelines run in this many threads; more would only contend for the same cores. Concurrent
+    # /v1/rerank requests are re-ranked together there.
+    batcher = Batcher(config.pipeline_threads, config.max_batch, config.batch_wait_ms)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,6 +106,7 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
         if config.watch_pointer:
             watcher = asyncio.create_task(_watch_pointer(registry, metrics, config))
         yield
+        batcher.close()
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -147,9 +150,6 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
         return Strategies(model_version=pipeline.version, strategies=pipeline.strategies,
                           scorer=pipeline.scorer.name)
 
-    # CPU-bound pipelines run in at most this many threads; more would only contend for the same cores.
-    limiter = anyio.CapacityLimiter(config.pipeline_threads)
-    batcher = Batcher(limiter, config.max_batch, config.batch_wait_ms)  # concurrent /v1/rerank requests together
     body_errors = _errors(400, 413, 415, 422)
 
     @app.post("/v1/rerank", response_model=RerankResponse, tags=["serving"], responses=body_errors,
@@ -198,7 +198,7 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
 
         popular = np.argsort(-pipeline.popularity[1:], kind="stable")[:body.n] + 1
         budget_ms = body.budget_ms or config.default_budget_ms
-        result = await _serve("recommend", pipeline, lambda: _in_thread(attempt, budget_ms, limiter),
+        result = await _serve("recommend", pipeline, lambda: _in_thread(attempt, budget_ms, batcher),
                               floor=(popular, "popular"), metrics=metrics)
         return RecommendResponse(**_response_fields(pipeline, body.request_id, result),
                                  candidates_considered=considered)
@@ -235,8 +235,7 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
     return app
 
 
-async def _in_thread(attempt: Callable[[float], RerankResult], budget_ms: float,
-                     limiter: anyio.CapacityLimiter) -> RerankResult:
+async def _in_thread(attempt: Callable[[float], RerankResult], budget_ms: float, batcher: Batcher) -> RerankResult:
     """Run ``attempt(budget left)`` in a pipeline thread; the wait for one counts against the budget (an
     overloaded server degrades to cheaper lists instead of falling behind)."""
     arrived = perf_counter()
@@ -248,7 +247,7 @@ async def _in_thread(attempt: Callable[[float], RerankResult], budget_ms: float,
         result.timings_ms = {"queue": waited_ms, **result.timings_ms, "total": total_ms}
         return result
 
-    return await anyio.to_thread.run_sync(run, limiter=limiter)
+    return await batcher.run(run)
 
 
 async def _serve(endpoint: str, pipeline: Pipeline, run: Callable[[], Awaitable[RerankResult]],
@@ -277,9 +276,9 @@ async def _serve(endpoint: str, pipeline: Pipeline, run: Callable[[], Awaitable[
 def _internal_user(pipeline: Pipeline, user, metrics: ServeMetrics, unknown_items: int = 0) -> RequestUser:
     """The request's user in internal ids; ids the served catalogue does not know are counted."""
     internal = RequestUser.of(pipeline.store.ids, user)
-    metrics.unknown_ids.labels("item").inc(unknown_items)
+    metrics.child(metrics.unknown_ids, "item").inc(unknown_items)
     if user.id is not None and not internal.known:
-        metrics.unknown_ids.labels("user").inc()
+        metrics.child(metrics.unknown_ids, "user").inc()
     return internal
 
 
@@ -518,8 +517,8 @@ class _Observe:
             await self.app(scope, receive, record_status)
         finally:
             seconds = perf_counter() - start
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(seconds)
+            self.metrics.child(self.metrics.requests, endpoint, str(status)).inc()
+            self.metrics.child(self.metrics.latency, endpoint).observe(seconds)
             if self.sample and random.random() < self.sample:
                 client = scope.get("client")
                 access_log.info(json.dumps({

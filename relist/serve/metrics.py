@@ -29,6 +29,7 @@ def prepare_workers(workers: int) -> None:
 class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         r = self.registry
         self.requests = Counter("relist_requests", "HTTP requests by endpoint and status code",
                                 ["endpoint", "status"], registry=r)
@@ -57,6 +58,15 @@ class ServeMetrics:
         self.refused = Gauge("relist_current_refused", "1 while model_dir/CURRENT names a version that was "
                              "refused (an older, good version is served)", registry=r, multiprocess_mode="livemax")
 
+    def child(self, metric, *labels: str):
+        """``metric.labels(*labels)``, looked up once: prometheus_client's lookup takes a lock and builds its
+        key on every call, a dozen times per request."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def set_version(self, old: str | None, new: str) -> None:
         """The served version reads 1 and the one it replaced 0 (removing a label would not reach workers)."""
         if old is not None and old != new:
@@ -70,14 +80,14 @@ class ServeMetrics:
         """Record one pipeline result (relist.serve.pipeline.RerankResult)."""
         for stage, ms in result.timings_ms.items():
             if stage != "total":  # "queue": the wait for a pipeline thread
-                self.stage_latency.labels(stage).observe(ms / 1e3)
+                self.child(self.stage_latency, stage).observe(ms / 1e3)
         for stage in result.skipped:
-            self.skipped.labels(stage).inc()
+            self.child(self.skipped, stage).inc()
         if result.fallback:
-            self.fallbacks.labels(endpoint, result.failed_stage or "pipeline").inc()
+            self.child(self.fallbacks, endpoint, result.failed_stage or "pipeline").inc()
         elif result.skipped:
-            self.degraded.labels(endpoint, result.generator).inc()
-        self.served_by.labels(result.generator).inc()
+            self.child(self.degraded, endpoint, result.generator).inc()
+        self.child(self.served_by, result.generator).inc()
         self.batch_size.observe(result.batch)
 
     def exposition(self) -> bytes:
