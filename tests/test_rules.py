@@ -52,6 +52,18 @@ def test_decoded_lists_keep_the_rules_unless_flagged(case):
         assert bool(ok[0])
 
 
+@settings(max_examples=150, deadline=None)
+@given(requests(), st.randoms(use_true_random=False))
+def test_the_check_says_the_same_on_arrays_as_on_tensors(case, rng):
+    """Beam search and list ranking check lists as numpy arrays, the neural generators as tensors."""
+    rules, _, ids, cates, shops, n = case
+    lists = torch.stack([torch.tensor(rng.sample(range(ids.shape[1]), n)) for _ in range(6)])
+    as_tensors = rules.check(cates[0][lists], shops[0][lists], ids[0][lists], ids.expand(6, -1))
+    as_arrays = rules.check(*(x.numpy() for x in (cates[0][lists], shops[0][lists], ids[0][lists],
+                                                    ids.expand(6, -1))))
+    assert isinstance(as_arrays, np.ndarray) and as_arrays.tolist() == as_tensors.tolist()
+
+
 def test_scatter_rule_blocks_the_previous_two_categories():
     rules = BusinessRules(cate_window=2)
     cates = torch.tensor([[1, 2, 3, 1, 2, 4]])

@@ -72,14 +72,12 @@ class Context:
         """Per proposal [B, K]: True when it keeps the business rules (pinned slots checked by id)."""
         b, k, n = lists.shape
         columns = requests.columns_of(lists).reshape(b, k * n)
-        cates, shops = self.attributes(requests)
-        at = torch.as_tensor(np.maximum(columns, 0))
-        real = torch.as_tensor(columns >= 0)
-        list_cates = torch.where(real, cates.gather(1, at), 0).reshape(b * k, n)
-        list_shops = torch.where(real, shops.gather(1, at), 0).reshape(b * k, n)
-        candidates = torch.as_tensor(np.repeat(requests.candidates, k, 0))
-        ok = self.rules.check(list_cates, list_shops, torch.as_tensor(lists.reshape(b * k, n)), candidates)
-        return ok.numpy().reshape(b, k)
+        cates, shops = (np.asarray(x) for x in self.attributes(requests))
+        at, real = np.maximum(columns, 0), columns >= 0
+        list_cates = np.where(real, np.take_along_axis(cates, at, 1), 0).reshape(b * k, n)
+        list_shops = np.where(real, np.take_along_axis(shops, at, 1), 0).reshape(b * k, n)
+        candidates = np.repeat(requests.candidates, k, 0)
+        return self.rules.check(list_cates, list_shops, lists.reshape(b * k, n), candidates).reshape(b, k)
 
 
 class Generator(Protocol):

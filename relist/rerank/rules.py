@@ -8,7 +8,7 @@ the rules step by step — first the scatter window, then the shop cap — and
 flags the row, so a generator still returns its best partial-rule list and the
 caller knows it broke a rule.
 
-The masks take numpy arrays or torch tensors alike (and return the same kind): the decoders of the
+The masks and the check take numpy arrays or torch tensors alike (and return the same kind): the decoders of the
 neural generators run them on tensors, beam search and greedy sorts on arrays, where a small
 operation costs a fraction of a torch one.
 
@@ -106,21 +106,18 @@ class BusinessRules:
             empty &= ~fix
         return mask, relaxed
 
-    def check(
-        self,
-        list_cates: torch.Tensor,
-        list_shops: torch.Tensor,
-        list_ids: torch.Tensor | None = None,
-        candidates: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def check(self, list_cates: Mask, list_shops: Mask, list_ids: Mask | None = None,
+              candidates: Mask | None = None) -> Mask:
         """Per list [B, n]: True when it keeps every rule (pinned slots need ids and candidates)."""
         n = list_cates.shape[1]
-        ok = torch.ones(list_cates.shape[0], dtype=torch.bool, device=list_cates.device)
-        exempt = torch.zeros_like(list_cates, dtype=torch.bool)
+        ok = ~_falses(list_cates, (list_cates.shape[0],))
+        exempt = _falses(list_cates, tuple(list_cates.shape))
         if self.pinned and list_ids is not None and candidates is not None:
             for slot, item in self.pinned.items():
                 present = (candidates == item).any(1)
-                elsewhere = (list_ids == item) & (torch.arange(n, device=list_ids.device) != slot)
+                elsewhere = list_ids == item
+                if slot < n:
+                    elsewhere[:, slot] = False
                 ok &= ~elsewhere.any(1)
                 if slot < n:
                     ok &= ~present | (list_ids[:, slot] == item)
@@ -131,7 +128,7 @@ class BusinessRules:
             ok &= ~clash.any(1)
         if self.max_per_shop is not None:
             same = list_shops[:, :, None] == list_shops[:, None, :]
-            earlier = torch.ones(n, n, dtype=torch.bool, device=list_shops.device).tril()
+            earlier = _lower_triangle(~_falses(list_shops, (n, n)))
             count = (same & earlier).sum(2)  # items of this shop up to and including each slot
             over = (count > self.max_per_shop) & (list_shops != UNKNOWN) & ~exempt
             ok &= ~over.any(1)
@@ -158,6 +155,10 @@ def _falses(like: Mask, shape: tuple[int, ...]) -> Mask:
 
 def _where(condition: Mask, a: Mask, b: Mask) -> Mask:
     return np.where(condition, a, b) if isinstance(condition, np.ndarray) else torch.where(condition, a, b)
+
+
+def _lower_triangle(mask: Mask) -> Mask:
+    return np.tril(mask) if isinstance(mask, np.ndarray) else mask.tril()
 
 
 def item_attributes(store: FeatureStore, ids: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
