@@ -6,6 +6,7 @@ process, 127.0.0.1, the config's workers and threads). `wrk` (Debian: ``apt-get 
 sends, over a fixed number of keep-alive connections for a fixed time, logged test requests in turn
 to ``POST /v1/noop`` (reads the body, does nothing: the HTTP floor), ``/v1/rerank`` and
 ``/v1/recommend``. Per endpoint and load: requests per second, p50/p99 latency, non-2xx responses,
+the server's CPU per request (its workers' event-loop threads and their other threads, from /proc),
 and — from the server's own counters, read before and after — which generator served the lists: the
 share served by a model stage, not the upstream (or popularity) floor, is what says whether the
 service still re-ranks under load.
@@ -93,9 +94,11 @@ def run(cfg: Config, work: Path) -> dict:
         for connections in cfg.connections:
             for endpoint in cfg.endpoints:
                 _wrk(base, endpoint, bodies[endpoint], connections, 2)  # warm-up, not counted
-                before = _served(base)
+                before, cpu_before = _served(base), _cpu(server.pid)
                 row = _wrk(base, endpoint, bodies[endpoint], connections, cfg.duration_s)
-                served = _served(base) - before
+                served, cpu = _served(base) - before, _cpu(server.pid) - cpu_before
+                if cpu and row["requests"]:
+                    row["cpu_ms_per_request"] = {k: 1e3 * v / row["requests"] for k, v in cpu.items()}
                 total = sum(served.values())
                 if endpoint != "noop" and total:
                     row["served_by"] = {k: v / total for k, v in served.most_common()}
@@ -161,6 +164,36 @@ def _served(base: str) -> Counter:
                     for m in re.finditer(r'^relist_served_lists_total\{generator="([^"]+)"\} ([\d.e+]+)$', text, re.M)})
 
 
+def _cpu(root: int) -> Counter:
+    """CPU seconds so far of the server's processes (``root`` and its descendants), split into their main
+    threads (a worker's event loop: HTTP, parsing, validation, responses) and the other threads (the pipeline
+    threads: the models); empty where there is no /proc."""
+    proc = Path("/proc")
+    if not (proc / str(root)).is_dir():
+        return Counter()
+    parents = {}
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree, grew = tree | more, bool(more)
+    tick, out = os.sysconf("SC_CLK_TCK"), Counter()
+    for pid in tree:
+        for task in (proc / str(pid) / "task").glob("[0-9]*"):
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            kind = "main_thread" if int(task.name) == pid else "other_threads"
+            out[kind] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
 def _wait_ready(base: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -183,11 +216,14 @@ def _free_port() -> int:
 
 def _print(rows: dict) -> None:
     table = Table(title="HTTP load (wrk, 1 thread, keep-alive), server as configured")
-    for col in ("endpoint", "req/s", "vs noop", "p50 ms", "p99 ms", "non-2xx", "model share", "served by"):
+    for col in ("endpoint", "req/s", "vs noop", "p50 ms", "p99 ms", "non-2xx", "CPU ms/req main+other",
+                "model share", "served by"):
         table.add_column(col, justify="right")
     for name, row in rows.items():
         served = ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(row.get("served_by", {}).items())[:3])
         share = f"{100 * row['model_share']:.1f}%" if "model_share" in row else ""
+        cpu = row.get("cpu_ms_per_request", {})
+        cpu = f"{cpu.get('main_thread', 0):.2f}+{cpu.get('other_threads', 0):.2f}" if cpu else ""
         table.add_row(name, f"{row['rps']:.0f}", f"{row['rps_over_noop']:.3f}", f"{row['p50_ms']:.1f}",
-                      f"{row['p99_ms']:.1f}", str(row["non_2xx"]), share, served)
+                      f"{row['p99_ms']:.1f}", str(row["non_2xx"]), cpu, share, served)
     Console(width=160).print(table)
