@@ -138,3 +138,25 @@ def test_relist_bench_runs_the_checkout_harness_and_says_when_there_is_none(monk
     monkeypatch.setattr(commands_bench, "checkout_root", lambda: None)
     result = CliRunner().invoke(app, ["bench", "sim_generation"])
     assert result.exit_code == 2 and "python -m benchmarks" in result.output
+
+
+def test_serve_load_splits_a_process_trees_cpu_into_main_and_other_threads():
+    """What serve_load reports per request: a child's busy thread counts as 'other', its main thread as 'main'."""
+    import os
+
+    from benchmarks.studies.serve_load import _cpu
+
+    burn = ("import sys, threading, time\n"  # the thread stays alive: an ended thread's CPU leaves /proc's tasks
+            "def spin(s):\n    end = time.thread_time() + s\n    while time.thread_time() < end: pass\n"
+            "spun = threading.Event()\n"
+            "threading.Thread(target=lambda: (spin(0.6), spun.set(), time.sleep(30)), daemon=True).start()\n"
+            "spun.wait(); spin(0.3); sys.stdout.write('done\\n'); sys.stdout.flush(); time.sleep(30)\n")
+    before = _cpu(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "done\n"
+        spent = _cpu(os.getpid()) - before
+    finally:
+        child.kill()
+        child.wait()
+    assert spent["other_threads"] >= 0.4 and spent["main_thread"] >= 0.2, spent
