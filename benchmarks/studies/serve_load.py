@@ -167,7 +167,8 @@ def _served(base: str) -> Counter:
 def _cpu(root: int) -> Counter:
     """CPU seconds so far of the server's processes (``root`` and its descendants), split into their main
     threads (a worker's event loop: HTTP, parsing, validation, responses) and the other threads (the pipeline
-    threads: the models); empty where there is no /proc."""
+    threads: the models); empty where there is no /proc. A thread that ended takes its CPU out of /proc's
+    tasks, so this counts the living ones: the workers' threads live as long as the server."""
     proc = Path("/proc")
     if not (proc / str(root)).is_dir():
         return Counter()
