@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_serve_api import tiny_logs
 
 from relist.data.features import FeatureStore
@@ -13,7 +15,7 @@ from relist.eval.metrics import list_reward
 from relist.rerank.budget import Budget, StageCosts
 from relist.rerank.registry import Models
 from relist.serve.config import PipelineConfig
-from relist.serve.pipeline import UPSTREAM, UnknownStrategy, build_pipeline
+from relist.serve.pipeline import UPSTREAM, UnknownStrategy, build_pipeline, top_indices
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +122,14 @@ def test_recall_prefers_history_categories_and_skips_history_items(pipeline):
     assert not np.isin(ids, hist).any() and len(set(ids.tolist())) == 30
     assert np.isin(store.item_cate[ids[:5]], store.item_cate[hist]).all()
     assert ((scores >= 0) & (scores <= 1)).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-2, 6), min_size=1, max_size=40), st.integers(1, 45))
+def test_recall_takes_the_top_of_the_catalogue_as_a_stable_sort_would(values, size):
+    """Without sorting the whole catalogue, and with ties (common: popularity is a count) broken by id."""
+    key = np.asarray(values, dtype=np.float64)
+    assert top_indices(key, size).tolist() == np.argsort(-key, kind="stable")[:size].tolist()
 
 
 def test_a_batch_serves_every_request_the_list_it_gets_alone(models, logs):

@@ -196,7 +196,7 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
                                                     body.request_id, body.objective_of())
             return result
 
-        popular = np.argsort(-pipeline.popularity[1:], kind="stable")[:body.n] + 1
+        popular = pipeline.popular[:body.n]
         budget_ms = body.budget_ms or config.default_budget_ms
         result = await _serve("recommend", pipeline, lambda: _in_thread(attempt, budget_ms, batcher),
                               floor=(popular, "popular"), metrics=metrics)

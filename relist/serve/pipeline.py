@@ -20,6 +20,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from time import perf_counter
 from typing import Protocol
@@ -95,6 +96,11 @@ class Pipeline:
     popularity: np.ndarray  # [n_items + 1] clicks in the users' histories, for /v1/recommend's recall
     costs: StageCosts = field(default_factory=StageCosts)
     forced_only: dict[str, Generator] = field(default_factory=dict)  # servable by name, not in list ranking
+
+    @cached_property
+    def popular(self) -> np.ndarray:
+        """Catalogue item ids, most popular first (ties by id): /v1/recommend's floor, sorted once per version."""
+        return (np.argsort(-self.popularity[1:], kind="stable") + 1).astype(np.int64)
 
     @property
     def strategies(self) -> list[str]:
@@ -270,8 +276,20 @@ class Pipeline:
         popularity = self.popularity[1:]
         in_cates = np.isin(store.item_cate[1:], hist_cates)
         key = np.where(np.isin(items, hist), -1.0, popularity + in_cates * (popularity.max() + 1))
-        top = np.argsort(-key, kind="stable")[:size]
+        top = top_indices(key, size)
         return items[top], popularity[top] / max(float(popularity.max()), 1.0)
+
+
+def top_indices(key: np.ndarray, size: int) -> np.ndarray:
+    """``np.argsort(-key, kind="stable")[:size]`` (largest first, ties by index) without sorting all of
+    ``key``: recall runs per request over the whole catalogue."""
+    if size >= len(key):
+        return np.argsort(-key, kind="stable")
+    kth = np.partition(key, len(key) - size)[len(key) - size]  # the size-th largest value
+    above = np.flatnonzero(key > kth)
+    chosen = np.concatenate([above, np.flatnonzero(key == kth)[:size - len(above)]])
+    chosen.sort()  # index order, so that the stable sort breaks ties by index
+    return chosen[np.argsort(-key[chosen], kind="stable")]
 
 
 def _failed_stage(budget: Budget, ranking: ListRanking) -> str:

@@ -48,7 +48,7 @@ def smoke_test(pipeline: Pipeline) -> None:
     broken one cannot hide behind a better list); raise :class:`ModelCheckError` on a failure, a fallback,
     or a score or list reward that is not finite."""
     n_items = pipeline.store.n_items
-    ids = (np.argsort(-pipeline.popularity[1:], kind="stable")[:min(SMOKE_CANDIDATES, n_items)] + 1).astype(np.int64)
+    ids = pipeline.popular[:min(SMOKE_CANDIDATES, n_items)]
     for name, rank in pipeline.rankers.items():
         try:
             scores = np.asarray(rank(pipeline.store, 0, ids), dtype=np.float64)
