@@ -57,8 +57,8 @@ from relist.serve.schemas import (
 )
 
 log = logging.getLogger(__name__)
-Body = TypeVar("Body", bound=BaseModel)
 access_log = logging.getLogger("relist.access")
+Body = TypeVar("Body", bound=BaseModel)  # a request body model (_parse)
 
 ENV_MODEL_DIR = "RELIST_MODEL_DIR"
 ENV_CONFIG = "RELIST_SERVE_CONFIG"
