@@ -9,14 +9,17 @@ path, and the ratio to a greedy sort by the upstream score measured in the same 
 re-ranker pays). The row ``served`` is list ranking as ``relist export`` configures a version by default:
 the generators served on at least 2% of validation requests, the incumbent first, no local search; the row
 ``served_last`` is the same with LAST (K=8) competing too, whatever its share — list retrieval + LAST as a
-version serves it. ``list_retrieval`` and ``list_retrieval_last`` are the evaluation's: every generator,
-then three rounds of local search.
+version serves it. Both are timed without a budget (every stage runs, and the evaluator chooses among the
+lists) and again under ``budget_ms`` as the server would (``..._budget``: the incumbent first, a stage that
+would overrun skipped, no evaluator choice when the incumbent alone ran). ``list_retrieval`` and
+``list_retrieval_last`` are the evaluation's: every generator, then three rounds of local search.
 
     python -m benchmarks rerank_latency --work WORK
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -35,6 +38,7 @@ class Config(DefaultWorldStudy):
     requests: int = Field(200, ge=10, description="logged test requests, each served alone")
     threads: int = Field(2, ge=1, description="torch threads")
     onnx_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per graph (the server's)")
+    budget_ms: float = Field(20.0, gt=0, description="the served rows' budget per request (serve.yaml's default)")
     policies: list[str] = [FLOOR, "greedy_ctr", "beam", "prm", "dlcm", "seq2slate", "grn", "grn_samples", "last",
                            "list_retrieval", "list_retrieval_last"]
 
@@ -45,6 +49,7 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.eval.latency import one_by_one, request_timings_ms, summary_ms
     from relist.eval.rerank import RerankEvalConfig, build_policies
     from relist.io.config import CONFIGS, load_config
+    from relist.rerank.budget import Budget, StageCosts
     from relist.rerank.compiled import compiled_models, export_onnx
     from relist.rerank.generators import Context
     from relist.rerank.list_ranking import ListRanking
@@ -79,6 +84,11 @@ def run(cfg: Config, work: Path) -> dict:
         out[path] = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p.propose(r, eval_cfg.n, ctx),
                                                          singles))
                      for name in [*cfg.policies, SERVED, SERVED_LAST] if name in policies}
+        for name in (SERVED, SERVED_LAST):
+            def budgeted(r, p=policies[name], costs=StageCosts()):  # costs: the server's running estimates
+                return p.propose(r, eval_cfg.n, replace(ctx, budget=Budget(cfg.budget_ms, costs)))
+
+            out[path][f"{name}_budget"] = summary_ms(request_timings_ms(budgeted, singles))
     floor = out["eager"][FLOOR]["median_ms"]
     for rows in out.values():
         for row in rows.values():
