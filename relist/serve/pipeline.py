@@ -256,7 +256,7 @@ class Pipeline:
         m = len(ids)
         if scores is None:
             scores = np.full(m, np.nan, np.float32)
-        rows = np.where(self.store.known_items(ids), ids, 0)  # unknown items read the neutral row 0
+        rows = self.store.item_index(ids).numpy()  # unknown items read the neutral row 0
         cate = _override(self.store.item_cate[rows], cates)
         shop = _override(self.store.item_shop[rows], shops)
         requests = Requests.from_arrays([request_id or 0], [user_id], ids[None, :],
