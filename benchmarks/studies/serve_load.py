@@ -172,13 +172,8 @@ def _cpu(root: int) -> Counter:
     proc = Path("/proc")
     if not (proc / str(root)).is_dir():
         return Counter()
-    parents = {}
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
+    parents = {int(stat.parent.name): int(fields[1]) for stat in proc.glob("[0-9]*/stat")
+               if (fields := _stat_fields(stat))}
     tree, grew = {root}, True
     while grew:
         more = {pid for pid, parent in parents.items() if parent in tree} - tree
@@ -186,13 +181,18 @@ def _cpu(root: int) -> Counter:
     tick, out = os.sysconf("SC_CLK_TCK"), Counter()
     for pid in tree:
         for task in (proc / str(pid) / "task").glob("[0-9]*"):
-            try:
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            kind = "main_thread" if int(task.name) == pid else "other_threads"
-            out[kind] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            if fields := _stat_fields(task / "stat"):
+                kind = "main_thread" if int(task.name) == pid else "other_threads"
+                out[kind] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     return out
+
+
+def _stat_fields(stat: Path) -> list[str]:
+    """The fields of a /proc stat file after the command name (state, ppid, ...); none once it has ended."""
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
 
 
 def _wait_ready(base: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
