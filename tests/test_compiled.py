@@ -1,6 +1,7 @@
-"""The compiled path (ONNX graphs in ONNX Runtime) returns exactly the eager path's lists on fixed seeds: GRN
-greedy, sampled and LAST-shifted decoding under the rules, the evaluator's values and the teacher's logits, and
-therefore list ranking's served lists (so every true-reward table is unchanged by compilation)."""
+"""The compiled path (ONNX graphs in ONNX Runtime, the GRN's slot loop in its kernel) returns exactly the eager
+path's lists on fixed seeds: GRN greedy, sampled and LAST-shifted decoding under the rules, the evaluator's
+values and the teacher's logits, and therefore list ranking's served lists (so every true-reward table is
+unchanged by compilation). So does the edge form, the slot loop in the exported decoder graph."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from relist.data.logs import logged_requests
 from relist.models.ranking.context import ContextTerms
-from relist.rerank.compiled import MANIFEST, OnnxGRN, compiled_models, export_onnx
+from relist.rerank.compiled import MANIFEST, CompiledGRN, compiled_models, export_onnx
 from relist.rerank.generators import Context
 from relist.rerank.grn import GRNGreedy, GRNSamples
 from relist.rerank.last import LAST, LASTConfig
@@ -35,17 +36,29 @@ def fast(models, onnx_dir):
 
 
 @pytest.fixture(scope="module")
+def edge(models, onnx_dir):
+    return compiled_models(models, onnx_dir, decoder_graph=True)
+
+
+@pytest.fixture(scope="module", params=["kernel", "graph"])
+def decoded(request, fast, edge):
+    """The compiled models with the GRN's slot loop in the kernel (served) or in the decoder graph (edge)."""
+    return fast if request.param == "kernel" else edge
+
+
+@pytest.fixture(scope="module")
 def requests(logs):
     return logged_requests(logs, "test", 200)[0]
 
 
-def test_the_manifest_names_every_graph_and_what_it_reads(onnx_dir, fast):
+def test_the_manifest_names_every_graph_and_what_it_reads(onnx_dir, fast, edge):
     manifest = json.loads((onnx_dir / MANIFEST).read_text())
     assert set(manifest["graphs"]) == {"generator_encoder", "generator_decoder", "evaluator", "ranker"}
     for graph in manifest["graphs"].values():
         assert (onnx_dir / graph["file"]).is_file() and graph["inputs"] and graph["outputs"]
     assert manifest["slots"] == 10 and manifest["rules"]["cate_window"] == 2 and manifest["members"] == 2
-    assert isinstance(fast.generator, OnnxGRN) and fast.evaluator.compiled is not None
+    assert isinstance(fast.generator, CompiledGRN) and fast.evaluator.compiled is not None
+    assert fast.generator.decoder is None and edge.generator.decoder is not None
 
 
 def test_the_teachers_slot_tables_ship_with_the_graphs(models, onnx_dir, fast):
@@ -63,24 +76,25 @@ def test_the_teachers_slot_tables_ship_with_the_graphs(models, onnx_dir, fast):
 
 
 @pytest.mark.parametrize("rows", [slice(0, 1), slice(3, 4), slice(0, 200)])
-def test_greedy_and_sampled_lists_are_the_eager_ones(models, fast, store, requests, rows):
+def test_greedy_and_sampled_lists_are_the_eager_ones(models, decoded, store, requests, rows):
     ctx = Context(store, RULES)
     batch = requests[rows]
     for n in (10, 6):
-        assert (GRNGreedy(fast.generator).propose(batch, n, ctx) == GRNGreedy(models.generator).propose(batch, n,
-                                                                                                       ctx)).all()
-        eager, compiled = (GRNSamples(m.generator, 8, 1.0, seed=3).propose(batch, n, ctx) for m in (models, fast))
+        assert (GRNGreedy(decoded.generator).propose(batch, n, ctx) == GRNGreedy(models.generator).propose(batch, n,
+                                                                                                          ctx)).all()
+        eager, compiled = (GRNSamples(m.generator, 8, 1.0, seed=3).propose(batch, n, ctx) for m in (models, decoded))
         assert (eager == compiled).all() and len({tuple(x) for x in eager[0]}) > 1  # real samples, the same ones
 
 
-def test_a_call_the_graph_cannot_take_runs_eagerly_with_the_same_result(models, fast, store, requests):
+def test_other_rules_and_more_slots_than_exported_give_the_eager_lists(models, decoded, store, requests):
+    """The kernel takes any rules and list length; the decoder graph hands such a call to the eager loop."""
     other = Context(store, BusinessRules(cate_window=3, max_per_shop=1))
     batch = requests[:20]
-    assert (GRNGreedy(fast.generator).propose(batch, 10, other) == GRNGreedy(models.generator).propose(batch, 10,
-                                                                                                      other)).all()
+    assert (GRNGreedy(decoded.generator).propose(batch, 10, other) == GRNGreedy(models.generator).propose(
+        batch, 10, other)).all()
     longer = Context(store, RULES)
-    assert (GRNGreedy(fast.generator).propose(batch, 12, longer) == GRNGreedy(models.generator).propose(batch, 12,
-                                                                                                       longer)).all()
+    assert (GRNGreedy(decoded.generator).propose(batch, 12, longer) == GRNGreedy(models.generator).propose(
+        batch, 12, longer)).all()
 
 
 def test_evaluator_and_teacher_agree_to_float_rounding(models, fast, store, requests):
@@ -92,10 +106,10 @@ def test_evaluator_and_teacher_agree_to_float_rounding(models, fast, store, requ
         np.testing.assert_allclose(compiled[head], eager[head], rtol=1e-4, atol=1e-6)
 
 
-def test_last_shifts_to_the_same_lists(models, fast, store, requests):
+def test_last_shifts_to_the_same_lists(models, decoded, store, requests):
     cfg = LASTConfig()  # K = 8: two directions x four step sizes
     eager = LAST(models.generator, models.evaluator, cfg).rerank(requests[:64], 10, Context(store, RULES))
-    compiled = LAST(fast.generator, fast.evaluator, cfg).rerank(requests[:64], 10, Context(store, RULES))
+    compiled = LAST(decoded.generator, decoded.evaluator, cfg).rerank(requests[:64], 10, Context(store, RULES))
     assert (eager.lists == compiled.lists).all() and (eager.source == compiled.source).all()
     np.testing.assert_allclose(eager.reward, compiled.reward, rtol=1e-4, atol=1e-5)
 
@@ -129,7 +143,7 @@ def test_an_exported_version_serves_on_its_graphs_the_lists_of_the_eager_version
         version = export_version(tmp_path / "models", f"onnx-{onnx}", logs, roles, config, onnx=onnx)
         assert (version / "onnx" / MANIFEST).is_file() == onnx
         pipeline = load_version(version)
-        assert isinstance(pipeline.models.generator, OnnxGRN) == onnx
+        assert isinstance(pipeline.models.generator, CompiledGRN) == onnx
         requests = logged_requests(logs, "test", 25)[0]
         inputs = [pipeline.request_input(None, ids[real], scores[real], 10) for ids, scores, real in
                   zip(requests.candidates, requests.cand_scores, requests.mask, strict=True)]

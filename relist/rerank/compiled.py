@@ -1,20 +1,24 @@
-"""Compiled models: the GRN's encoder and slot loop, the evaluator ensemble and the fine-ranking teacher as
-ONNX graphs run by ONNX Runtime — the same lists as the eager modules, without per-operation Python.
+"""Compiled models: the GRN's encoder, the evaluator ensemble and the fine-ranking teacher as ONNX graphs run by
+ONNX Runtime, the GRN's slot loop as a numba kernel — the same lists as the eager modules, without
+per-operation Python.
 
 Serving one request is dominated by dispatch overhead, not arithmetic: a 10-slot GRN decode under the
-business rules is about 500 small torch operations. The slot loop traces into one graph with the rules
+business rules is about 500 small torch operations. The slot loop also traces into one graph with the rules
 inside it (relist.rerank.grn.branch_free_rules_hook: every relaxation level computed, the first that
 leaves a candidate taken, boolean algebra only), the slots unrolled. Four ways of running that graph
 were measured on one request (m=50, n=10, greedy and 9 rows; loaded 2-core machine, same run):
 ONNX Runtime 5-6x faster than eager, torch.compile about as fast as ONNX Runtime but 5 minutes to
-compile (and again for every new version), TorchScript 2.4x. ONNX Runtime it is; the graphs are
-written once by ``relist export --onnx`` (seconds) and the server loads them with the version
+compile (and again for every new version), TorchScript 2.4x. Even in ONNX Runtime the unrolled graph's ~2k
+small nodes cost milliseconds, so the server runs the slot loop as one kernel instead
+(relist.rerank.grn_decoder: any rules, any number of slots; ``rerank_latency.json`` has both), and the
+exported decoder graph is the edge form (``compiled_models(..., decoder_graph=True)`` runs it). The graphs
+are written once by ``relist export --onnx`` (seconds) and the server loads them with the version
 (relist.serve.registry), as an edge device would (the manifest says what each graph reads). The teacher's
 slot tables (relist.models.ranking.context) are no graph: they ship beside them as ``slot_terms.npz``.
 
 Exactness: greedy decoding and sampling (Gumbel noise drawn from the request's seed by the caller,
 as the eager path draws it) pick the same candidates as the eager modules; log-probabilities and
-evaluator values agree to float rounding. A call the graph cannot take (other rules than it was
+evaluator values agree to float rounding. A call the decoder graph cannot take (other rules than it was
 exported with, more slots than it unrolls) runs eagerly. A GRN conditioned on the objective (role
 ``generator_cmr``, generator ``grn_cmr``) is not compiled: it is served eagerly.
 
@@ -38,6 +42,7 @@ from torch import Tensor, nn
 from relist.models.generator import GRN, Encoded
 from relist.models.ranking.context import ContextTerms
 from relist.rerank.grn import RULE_INPUTS, GRNRunner, branch_free_rules_hook, request_batch
+from relist.rerank.grn_decoder import DecoderWeights, decode_rows
 from relist.rerank.rules import BusinessRules
 
 MANIFEST = "onnx.json"
@@ -96,14 +101,18 @@ class OnnxModule:
         return {name: out[name] for name in self.names}
 
 
-class OnnxGRN(GRNRunner):
-    """The GRN's runner on its encoder and decoder graphs (eager where the decoder graph does not apply)."""
+class CompiledGRN(GRNRunner):
+    """The GRN's runner on its encoder graph and the slot-loop kernel (relist.rerank.grn_decoder: any rules, any
+    number of slots), or, given ``decoder``, on the exported decoder graph as an edge device runs it (eager
+    where that graph does not apply: other rules than it was exported with, more slots than it unrolls)."""
 
     compiled = True
 
-    def __init__(self, model: GRN, encoder: OnnxGraph, decoder: OnnxGraph, rules: BusinessRules, slots: int):
+    def __init__(self, model: GRN, encoder: OnnxGraph, decoder: OnnxGraph | None = None,
+                 rules: BusinessRules | None = None, slots: int = 0):
         super().__init__(model)
         self.encoder, self.decoder, self.rules, self.slots = encoder, decoder, rules, slots
+        self.weights = DecoderWeights.of(model)
 
     def encode(self, batch: dict[str, Tensor]) -> Encoded:
         out = self.encoder.run(batch)
@@ -111,6 +120,8 @@ class OnnxGRN(GRNRunner):
 
     def decode(self, enc: Encoded, rule_inputs: dict[str, Tensor], n: int, rules: BusinessRules | None,
                noise: Tensor | None = None, temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+        if self.decoder is None:
+            return decode_rows(self.weights, enc, rule_inputs, n, rules, noise, temperature)
         if rules != self.rules or n > self.slots:
             return super().decode(enc, rule_inputs, n, rules, noise, temperature)
         rows, m = enc.mask.shape
@@ -325,9 +336,10 @@ def export_onnx(models, rules: BusinessRules, out_dir: str | Path, slots: int | 
     return path
 
 
-def compiled_models(models, onnx_dir: str | Path, threads: int = 1):
-    """``models`` with every role whose graph ``onnx_dir`` holds running on ONNX Runtime: the GRN as an
-    :class:`OnnxGRN`, the teacher as an :class:`OnnxModule`, the evaluator compiled and reading the
+def compiled_models(models, onnx_dir: str | Path, threads: int = 1, decoder_graph: bool = False):
+    """``models`` with every role whose graph ``onnx_dir`` holds running on ONNX Runtime: the GRN as a
+    :class:`CompiledGRN` (its slot loop in the kernel, or in the exported graph with ``decoder_graph``, as an
+    edge device would run it), the teacher as an :class:`OnnxModule`, the evaluator compiled and reading the
     compiled teacher's logits as its prior (one teacher pass per request serves both)."""
     from relist.rerank.list_scorer import teacher_prior
 
@@ -346,8 +358,8 @@ def compiled_models(models, onnx_dir: str | Path, threads: int = 1):
         rules = manifest["rules"]
         rules = BusinessRules(rules["cate_window"], rules["max_per_shop"],
                               {int(k): v for k, v in rules["pinned"].items()})
-        changes["generator"] = OnnxGRN(model, graph("generator_encoder"), graph("generator_decoder"), rules,
-                                       manifest["slots"])
+        decoder = graph("generator_decoder") if decoder_graph else None
+        changes["generator"] = CompiledGRN(model, graph("generator_encoder"), decoder, rules, manifest["slots"])
     ranker = models.ranker
     if "ranker" in graphs and ranker is not None:
         if "slot_terms" in manifest:

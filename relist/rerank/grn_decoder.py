@@ -1,0 +1,239 @@
+"""The GRN's slot loop under the business rules as one numba kernel: no per-operation dispatch inside a decode.
+
+A 10-slot decode of a few rows is some 500 tiny operations; in ONNX Runtime the unrolled graph
+(relist.rerank.compiled) still pays ~2.4 ms for 5 rows, most of it per operation, not arithmetic. This
+kernel runs the same arithmetic as :meth:`relist.models.generator.GRN.decode_rows` in one call per decode,
+with the rules' relaxation order of :meth:`relist.rerank.rules.BusinessRules.feasible_mask` inside the
+loop, so it takes any rules and any number of slots (the graph fixes both when it is exported). It
+picks the same candidates as the eager decoder up to float rounding (tests/test_grn_decoder.py);
+``benchmarks/results/rerank_latency.json`` has what it costs.
+
+It releases the GIL, so the server's pipeline threads decode side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+from numpy.polynomial import polynomial as P
+from torch import Tensor
+
+from relist.data.padding import NEG_INF
+from relist.models.generator import GRN, Encoded
+from relist.rerank.rules import BusinessRules
+
+
+def _tanh_fraction(depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Polynomials P, Q in y = x² with tanh(x) ≈ x P(y) / Q(y): Lambert's continued fraction
+    x / (1 + x²/(3 + x²/(5 + ...))) cut after ``depth`` terms, folded into one fraction."""
+    numerator, denominator = np.array([1.0]), np.array([2.0 * depth + 1])
+    for k in range(depth - 1, -1, -1):
+        numerator, denominator = denominator, P.polyadd((2 * k + 1) * denominator, P.polymulx(numerator))
+    return (numerator / denominator[0]).astype(np.float32), (denominator / denominator[0]).astype(np.float32)
+
+
+# 12 terms, the argument clipped at +-9 (where float32 tanh is 1): within 4e-7 of tanh everywhere
+TANH_NUMERATOR, TANH_DENOMINATOR = _tanh_fraction(12)
+TANH_SATURATES = 9.0
+
+
+@dataclass(frozen=True)
+class DecoderWeights:
+    """The weights the slot loop reads, as contiguous float32 arrays (taken once per model)."""
+
+    gru_ih: np.ndarray  # [3h, h]
+    gru_ih_bias: np.ndarray  # [3h]
+    gru_hh: np.ndarray  # [3h, h]
+    gru_hh_bias: np.ndarray  # [3h]
+    start: np.ndarray  # [h]
+    glimpse_t: np.ndarray  # [h, h], transposed: candidates @ it
+    keys_t: np.ndarray  # [h, h], transposed
+    query_state: np.ndarray  # [h, h], the pointer query's weights on the state
+    query_context: np.ndarray  # [h, h], and on the glimpse's context
+    query_bias: np.ndarray  # [h]
+    out: np.ndarray  # [h]
+
+    @classmethod
+    def of(cls, model: GRN) -> DecoderWeights:
+        def array(t: Tensor) -> np.ndarray:
+            return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+        gru, h = model.gru, model.cfg.hidden
+        query = model.pointer_query.weight
+        return cls(array(gru.weight_ih), array(gru.bias_ih), array(gru.weight_hh), array(gru.bias_hh),
+                   array(model.start), array(model.glimpse.weight.T), array(model.pointer_keys.weight.T),
+                   array(query[:, :h]), array(query[:, h:]), array(model.pointer_query.bias),
+                   array(model.pointer_out.weight[0]))
+
+
+def decode_rows(weights: DecoderWeights, enc: Encoded, rule_inputs: dict[str, Tensor], n: int,
+                rules: BusinessRules | None, noise: Tensor | None = None,
+                temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """``GRN.decode_rows(..., with_allowed=True)`` under ``rules_hook(rules, rule_inputs)``, in one kernel call:
+    candidate columns [N, n] (-1 once nothing is left), each pick's log-probability [N, n] and the
+    candidates each slot allowed [N, n, m]. ``noise`` [N, n, m] is added before the argmax (None: greedy)."""
+    rows, m, _ = enc.candidates.shape
+    rules = rules or BusinessRules(cate_window=0)
+    pins = sorted(rules.pinned.items())
+    mask = rule_inputs["mask"].numpy()
+    choice = np.empty((rows, n), np.int64)
+    step_logp = np.empty((rows, n), np.float32)
+    allowed = np.empty((rows, n, m), np.bool_)
+    _decode(np.ascontiguousarray(enc.candidates.detach().numpy(), dtype=np.float32),
+            np.ascontiguousarray(enc.state.detach().numpy(), dtype=np.float32), mask & enc.mask.numpy(),
+            rule_inputs["cate"].numpy().astype(np.int64, copy=False),
+            rule_inputs["shop"].numpy().astype(np.int64, copy=False),
+            rule_inputs["candidates"].numpy().astype(np.int64, copy=False),
+            np.zeros((1, 1, 1), np.float32) if noise is None else np.ascontiguousarray(noise.numpy(),
+                                                                                        dtype=np.float32),
+            noise is not None, float(temperature),
+            weights.gru_ih, weights.gru_ih_bias, weights.gru_hh, weights.gru_hh_bias, weights.start,
+            weights.glimpse_t, weights.keys_t, weights.query_state,
+            weights.query_context, weights.query_bias, weights.out, TANH_NUMERATOR,
+            TANH_DENOMINATOR,
+            rules.cate_window, -1 if rules.max_per_shop is None else rules.max_per_shop,
+            np.array([s for s, _ in pins], np.int64), np.array([i for _, i in pins], np.int64),
+            choice, step_logp, allowed)
+    return torch.from_numpy(choice), torch.from_numpy(step_logp), torch.from_numpy(allowed)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _decode(cands, state0, real, cates, shops, ids, noise, noisy, temperature, w_ih, b_ih, w_hh, b_hh, start,
+            glimpse_t, keys_t, query_state, query_context, b_query, w_out, tanh_p, tanh_q, window, shop_cap,
+            pin_slots, pin_items, choice, step_logp, allowed):  # pragma: no cover - compiled
+    """Every row's slot loop; writes ``choice``, ``step_logp`` and ``allowed``."""
+    rows, m, h = cands.shape
+    n = choice.shape[1]
+    scale = np.float32(np.sqrt(h))
+    state = np.empty(h, np.float32)
+    scores = np.empty(m, np.float32)
+    logits = np.empty(m, np.float32)
+    query = np.empty(h, np.float32)
+    chosen = np.zeros(m, np.bool_)
+    for r in range(rows):
+        c = cands[r]
+        keys, glimpse_keys = np.dot(c, keys_t), np.dot(c, glimpse_t)
+        _gru(start, state0[r], w_ih, b_ih, w_hh, b_hh, state)
+        chosen[:] = False
+        for slot in range(n):
+            mask = allowed[r, slot]
+            if not _feasible(mask, slot, r, real, chosen, ids, cates, shops, choice[r], window, shop_cap,
+                             pin_slots, pin_items):  # every candidate is placed: so are the later slots
+                choice[r, slot:], step_logp[r, slot:], allowed[r, slot:] = -1, 0.0, False
+                break
+            # the glimpse: attention of the state over the allowed candidates
+            glimpse = np.dot(glimpse_keys, state)
+            top = NEG_INF
+            for j in range(m):
+                scores[j] = glimpse[j] / scale if mask[j] else NEG_INF
+                top = max(top, scores[j])
+            total = 0.0
+            for j in range(m):
+                scores[j] = np.exp(scores[j] - top)
+                total += scores[j]
+            context = np.dot(scores / np.float32(total), c)
+            query[:] = b_query + np.dot(query_state, state) + np.dot(query_context, context)
+            # the pointer: every allowed candidate's logit, then the log-softmax at the temperature
+            _pointer_logits(keys, query, w_out, tanh_p, tanh_q, logits)
+            top = NEG_INF / temperature
+            for j in range(m):
+                scores[j] = (logits[j] if mask[j] else NEG_INF) / temperature
+                top = max(top, scores[j])
+            total = 0.0
+            for j in range(m):
+                total += np.exp(scores[j] - top)
+            norm = top + np.log(total)
+            pick, best = 0, -np.inf
+            for j in range(m):
+                value = scores[j] - norm + (noise[r, slot, j] if noisy else 0.0)
+                if value > best:
+                    pick, best = j, value
+            choice[r, slot], step_logp[r, slot], chosen[pick] = pick, scores[pick] - norm, True
+            _gru(c[pick], state.copy(), w_ih, b_ih, w_hh, b_hh, state)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
+def _pointer_logits(keys, query, w_out, p, q, out):  # pragma: no cover - compiled
+    """``out[j] = w_out . tanh(keys[j] + query)`` with tanh as the fraction x P(x²) / Q(x²) (P, Q of degree 6):
+    no call in the loop, so it runs on vector lanes (libm's tanh is most of a decode's time otherwise)."""
+    m, h = keys.shape
+    for j in range(m):
+        total = np.float32(0.0)
+        for k in range(h):
+            x = min(max(keys[j, k] + query[k], np.float32(-TANH_SATURATES)), np.float32(TANH_SATURATES))
+            y = x * x
+            top = ((((((p[6] * y + p[5]) * y + p[4]) * y + p[3]) * y + p[2]) * y + p[1]) * y + p[0])
+            bottom = ((((((q[6] * y + q[5]) * y + q[4]) * y + q[3]) * y + q[2]) * y + q[1]) * y + q[0])
+            total += w_out[k] * min(max(x * top / bottom, np.float32(-1.0)), np.float32(1.0))
+        out[j] = total
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _gru(x, hidden, w_ih, b_ih, w_hh, b_hh, out):  # pragma: no cover - compiled
+    """``nn.GRUCell``'s formula (gates r, z, n) into ``out``."""
+    h = hidden.shape[0]
+    gi, gh = b_ih + np.dot(w_ih, x), b_hh + np.dot(w_hh, hidden)
+    for k in range(h):
+        reset = 1.0 / (1.0 + np.exp(-(gi[k] + gh[k])))
+        update = 1.0 / (1.0 + np.exp(-(gi[h + k] + gh[h + k])))
+        candidate = np.tanh(gi[2 * h + k] + reset * gh[2 * h + k])
+        out[k] = (1.0 - update) * candidate + update * hidden[k]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _feasible(mask, slot, r, real, chosen, ids, cates, shops, prefix, window, shop_cap, pin_slots,
+              pin_items):  # pragma: no cover - compiled
+    """``BusinessRules.feasible_mask`` for row ``r`` at ``slot`` into ``mask``: the full rules, else the least
+    relaxed that leave a candidate (narrower window, no shop cap, pinned items freed). True if any is left."""
+    if _allowed(mask, slot, r, real, chosen, ids, cates, shops, prefix, window, shop_cap, True, pin_slots,
+                pin_items):
+        return True
+    for narrower in range(window - 1, -1, -1):
+        if _allowed(mask, slot, r, real, chosen, ids, cates, shops, prefix, narrower, shop_cap, True, pin_slots,
+                    pin_items):
+            return True
+    if _allowed(mask, slot, r, real, chosen, ids, cates, shops, prefix, 0, -1, True, pin_slots, pin_items):
+        return True
+    return _allowed(mask, slot, r, real, chosen, ids, cates, shops, prefix, 0, -1, False, pin_slots, pin_items)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _allowed(mask, slot, r, real, chosen, ids, cates, shops, prefix, window, shop_cap, reserve, pin_slots,
+             pin_items):  # pragma: no cover - compiled
+    """``BusinessRules.allowed_mask`` for row ``r`` into ``mask`` (``shop_cap`` -1: off); True if any is allowed."""
+    m = mask.shape[0]
+    pinned_here = -1
+    for p in range(len(pin_slots)):
+        if pin_slots[p] == slot:
+            pinned_here = p
+    has_pin = False
+    for j in range(m):
+        ok = real[r, j] and not chosen[j]
+        if ok and reserve:
+            for p in range(len(pin_slots)):
+                if pin_slots[p] != slot and ids[r, j] == pin_items[p]:
+                    ok = False
+        mask[j] = ok
+        if ok and pinned_here >= 0 and ids[r, j] == pin_items[pinned_here]:
+            has_pin = True
+    if has_pin:
+        for j in range(m):
+            mask[j] = mask[j] and ids[r, j] == pin_items[pinned_here]
+    left = False
+    for j in range(m):
+        if mask[j] and not has_pin:
+            if window > 0 and cates[r, j] != 0:
+                for t in range(max(0, slot - window), slot):
+                    if cates[r, max(prefix[t], 0)] == cates[r, j]:
+                        mask[j] = False
+            if shop_cap >= 0 and slot > 0 and shops[r, j] != 0:
+                count = 0
+                for t in range(slot):
+                    count += shops[r, max(prefix[t], 0)] == shops[r, j]
+                if count >= shop_cap:
+                    mask[j] = False
+        left = left or mask[j]
+    return left
