@@ -1,6 +1,6 @@
 """The slot-loop kernel decodes what the eager GRN decodes: same picks, same allowed masks, log-probabilities to
 float rounding, under every kind of rule (scatter window, shop cap, pinned slots, their relaxation), padding,
-sampling noise and temperature."""
+sampling noise and temperature; its gradient kernel gives autograd's gradient of those log-probabilities."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from relist.models.generator import Encoded, gumbel_noise
-from relist.rerank.grn import rules_hook
-from relist.rerank.grn_decoder import TANH_DENOMINATOR, TANH_NUMERATOR, TANH_SATURATES, DecoderWeights, decode_rows
+from relist.rerank.grn import GRNRunner, rules_hook
+from relist.rerank.grn_decoder import (
+    TANH_DENOMINATOR,
+    TANH_NUMERATOR,
+    TANH_SATURATES,
+    DecoderWeights,
+    decode_rows,
+    logp_gradients,
+)
 from relist.rerank.rules import BusinessRules
 
 
@@ -48,6 +55,22 @@ def test_the_kernel_decodes_what_the_eager_loop_decodes(models, rules, sampled):
         assert torch.equal(kernel[2], eager[2])
         torch.testing.assert_close(kernel[1], eager[1], rtol=1e-4, atol=1e-4)
         assert (kernel[0][-1] == -1).all() and (kernel[0][0] >= 0).any()
+
+
+@pytest.mark.parametrize("rules", RULES[2:])
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_the_gradient_kernel_is_autograds_gradient_of_the_picks_log_probability(models, rules, temperature):
+    grn = models.generator.eval()
+    weights = DecoderWeights.of(grn)
+    for seed in range(3):
+        enc, inputs = _rows(grn, seed)
+        noise = gumbel_noise((len(enc.state), 11, enc.mask.shape[1]), torch.Generator().manual_seed(seed))
+        choice, _, allowed = decode_rows(weights, enc, inputs, 11, rules, noise, temperature)
+        eager = GRNRunner(grn).logp_gradients(enc, choice, allowed, temperature)
+        kernel = logp_gradients(weights, enc, choice, allowed, temperature)
+        assert eager[0].abs().max() > 0.01
+        for ours, theirs in zip(kernel, eager, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-5)
 
 
 def test_the_tanh_fraction_is_tanh_to_float32_rounding():

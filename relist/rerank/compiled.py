@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from relist.models.generator import GRN, Encoded
 from relist.models.ranking.context import ContextTerms
 from relist.rerank.grn import RULE_INPUTS, GRNRunner, branch_free_rules_hook, request_batch
-from relist.rerank.grn_decoder import DecoderWeights, decode_rows
+from relist.rerank.grn_decoder import DecoderWeights, decode_rows, logp_gradients
 from relist.rerank.rules import BusinessRules
 
 MANIFEST = "onnx.json"
@@ -133,6 +133,10 @@ class CompiledGRN(GRNRunner):
         feeds |= {f"rule_{name}": value for name, value in rule_inputs.items()}
         out = self.decoder.run(feeds)
         return out["choice"][:, :n], out["step_logp"][:, :n], out["allowed"][:, :n]
+
+    def logp_gradients(self, enc: Encoded, choice: Tensor, allowed: Tensor,
+                       temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        return logp_gradients(self.weights, enc, choice, allowed, temperature)
 
 
 class _GRUCellOps(nn.Module):

@@ -113,7 +113,7 @@ class GRNRunner:
     of ``enc`` (``rule_inputs``: :data:`RULE_INPUTS` per row, [N, m]) and returns the candidate
     columns [N, n] (-1 once nothing is left), the log-probability of each pick [N, n] and the
     candidates each slot allowed [N, n, m]. ``noise`` [N, n, m] is Gumbel noise for sampled rows and
-    zero for greedy ones (None: all greedy).
+    zero for greedy ones (None: all greedy). ``logp_gradients`` is what LAST's gradient reads.
     """
 
     compiled = False
@@ -129,6 +129,17 @@ class GRNRunner:
         rows = torch.arange(len(enc.state))
         hook = rules_hook(rules, rule_inputs) if rules is not None else None
         return self.model.decode_rows(enc, n, rows, hook, noise, temperature, with_allowed=True)
+
+    def logp_gradients(self, enc: Encoded, choice: Tensor, allowed: Tensor,
+                       temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        """The gradient of each decoded row's log-probability of its picks (choice [N, n] and allowed masks
+        [N, n, m] as ``decode`` returned them) in its candidate states [N, m, h] and first state [N, h]."""
+        probe = (torch.zeros_like(enc.candidates, requires_grad=True),
+                 torch.zeros_like(enc.state, requires_grad=True))
+        with torch.enable_grad():
+            probed = Encoded(enc.candidates + probe[0], enc.state + probe[1], enc.mask)
+            logp = self.model.forced_logp(probed, choice, allowed, temperature).sum()
+            return torch.autograd.grad(logp, probe)
 
 
 def as_runner(model: GRN | GRNRunner) -> GRNRunner:

@@ -174,13 +174,7 @@ def _pointer_logits(keys, query, w_out, p, q, out):  # pragma: no cover - compil
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _gru(x, hidden, w_ih, b_ih, w_hh, b_hh, out):  # pragma: no cover - compiled
     """``nn.GRUCell``'s formula (gates r, z, n) into ``out``."""
-    h = hidden.shape[0]
-    gi, gh = b_ih + np.dot(w_ih, x), b_hh + np.dot(w_hh, hidden)
-    for k in range(h):
-        reset = 1.0 / (1.0 + np.exp(-(gi[k] + gh[k])))
-        update = 1.0 / (1.0 + np.exp(-(gi[h + k] + gh[h + k])))
-        candidate = np.tanh(gi[2 * h + k] + reset * gh[2 * h + k])
-        out[k] = (1.0 - update) * candidate + update * hidden[k]
+    _gru_from_gates(b_ih + np.dot(w_ih, x), b_hh + np.dot(w_hh, hidden), hidden, out)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -237,3 +231,146 @@ def _allowed(mask, slot, r, real, chosen, ids, cates, shops, prefix, window, sho
                     mask[j] = False
         left = left or mask[j]
     return left
+
+
+def logp_gradients(weights: DecoderWeights, enc: Encoded, choice: Tensor, allowed: Tensor,
+                   temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """The gradient of each decoded row's log-probability of its picks (the sum over slots of
+    :meth:`GRN.forced_logp`) in its candidate states [N, m, h] and first decoder state [N, h]: the forward
+    pass and its backward pass written out in one kernel call (what LAST's shift of the activations needs;
+    autograd over the same small tensors costs milliseconds of dispatch)."""
+    rows, m, h = enc.candidates.shape
+    grad_candidates = np.zeros((rows, m, h), np.float32)
+    grad_state = np.zeros((rows, h), np.float32)
+    _logp_gradients(np.ascontiguousarray(enc.candidates.detach().numpy(), dtype=np.float32),
+                    np.ascontiguousarray(enc.state.detach().numpy(), dtype=np.float32),
+                    np.ascontiguousarray(choice.numpy(), dtype=np.int64), np.ascontiguousarray(allowed.numpy()),
+                    float(temperature), weights.gru_ih, weights.gru_ih_bias, weights.gru_hh, weights.gru_hh_bias,
+                    weights.start, weights.glimpse_t, weights.keys_t, weights.query_state, weights.query_context,
+                    weights.query_bias, weights.out, TANH_NUMERATOR, TANH_DENOMINATOR, grad_candidates, grad_state)
+    return torch.from_numpy(grad_candidates), torch.from_numpy(grad_state)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _logp_gradients(cands, state0, choice, allowed, temperature, w_ih, b_ih, w_hh, b_hh, start, glimpse_t, keys_t,
+                    query_state, query_context, b_query, w_out, tanh_p, tanh_q, grad_c,
+                    grad_s):  # pragma: no cover - compiled
+    """Every row's forward pass (the states the forced picks lead to, each slot's pointer), then its backward
+    pass into ``grad_c`` and ``grad_s``."""
+    rows, m, h = cands.shape
+    n = choice.shape[1]
+    scale = np.float32(np.sqrt(h))
+    states = np.empty((n + 1, h), np.float32)  # states[0]: the encoder's; states[t + 1]: what slot t reads
+    gates_i = np.empty((n, 3 * h), np.float32)  # each GRU step's input and hidden projections
+    gates_h = np.empty((n, 3 * h), np.float32)
+    grad_states = np.empty((n + 1, h), np.float32)
+    th = np.empty((m, h), np.float32)
+    logits = np.empty(m, np.float32)
+    for r in range(rows):
+        c = cands[r]
+        keys, glimpse_keys = np.dot(c, keys_t), np.dot(c, glimpse_t)
+        grad_keys = np.zeros((m, h), np.float32)
+        grad_glimpse_keys = np.zeros((m, h), np.float32)
+        states[0] = state0[r]
+        for t in range(n):  # step t reads start (t = 0) or the item slot t - 1 placed
+            x = start if t == 0 else c[max(choice[r, t - 1], 0)]
+            gates_i[t] = b_ih + np.dot(w_ih, x)
+            gates_h[t] = b_hh + np.dot(w_hh, states[t])
+            _gru_from_gates(gates_i[t], gates_h[t], states[t], states[t + 1])
+        grad_states[:] = 0.0
+        for t in range(n):
+            mask = allowed[r, t]
+            if not mask.any():
+                continue  # a slot with nothing left adds 0 to the log-probability
+            state = states[t + 1]
+            glimpse = np.dot(glimpse_keys, state) / scale
+            attention = np.zeros(m, np.float32)
+            top = NEG_INF
+            for j in range(m):
+                if mask[j]:
+                    top = max(top, glimpse[j])
+            for j in range(m):
+                if mask[j]:
+                    attention[j] = np.exp(glimpse[j] - top)
+            attention /= attention.sum()
+            context = np.dot(attention, c)
+            query = b_query + np.dot(query_state, state) + np.dot(query_context, context)
+            _pointer_tanh(keys, query, tanh_p, tanh_q, th)
+            logits[:] = np.dot(th, w_out) / temperature
+            top = NEG_INF
+            for j in range(m):
+                if mask[j]:
+                    top = max(top, logits[j])
+            total = 0.0
+            for j in range(m):
+                if mask[j]:
+                    total += np.exp(logits[j] - top)
+            # d logp(pick) / d logit_j = (1[j = pick] - p_j) / T on the allowed candidates, 0 elsewhere
+            grad_query = np.zeros(h, np.float32)
+            for j in range(m):
+                if not mask[j]:
+                    continue
+                grad_logit = ((1.0 if j == choice[r, t] else 0.0) - np.exp(logits[j] - top) / total) / temperature
+                for k in range(h):
+                    grad_u = grad_logit * w_out[k] * (1.0 - th[j, k] * th[j, k])
+                    grad_keys[j, k] += grad_u
+                    grad_query[k] += grad_u
+            grad_states[t + 1] += np.dot(grad_query, query_state)
+            grad_context = np.dot(grad_query, query_context)
+            grad_attention = np.dot(c, grad_context)
+            grad_c[r] += np.outer(attention, grad_context)
+            grad_glimpse = attention * (grad_attention - np.dot(attention, grad_attention)) / scale
+            grad_glimpse_keys += np.outer(grad_glimpse, state)
+            grad_states[t + 1] += np.dot(grad_glimpse, glimpse_keys)
+        grad_c[r] += np.dot(grad_keys, keys_t.T) + np.dot(grad_glimpse_keys, glimpse_t.T)
+        for t in range(n - 1, -1, -1):  # back through the GRU steps: into their inputs and earlier states
+            grad_x, grad_h = _gru_backward(gates_i[t], gates_h[t], states[t], states[t + 1], grad_states[t + 1],
+                                           w_ih, w_hh)
+            grad_states[t] += grad_h
+            if t > 0:
+                grad_c[r, max(choice[r, t - 1], 0)] += grad_x
+        grad_s[r] = grad_states[0]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
+def _pointer_tanh(keys, query, p, q, out):  # pragma: no cover - compiled
+    """``out = tanh(keys + query)`` [m, h] with the fraction of :func:`_pointer_logits`."""
+    m, h = keys.shape
+    for j in range(m):
+        for k in range(h):
+            x = min(max(keys[j, k] + query[k], np.float32(-TANH_SATURATES)), np.float32(TANH_SATURATES))
+            y = x * x
+            top = ((((((p[6] * y + p[5]) * y + p[4]) * y + p[3]) * y + p[2]) * y + p[1]) * y + p[0])
+            bottom = ((((((q[6] * y + q[5]) * y + q[4]) * y + q[3]) * y + q[2]) * y + q[1]) * y + q[0])
+            out[j, k] = min(max(x * top / bottom, np.float32(-1.0)), np.float32(1.0))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _gru_from_gates(gi, gh, hidden, out):  # pragma: no cover - compiled
+    """``nn.GRUCell``'s formula from its input and hidden projections ``gi``, ``gh`` [3h] into ``out``."""
+    h = hidden.shape[0]
+    for k in range(h):
+        reset = 1.0 / (1.0 + np.exp(-(gi[k] + gh[k])))
+        update = 1.0 / (1.0 + np.exp(-(gi[h + k] + gh[h + k])))
+        candidate = np.tanh(gi[2 * h + k] + reset * gh[2 * h + k])
+        out[k] = (1.0 - update) * candidate + update * hidden[k]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _gru_backward(gi, gh, hidden, out, grad_out, w_ih, w_hh):  # pragma: no cover - compiled
+    """The gradient of a GRU step's output (``grad_out``) in its input and its hidden state."""
+    h = hidden.shape[0]
+    grad_gi = np.empty(3 * h, np.float32)
+    grad_gh = np.empty(3 * h, np.float32)
+    grad_h = np.empty(h, np.float32)
+    for k in range(h):
+        reset = 1.0 / (1.0 + np.exp(-(gi[k] + gh[k])))
+        update = 1.0 / (1.0 + np.exp(-(gi[h + k] + gh[h + k])))
+        candidate = np.tanh(gi[2 * h + k] + reset * gh[2 * h + k])
+        grad_candidate = grad_out[k] * (1.0 - update) * (1.0 - candidate * candidate)
+        grad_reset = grad_candidate * gh[2 * h + k] * reset * (1.0 - reset)
+        grad_update = grad_out[k] * (hidden[k] - candidate) * update * (1.0 - update)
+        grad_gi[k], grad_gi[h + k], grad_gi[2 * h + k] = grad_reset, grad_update, grad_candidate
+        grad_gh[k], grad_gh[h + k], grad_gh[2 * h + k] = grad_reset, grad_update, grad_candidate * reset
+        grad_h[k] = grad_out[k] * update
+    return np.dot(grad_gi, w_ih), grad_h + np.dot(grad_gh, w_hh)

@@ -24,10 +24,12 @@ best list scored so far is returned when time runs out (the skip is recorded in 
 
 Cost: for the activation shift the greedy row and the S exploration samples are one decode pass
 (the greedy row decodes with zero noise), the gradient re-scores the sampled lists with every slot's
-pointer at once (``GRN.forced_logp``: no slot loop, no rules, the masks the sampling pass returned)
-and the K shifted generators are a second decode pass of B·K rows; every pass goes through the
-GRN's runner (relist.rerank.grn), eager or compiled (relist.rerank.compiled), and the encoding is
-the one ``grn`` and ``grn_samples`` decode from in the same list-ranking call.
+pointer at once (the masks the sampling pass returned: eagerly ``GRN.forced_logp`` and autograd, compiled
+one kernel for the forward and backward pass, relist.rerank.grn_decoder) and the K shifted generators
+are a second decode pass of B·K rows; every pass goes through the GRN's runner (relist.rerank.grn),
+eager or compiled (relist.rerank.compiled), and the encoding is the one ``grn`` and ``grn_samples``
+decode from in the same list-ranking call; the teacher's logits, the evaluator's prior, are computed
+once per call however often lists are scored (relist.rerank.shared).
 
 Safety under concurrency: the deployed module is only read (its parameters are taken
 detached once, shifts are fresh tensors of each call, gradients come from
@@ -53,6 +55,7 @@ from torch.func import functional_call, vmap
 
 from relist.data.requests import Requests
 from relist.models.generator import GRN, Encoded, chosen_items
+from relist.rerank import shared
 from relist.rerank.budget import Budget
 from relist.rerank.generators import Context
 from relist.rerank.grn import (
@@ -161,9 +164,10 @@ class _ActivationShift:
         return decode_requests(self.runner, self.batch, self.at(delta), self.n, self.rules, temperature=None)[0]
 
     def explore(self, delta: Shifted | None, samples: int, generator: torch.Generator,
-                with_greedy: bool) -> tuple[Tensor | None, Tensor, Tensor, Shifted]:
+                with_greedy: bool) -> tuple[Tensor | None, Tensor, Shifted]:
         """S lists sampled at θ+delta (and the greedy one, in the same pass, ``with_greedy``): greedy choice
-        [B, 1, n] or None, sampled choice [B, S, n], their logp [B, S] differentiable in the zero ``probe``."""
+        [B, 1, n] or None, sampled choice [B, S, n], and each sample's own gradient of its logp [B, S, ...]
+        (the runner's ``logp_gradients``: any weighting of the samples is a sum of those, see ``gradients``)."""
         enc = self.at(delta)
         first = int(with_greedy)
         choice, _, allowed = decode_requests(self.runner, self.batch, enc, self.n, self.rules, samples + first,
@@ -172,26 +176,15 @@ class _ActivationShift:
         greedy, choice, allowed = (choice[:, :1] if with_greedy else None), choice[:, first:], allowed[:, first:]
         b = choice.shape[0]
         rows_enc, _ = expand(enc, self.batch, torch.arange(b).repeat_interleave(samples))
-        # one zero probe per sample (its request's activations, copied): one backward pass then gives every
-        # sample's own gradient, and any weighting of the samples is a sum of those (see ``gradients``)
-        probe = {"candidates": torch.zeros_like(rows_enc.candidates, requires_grad=True),
-                 "state": torch.zeros_like(rows_enc.state, requires_grad=True)}
-        with torch.enable_grad():
-            probed = Encoded(rows_enc.candidates + probe["candidates"], rows_enc.state + probe["state"],
-                             rows_enc.mask)
-            steps = self.model.forced_logp(probed, choice.reshape(b * samples, self.n),
+        grads = self.runner.logp_gradients(rows_enc, choice.reshape(b * samples, self.n),
                                            allowed.reshape(b * samples, self.n, -1), self.temperature)
-            logp = steps.sum(-1).view(b, samples)
-        return greedy, choice, logp, probe
+        return greedy, choice, {name: g.view(b, samples, *g.shape[1:]) for name, g in
+                                zip(("candidates", "state"), grads, strict=True)}
 
-    def gradients(self, logp: Tensor, probe: Shifted, weights: Tensor) -> Shifted:
-        """The gradients of the D weighted sums of the samples' logp (weights [B, D, S]) -> [B, D, ...], from
-        one backward pass: the per-sample gradients [B·S, ...], weighted and summed per request."""
-        b, d, s = weights.shape
-        with torch.enable_grad():
-            grads = torch.autograd.grad(logp.sum(), list(probe.values()))
-        return {name: torch.einsum("bds,bs...->bd...", weights, g.view(b, s, *g.shape[1:]))
-                for name, g in zip(probe, grads, strict=True)}
+    def gradients(self, slope: Shifted, weights: Tensor) -> Shifted:
+        """The gradients of the D weighted sums of the samples' logp (weights [B, D, S]) -> [B, D, ...]: the
+        per-sample gradients ``slope`` [B, S, ...], weighted and summed per request."""
+        return {name: torch.einsum("bds,bs...->bd...", weights, g) for name, g in slope.items()}
 
     def decode_shifted(self, shifts: Shifted) -> Tensor:
         """Greedy lists of K shifts [B, K, ...] as one batch of B·K rows -> choice [B, K, n]."""
@@ -246,17 +239,19 @@ class _WeightShift:
             return self.decode(delta, greedy=True)["choice"]
 
     def explore(self, delta: Shifted | None, samples: int, generator: torch.Generator,
-                with_greedy: bool) -> tuple[Tensor | None, Tensor, Tensor, Shifted]:
-        """As ``_ActivationShift.explore``: the samples decode with their gradient (one request)."""
+                with_greedy: bool) -> tuple[Tensor | None, Tensor, tuple[Tensor, Shifted]]:
+        """As ``_ActivationShift.explore``; what ``gradients`` reads is the samples' logp [1, S], differentiable
+        in the zero ``probe`` of the weights (one request)."""
         greedy = self.greedy(delta) if with_greedy else None
         probe = {name: torch.zeros_like(value, requires_grad=True) for name, value in self.reference().items()}
         with torch.enable_grad():
             at = probe if delta is None else {name: delta[name] + probe[name] for name in probe}
             out = self.decode(at, samples=samples, generator=generator)
-        return greedy, out["choice"], out["logp"], probe
+        return greedy, out["choice"], (out["logp"], probe)
 
-    def gradients(self, logp: Tensor, probe: Shifted, weights: Tensor) -> Shifted:
+    def gradients(self, slope: tuple[Tensor, Shifted], weights: Tensor) -> Shifted:
         """As ``_ActivationShift.gradients``; the samples share one probe (the weights), so one pass per D."""
+        logp, probe = slope
         d = weights.shape[1]
         with torch.enable_grad():
             objectives = [(weights[:, j] * logp).sum() for j in range(d)]
@@ -282,14 +277,14 @@ def _encoder_params(model: GRN) -> set[str]:
 
 
 def _sample_with_grad(space, delta: Shifted | None, samples: int, generator: torch.Generator):
-    """S lists sampled at θ+delta: choice [B, S, n], logp [B, S] differentiable in the zero ``probe``."""
-    _, choice, logp, probe = space.explore(delta, samples, generator, with_greedy=False)
-    return choice, logp, probe
+    """S lists sampled at θ+delta: choice [B, S, n] and what ``space.gradients`` reads of their logp."""
+    _, choice, slope = space.explore(delta, samples, generator, with_greedy=False)
+    return choice, slope
 
 
-def _directions(space, logp: Tensor, probe: Shifted, weights: Tensor) -> Shifted:
+def _directions(space, slope, weights: Tensor) -> Shifted:
     """D weighted gradients of the samples' logp (weights [B, D, S]) -> relative shifts [B, D, ...]."""
-    return _relative(space.gradients(logp, probe, weights), space.reference())
+    return _relative(space.gradients(slope, weights), space.reference())
 
 
 def _relative(directions: Shifted, reference: Shifted) -> Shifted:
@@ -375,10 +370,14 @@ class LAST:
                                 score_shifts)) for start in range(0, len(requests), size)]
         return np.concatenate(out) if out else np.zeros((0, 1, n), np.int64)
 
-    @torch.no_grad()
     def rerank(self, requests: Requests, n: int, ctx: Context, score_shifts: bool = True) -> LASTResult:
         """The best list LAST finds for each request (one request at a time for weight shifts); with
         ``score_shifts=False`` the shifted lists are returned unscored (``LASTResult.unscored``)."""
+        with shared.scope():
+            return self._rerank(requests, n, ctx, score_shifts)
+
+    @torch.no_grad()
+    def _rerank(self, requests: Requests, n: int, ctx: Context, score_shifts: bool) -> LASTResult:
         budget, rows = ctx.budget, len(requests)
         scorer = self.scorer.on_store(ctx.store)
         generator = torch.Generator().manual_seed(self._seed(requests))
@@ -403,7 +402,7 @@ class LAST:
                 best = _Best(lists_of(space.greedy(None))[:, 0])
             return best.result(None, n)
         with budget.stage("last.explore", rows):  # the greedy floor decodes in the samples' pass
-            greedy, choice, logp, probe = space.explore(None, self.cfg.samples, generator, with_greedy=True)
+            greedy, choice, slope = space.explore(None, self.cfg.samples, generator, with_greedy=True)
             floor, samples = lists_of(greedy), lists_of(choice)
             best = _Best(floor[:, 0])
             lr = score(torch.cat([floor, samples], 1))
@@ -412,21 +411,21 @@ class LAST:
             if self.cfg.serve_samples:
                 best.offer(samples, lr, "sample")
         if self.cfg.mode == "parallel":
-            found = self._parallel(space, lists_of, score if score_shifts else None, (lr, logp, probe, lr_greedy),
+            found = self._parallel(space, lists_of, score if score_shifts else None, (lr, slope, lr_greedy),
                                    best, budget, rows)
         else:
-            found = self._serial(space, lists_of, score, (lr, logp, probe, lr_greedy), generator, best, budget,
+            found = self._serial(space, lists_of, score, (lr, slope, lr_greedy), generator, best, budget,
                                  rows)
         return best.result(found, n)
 
     def _parallel(self, space, lists_of, score, explored, best, budget: Budget, rows: int) -> Tensor | None:
         """The K shifted generators' lists, offered to ``best`` when ``score`` is given, else returned."""
-        lr, logp, probe, lr_greedy = explored
+        lr, slope, lr_greedy = explored
         if not budget.affords("last.gradient", rows):
             return None
         with budget.stage("last.gradient", rows):
             weights = _advantage_weights(lr, lr_greedy, self.cfg.baseline, self.cfg.directions)
-            directions = _directions(space, logp, probe, weights)
+            directions = _directions(space, slope, weights)
             steps = torch.tensor(self.cfg.step_sizes)
             shifts = {
                 name: (d[:, :, None] * steps.view(1, 1, -1, *[1] * (d.dim() - 2))).flatten(1, 2)
@@ -444,14 +443,14 @@ class LAST:
         return None
 
     def _serial(self, space, lists_of, score, explored, generator, best, budget: Budget, rows: int) -> None:
-        lr, logp, probe, lr_greedy = explored
+        lr, slope, lr_greedy = explored
         delta = None
         for step in range(self.cfg.serial_steps):
             if step:
                 if not budget.affords("last.explore", rows):
                     return
                 with budget.stage("last.explore", rows):
-                    _, choice, logp, probe = space.explore(delta, self.cfg.samples, generator, with_greedy=False)
+                    _, choice, slope = space.explore(delta, self.cfg.samples, generator, with_greedy=False)
                     samples = lists_of(choice)
                     lr = score(samples)
                     if self.cfg.serve_samples:
@@ -460,7 +459,7 @@ class LAST:
                 return
             with budget.stage("last.gradient", rows):
                 weights = _advantage_weights(lr, lr_greedy, self.cfg.baseline, 1)
-                moved = _directions(space, logp, probe, weights)
+                moved = _directions(space, slope, weights)
                 delta = {
                     name: self.cfg.serial_step * d[:, 0] + (0 if delta is None else delta[name])
                     for name, d in moved.items()
