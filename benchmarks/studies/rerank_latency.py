@@ -4,7 +4,9 @@ The models are the rerank study's default-world models (trained under ``--work``
 shared ``--work`` reuses them); the requests are logged test requests, each served alone with its own
 candidates (m up to 50) for n=10 slots, under the business rules. Every policy runs twice: eagerly and
 on the compiled path a served version runs (relist.rerank.compiled: the GRN, evaluator and teacher as
-ONNX graphs in ONNX Runtime, written as ``relist export`` writes them). Medians and p99 per policy and
+ONNX graphs in ONNX Runtime, written as ``relist export`` writes them, the GRN's slot loop in its numba
+kernel); the GRN's policies run a third time with the slot loop in the exported decoder graph instead, as an
+edge device runs it (``compiled_graph_decoder``). Medians and p99 per policy and
 path, and the ratio to a greedy sort by the upstream score measured in the same run (the floor any
 re-ranker pays). The row ``served`` is list ranking as ``relist export`` configures a version by default:
 the generators served on at least 2% of validation requests, the incumbent first, no local search; the row
@@ -32,6 +34,7 @@ from benchmarks.studies.rerank import ROOT, DefaultWorldStudy, default_world_mod
 FLOOR = "greedy_upstream_score"
 SERVED = "served"  # list ranking as an exported version serves it (serve.yaml's defaults resolved on validation)
 SERVED_LAST = "served_last"  # the same, with LAST among its generators
+GRAPH_DECODER = "compiled_graph_decoder"  # the compiled path with the GRN's slot loop in its ONNX graph (the edge's)
 
 
 class Config(DefaultWorldStudy):
@@ -41,6 +44,8 @@ class Config(DefaultWorldStudy):
     budget_ms: float = Field(20.0, gt=0, description="the served rows' budget per request (serve.yaml's default)")
     policies: list[str] = [FLOOR, "greedy_ctr", "beam", "prm", "dlcm", "seq2slate", "grn", "grn_samples", "last",
                            "list_retrieval", "list_retrieval_last"]
+    graph_decoder_policies: list[str] = Field(["grn", "grn_samples", "last"],
+                                              description="timed again with the GRN's slot loop in its ONNX graph")
 
 
 def run(cfg: Config, work: Path) -> dict:
@@ -67,7 +72,8 @@ def run(cfg: Config, work: Path) -> dict:
     rules = eval_cfg.rerank.rules.build()
     onnx_dir = work / "onnx" / f"seed{cfg.seed}"
     export_onnx(eager, rules, onnx_dir)
-    paths = {"eager": eager, "compiled": compiled_models(eager, onnx_dir, cfg.onnx_threads)}
+    paths = {"eager": eager, "compiled": compiled_models(eager, onnx_dir, cfg.onnx_threads),
+             GRAPH_DECODER: compiled_models(eager, onnx_dir, cfg.onnx_threads, decoder_graph=True)}
     ctx = Context(store, rules, eval_cfg.rerank.objective)
     requests, _ = logged_requests(data, "test", cfg.requests)
     singles = one_by_one(requests, eval_cfg.n)
@@ -81,10 +87,11 @@ def run(cfg: Config, work: Path) -> dict:
         served = policies[SERVED]
         last, _ = build_generators(["last"], models, served_cfg)
         policies[SERVED_LAST] = ListRanking(served.generators | last, served.scorer, served.cfg, served.incumbent)
+        names = cfg.graph_decoder_policies if path == GRAPH_DECODER else [*cfg.policies, SERVED, SERVED_LAST]
         out[path] = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p.propose(r, eval_cfg.n, ctx),
                                                          singles))
-                     for name in [*cfg.policies, SERVED, SERVED_LAST] if name in policies}
-        for name in (SERVED, SERVED_LAST):
+                     for name in names if name in policies}
+        for name in (SERVED, SERVED_LAST) if path != GRAPH_DECODER else ():
             def budgeted(r, p=policies[name], costs=StageCosts()):  # costs: the server's running estimates
                 return p.propose(r, eval_cfg.n, replace(ctx, budget=Budget(cfg.budget_ms, costs)))
 
@@ -97,12 +104,13 @@ def run(cfg: Config, work: Path) -> dict:
     table = Table(title=f"single-request latency, m<=50, n={eval_cfg.n}, {cfg.threads} torch threads, "
                         f"{cfg.onnx_threads} ONNX Runtime thread(s)")
     for col in ("policy", "eager median ms", "eager p99 ms", "compiled median ms", "compiled p99 ms",
-                f"compiled median / {FLOOR}"):
+                f"compiled median / {FLOOR}", "decoder graph median ms", "decoder graph p99 ms"):
         table.add_column(col, justify="right")
     for name, row in out["eager"].items():
-        fast = out["compiled"][name]
+        fast, graph = out["compiled"][name], out[GRAPH_DECODER].get(name)
         table.add_row(name, f"{row['median_ms']:.2f}", f"{row['p99_ms']:.2f}", f"{fast['median_ms']:.2f}",
-                      f"{fast['p99_ms']:.2f}", f"{fast['median_over_floor']:.1f}x")
+                      f"{fast['p99_ms']:.2f}", f"{fast['median_over_floor']:.1f}x",
+                      *(f"{graph[k]:.2f}" for k in ("median_ms", "p99_ms")) if graph else ("", ""))
     Console().print(table)
     return {**out, "served_generators": list(policies[SERVED].generators), "served_choice": choice,
             "skipped": skipped, "requests": len(singles), "threads": cfg.threads,
