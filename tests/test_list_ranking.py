@@ -119,7 +119,21 @@ def test_the_incumbent_runs_first_and_is_served_when_scoring_is_out_of_time(logs
     ranked = ranking.rank(requests, 10, ctx)
     np.testing.assert_array_equal(ranked.lists, RandomOrder(2).propose(requests, 10, ctx)[:, 0])
     assert (ranked.source == "inc").all() and np.isnan(ranked.reward).all()
-    assert ctx.budget.skipped == ["list_ranking.score"]
+    assert ctx.budget.skipped == ["upstream", "random"]  # challengers whose lists could not be scored
+
+
+def test_a_challenger_runs_only_when_the_choice_still_fits_after_it(logs, store):
+    requests, _ = logged_requests(logs, "test", 10)
+    size = len(requests) * requests.candidates.shape[1] * 10
+    for budget_ms, runs in ((50.0, True), (25.0, False)):  # challenger 20 ms, then scoring 10 ms
+        costs = StageCosts()
+        costs.record("challenger", size, 20.0, len(requests))
+        costs.record("list_ranking.score", len(requests) * 2 * 10, 10.0, len(requests))
+        ctx = Context(store, BusinessRules(cate_window=0), budget=Budget(budget_ms, costs, rows=len(requests)))
+        generators = {"inc": RandomOrder(2), "challenger": RandomOrder(3)}
+        ranked = ListRanking(generators, TableScorer(), ListRankingConfig(refine=NO_SEARCH), "inc").rank(
+            requests, 10, ctx)
+        assert ranked.scored == runs and ("challenger" in ctx.budget.skipped) != runs
 
 
 def test_an_incumbent_left_alone_with_the_floor_serves_its_first_list_unscored_unless_asked_to_choose(logs, store):

@@ -93,9 +93,13 @@ class Budget:
         """Something was skipped for time, or the deadline has passed."""
         return bool(self.skipped) or self.remaining_ms() < 0
 
-    def affords(self, stage: str, size: float = 1.0) -> bool:
-        """Whether ``stage`` is expected to finish in time; a refusal is recorded as a skip."""
-        if self.unlimited or self.costs.expected_ms(stage, size, self.rows) <= self.remaining_ms():
+    def affords(self, stage: str, size: float = 1.0, then: tuple[str, float] | None = None) -> bool:
+        """Whether ``stage`` is expected to finish in time, and with ``then`` (a stage and its size) also what
+        must follow it for its work to count; a refusal is recorded as a skip of ``stage``."""
+        expected = self.costs.expected_ms(stage, size, self.rows)
+        if then is not None:
+            expected += self.costs.expected_ms(*then, self.rows)
+        if self.unlimited or expected <= self.remaining_ms():
             return True
         self.skipped.append(stage)
         return False

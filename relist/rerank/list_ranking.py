@@ -112,7 +112,9 @@ class ListRanking:
         parts, source = [], []
         for name in self.run_order:
             generator = self.generators[name]
-            if not ctx.budget.affords(name, size):
+            # the first lists can be served unscored; a challenger's are wasted unless the choice runs after it
+            choice = ("list_ranking.score", len(requests) * (len(source) + 1) * n) if parts else None
+            if not ctx.budget.affords(name, size, choice):
                 continue
             with ctx.budget.stage(name, size):  # a generator that scores its own lists may leave that to us
                 lists = getattr(generator, "unscored", generator.propose)(requests, n, ctx)
