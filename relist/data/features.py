@@ -113,32 +113,37 @@ class FeatureStore:
 
     def item_index(self, ids: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Ids as tensor rows of this store: unknown ids become 0 (neutral features)."""
-        ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
-        return torch.where((ids > 0) & (ids <= self.n_items), ids, torch.zeros_like(ids))
+        return torch.as_tensor(_rows(ids, self.n_items))
 
     def item_features(self, ids: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """Side information of items, any shape of ids."""
-        rows = self.item_index(ids)
+        """Side information of items, any shape of ids (gathered in numpy: a request's few hundred ids cost
+        microseconds there, several times less than as torch indexing)."""
+        rows = _rows(ids, self.n_items)
         return {
-            "item": rows,
-            "cate": torch.from_numpy(self.item_cate)[rows],
-            "shop": torch.from_numpy(self.item_shop)[rows],
-            "price": torch.from_numpy(self.item_price)[rows],
-            "price_bucket": torch.from_numpy(self.item_price_bucket)[rows],
-            "raw_price": torch.from_numpy(self.item_raw_price)[rows],
+            "item": torch.as_tensor(rows),
+            "cate": torch.as_tensor(self.item_cate[rows]),
+            "shop": torch.as_tensor(self.item_shop[rows]),
+            "price": torch.as_tensor(self.item_price[rows]),
+            "price_bucket": torch.as_tensor(self.item_price_bucket[rows]),
+            "raw_price": torch.as_tensor(self.item_raw_price[rows]),
         }
 
     def user_features(self, user_ids: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Profile and behaviour history of users (unknown users get an empty history)."""
-        ids = torch.as_tensor(np.array(user_ids), dtype=torch.long)
-        rows = torch.where((ids > 0) & (ids <= self.n_users), ids, torch.zeros_like(ids))
-        hist = torch.from_numpy(self.user_hist)[rows]
+        rows = _rows(user_ids, self.n_users)
+        hist = self.user_hist[rows]
         return {
-            "segment": torch.from_numpy(self.user_segment)[rows],
-            "hist": hist,
-            "hist_cate": torch.from_numpy(self.item_cate)[hist],
-            "hist_mask": torch.from_numpy(self.user_hist_mask)[rows],
+            "segment": torch.as_tensor(self.user_segment[rows]),
+            "hist": torch.as_tensor(hist),
+            "hist_cate": torch.as_tensor(self.item_cate[hist]),
+            "hist_mask": torch.as_tensor(self.user_hist_mask[rows]),
         }
+
+
+def _rows(ids: np.ndarray | torch.Tensor, known: int) -> np.ndarray:
+    """Ids as int64 rows of a table of ``known`` entries after the padding row 0: others become 0."""
+    ids = np.asarray(ids.numpy() if isinstance(ids, torch.Tensor) else ids).astype(np.int64, copy=False)
+    return np.where((ids > 0) & (ids <= known), ids, 0)
 
 
 def catalogue_price(store: FeatureStore) -> float:
