@@ -110,7 +110,7 @@ def _decode(cands, state0, real, cates, shops, ids, noise, noisy, temperature, w
     scale = np.float32(np.sqrt(h))
     state = np.empty(h, np.float32)
     scores = np.empty(m, np.float32)
-    logits = np.empty(m, np.float32)
+    th = np.empty((m, h), np.float32)
     query = np.empty(h, np.float32)
     chosen = np.zeros(m, np.bool_)
     for r in range(rows):
@@ -137,7 +137,8 @@ def _decode(cands, state0, real, cates, shops, ids, noise, noisy, temperature, w
             context = np.dot(scores / np.float32(total), c)
             query[:] = b_query + np.dot(query_state, state) + np.dot(query_context, context)
             # the pointer: every allowed candidate's logit, then the log-softmax at the temperature
-            _pointer_logits(keys, query, w_out, tanh_p, tanh_q, logits)
+            _pointer_tanh(keys, query, tanh_p, tanh_q, th)
+            logits = np.dot(th, w_out)
             top = NEG_INF / temperature
             for j in range(m):
                 scores[j] = (logits[j] if mask[j] else NEG_INF) / temperature
@@ -153,22 +154,6 @@ def _decode(cands, state0, real, cates, shops, ids, noise, noisy, temperature, w
                     pick, best = j, value
             choice[r, slot], step_logp[r, slot], chosen[pick] = pick, scores[pick] - norm, True
             _gru(c[pick], state.copy(), w_ih, b_ih, w_hh, b_hh, state)
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
-def _pointer_logits(keys, query, w_out, p, q, out):  # pragma: no cover - compiled
-    """``out[j] = w_out . tanh(keys[j] + query)`` with tanh as the fraction x P(x²) / Q(x²) (P, Q of degree 6):
-    no call in the loop, so it runs on vector lanes (libm's tanh is most of a decode's time otherwise)."""
-    m, h = keys.shape
-    for j in range(m):
-        total = np.float32(0.0)
-        for k in range(h):
-            x = min(max(keys[j, k] + query[k], np.float32(-TANH_SATURATES)), np.float32(TANH_SATURATES))
-            y = x * x
-            top = ((((((p[6] * y + p[5]) * y + p[4]) * y + p[3]) * y + p[2]) * y + p[1]) * y + p[0])
-            bottom = ((((((q[6] * y + q[5]) * y + q[4]) * y + q[3]) * y + q[2]) * y + q[1]) * y + q[0])
-            total += w_out[k] * min(max(x * top / bottom, np.float32(-1.0)), np.float32(1.0))
-        out[j] = total
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -334,7 +319,8 @@ def _logp_gradients(cands, state0, choice, allowed, temperature, w_ih, b_ih, w_h
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
 def _pointer_tanh(keys, query, p, q, out):  # pragma: no cover - compiled
-    """``out = tanh(keys + query)`` [m, h] with the fraction of :func:`_pointer_logits`."""
+    """``out = tanh(keys + query)`` [m, h], tanh as the fraction x P(x²) / Q(x²) (P, Q of degree 6): no call in
+    the loop, so it runs on vector lanes (libm's tanh is most of a decode's time otherwise)."""
     m, h = keys.shape
     for j in range(m):
         for k in range(h):
