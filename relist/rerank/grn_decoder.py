@@ -8,7 +8,10 @@ loop, so it takes any rules and any number of slots (the graph fixes both when i
 picks the same candidates as the eager decoder up to float rounding (tests/test_grn_decoder.py);
 ``benchmarks/results/rerank_latency.json`` has what it costs.
 
-It releases the GIL, so the server's pipeline threads decode side by side.
+Beside it, :func:`logp_gradients` is LAST's gradient: the forward pass of the decoded picks and its backward
+pass written out, autograd's gradient to float rounding (the same test file) at a tenth of its cost.
+
+Both release the GIL, so the server's pipeline threads run them side by side.
 """
 
 from __future__ import annotations
