@@ -72,8 +72,7 @@ def run(cfg: Config, work: Path) -> dict:
     rules = eval_cfg.rerank.rules.build()
     onnx_dir = work / "onnx" / f"seed{cfg.seed}"
     export_onnx(eager, rules, onnx_dir)
-    paths = {"eager": eager, "compiled": compiled_models(eager, onnx_dir, cfg.onnx_threads),
-             GRAPH_DECODER: compiled_models(eager, onnx_dir, cfg.onnx_threads, decoder_graph=True)}
+    paths = {"eager": eager, "compiled": compiled_models(eager, onnx_dir, cfg.onnx_threads)}
     ctx = Context(store, rules, eval_cfg.rerank.objective)
     requests, _ = logged_requests(data, "test", cfg.requests)
     singles = one_by_one(requests, eval_cfg.n)
@@ -81,21 +80,27 @@ def run(cfg: Config, work: Path) -> dict:
     valid, _ = logged_requests(data, "valid", VALID_REQUESTS)
     served_cfg = PipelineConfig().rerank  # what `relist export` resolves on validation requests and serves
     served_names = list(dict.fromkeys([UPSTREAM, *served_cfg.ranking.generators]))
+
+    def timed(policies: dict, names: list[str]) -> dict:
+        return {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p.propose(r, eval_cfg.n, ctx),
+                                                    singles))
+                for name in names if name in policies}
+
     for path, models in paths.items():
         policies, skipped, _ = build_policies(eval_cfg, data, models)
         policies[SERVED], _, choice = build_ranking(models, served_cfg, served_names, (valid, eval_cfg.n))
         served = policies[SERVED]
         last, _ = build_generators(["last"], models, served_cfg)
         policies[SERVED_LAST] = ListRanking(served.generators | last, served.scorer, served.cfg, served.incumbent)
-        names = cfg.graph_decoder_policies if path == GRAPH_DECODER else [*cfg.policies, SERVED, SERVED_LAST]
-        out[path] = {name: summary_ms(request_timings_ms(lambda r, p=policies[name]: p.propose(r, eval_cfg.n, ctx),
-                                                         singles))
-                     for name in names if name in policies}
-        for name in (SERVED, SERVED_LAST) if path != GRAPH_DECODER else ():
+        out[path] = timed(policies, [*cfg.policies, SERVED, SERVED_LAST])
+        for name in (SERVED, SERVED_LAST):
             def budgeted(r, p=policies[name], costs=StageCosts()):  # costs: the server's running estimates
                 return p.propose(r, eval_cfg.n, replace(ctx, budget=Budget(cfg.budget_ms, costs)))
 
             out[path][f"{name}_budget"] = summary_ms(request_timings_ms(budgeted, singles))
+    graph_cfg = eval_cfg.model_copy(update={"policies": cfg.graph_decoder_policies})
+    graph_models = compiled_models(eager, onnx_dir, cfg.onnx_threads, decoder_graph=True)
+    out[GRAPH_DECODER] = timed(build_policies(graph_cfg, data, graph_models)[0], cfg.graph_decoder_policies)
     floor = out["eager"][FLOOR]["median_ms"]
     for rows in out.values():
         for row in rows.values():

@@ -16,7 +16,7 @@ Both release the GIL, so the server's pipeline threads run them side by side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numba
 import numpy as np
@@ -71,6 +71,10 @@ class DecoderWeights:
                    array(query[:, :h]), array(query[:, h:]), array(model.pointer_query.bias),
                    array(model.pointer_out.weight[0]))
 
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The weights in the order the kernels take them, then the pointer's tanh fraction."""
+        return (*(getattr(self, f.name) for f in fields(self)), TANH_NUMERATOR, TANH_DENOMINATOR)
+
 
 def decode_rows(weights: DecoderWeights, enc: Encoded, rule_inputs: dict[str, Tensor], n: int,
                 rules: BusinessRules | None, noise: Tensor | None = None,
@@ -92,11 +96,7 @@ def decode_rows(weights: DecoderWeights, enc: Encoded, rule_inputs: dict[str, Te
             rule_inputs["candidates"].numpy().astype(np.int64, copy=False),
             np.zeros((1, 1, 1), np.float32) if noise is None else np.ascontiguousarray(noise.numpy(),
                                                                                         dtype=np.float32),
-            noise is not None, float(temperature),
-            weights.gru_ih, weights.gru_ih_bias, weights.gru_hh, weights.gru_hh_bias, weights.start,
-            weights.glimpse_t, weights.keys_t, weights.query_state,
-            weights.query_context, weights.query_bias, weights.out, TANH_NUMERATOR,
-            TANH_DENOMINATOR,
+            noise is not None, float(temperature), *weights.arrays(),
             rules.cate_window, -1 if rules.max_per_shop is None else rules.max_per_shop,
             np.array([s for s, _ in pins], np.int64), np.array([i for _, i in pins], np.int64),
             choice, step_logp, allowed)
@@ -233,9 +233,7 @@ def logp_gradients(weights: DecoderWeights, enc: Encoded, choice: Tensor, allowe
     _logp_gradients(np.ascontiguousarray(enc.candidates.detach().numpy(), dtype=np.float32),
                     np.ascontiguousarray(enc.state.detach().numpy(), dtype=np.float32),
                     np.ascontiguousarray(choice.numpy(), dtype=np.int64), np.ascontiguousarray(allowed.numpy()),
-                    float(temperature), weights.gru_ih, weights.gru_ih_bias, weights.gru_hh, weights.gru_hh_bias,
-                    weights.start, weights.glimpse_t, weights.keys_t, weights.query_state, weights.query_context,
-                    weights.query_bias, weights.out, TANH_NUMERATOR, TANH_DENOMINATOR, grad_candidates, grad_state)
+                    float(temperature), *weights.arrays(), grad_candidates, grad_state)
     return torch.from_numpy(grad_candidates), torch.from_numpy(grad_state)
 
 
