@@ -60,6 +60,8 @@ class Config(BaseModel):
     duration_s: int = Field(10, ge=1, description="seconds per wrk run (after a 2 s warm-up run)")
     endpoints: list[str] = ["noop", "rerank", "recommend"]
     bodies: int = Field(200, ge=1, description="logged test requests sent in turn")
+    serve: dict = Field({}, description="changes to the server's config outside its pipeline, e.g. "
+                                        "{gil_switch_ms: 5.0} (written next to the version under --work)")
     pipeline: dict = Field({}, description="changes to the serving config's pipeline the version is exported "
                                            "with, e.g. {rerank: {ranking: {generators: [upstream, beam, last], "
                                            "min_share: 0}}} to serve LAST whatever its share on validation")
@@ -74,10 +76,13 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.sim.config import load_sim_config
 
     data, models = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
-    serve_config = ROOT / cfg.serve_config
     model_dir = work / "serve_load_versions"
     shutil.rmtree(model_dir, ignore_errors=True)  # exported anew: the version is what today's export writes
-    pipeline = load_serve_config(serve_config).pipeline
+    serve = load_serve_config(ROOT / cfg.serve_config)
+    serve = type(serve).model_validate(_merged(serve.model_dump(), cfg.serve))
+    serve_config = work / "serve_load_config.yaml"  # JSON is YAML
+    serve_config.write_text(serve.model_dump_json())
+    pipeline = serve.pipeline
     pipeline = type(pipeline).model_validate(_merged(pipeline.model_dump(), cfg.pipeline))
     export_version(model_dir, "v1", data, {role: models / role for role in ROLES}, pipeline, activate=True)
     manifest = json.loads((model_dir / VERSIONS / "v1" / "manifest.json").read_text())
@@ -112,11 +117,11 @@ def run(cfg: Config, work: Path) -> dict:
         server.terminate()
         server.wait(30)
     _print(rows)
-    serve = load_serve_config(serve_config)
     ranking = manifest["pipeline"]["rerank"]["ranking"]
     return {"rows": rows, "workers": serve.workers, "torch_threads": serve.torch_threads,
             "default_budget_ms": serve.default_budget_ms, "max_batch": serve.max_batch,
-            "batch_wait_ms": serve.batch_wait_ms, "duration_s": cfg.duration_s, "onnx": manifest["onnx"],
+            "batch_wait_ms": serve.batch_wait_ms, "gil_switch_ms": serve.gil_switch_ms,
+            "duration_s": cfg.duration_s, "onnx": manifest["onnx"],
             "served_generators": ranking["generators"], "incumbent": ranking["incumbent"]}
 
 
