@@ -361,3 +361,27 @@ def test_concurrent_requests_are_re_ranked_together_each_as_it_would_be_alone(wo
     assert [out["items"] for out in served] == [out["items"] for out in alone]
     assert all(out["batch_size"] == 1 for out in alone)
     assert all(out["timings_ms"]["queue"] >= 0 and out["generator"] in ("beam", "upstream") for out in served)
+
+
+def test_concurrent_recommendations_are_re_ranked_together_with_reranks_each_as_it_would_be_alone(world, client):
+    import asyncio
+
+    import httpx
+
+    requests, _ = logged_requests(world / "logs", "test", 4)
+    posts = [("/v1/recommend", {"user": {"id": int(u)}, "n": 10, "strategy": "beam", "budget_ms": 1e4})
+             for u in requests.user_id] + [("/v1/rerank", body_of(requests, 0, strategy="beam"))]
+    app = create_app(world / "models", ServeConfig(watch_pointer=False, batch_wait_ms=100.0, max_batch=8))
+
+    async def together():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            return await asyncio.gather(*(http.post(path, json=body) for path, body in posts))
+
+    responses = asyncio.run(together())
+    assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
+    served = [r.json() for r in responses]
+    assert max(out["batch_size"] for out in served) > 1  # recommendations joined a batch
+    alone = [client.post(path, json=body).json() for path, body in posts]
+    assert [out["items"] for out in served] == [out["items"] for out in alone]
+    for out in served[:4]:  # the earlier stages are in each recommendation's result
+        assert out["candidates_considered"] == 50 and {"queue", "recall", "fine", "beam"} <= set(out["timings_ms"])

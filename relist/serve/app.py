@@ -187,18 +187,21 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
         """The whole pipeline for a user: recall from the served catalogue, ranking, then re-ranking."""
         body = _parse(RecommendRequest, await request.body())
         pipeline = registry.pipeline
-        considered = 0
         user = _internal_user(pipeline, body.user, metrics)
+        budget_ms = body.budget_ms or config.default_budget_ms
+        deadline = perf_counter() + budget_ms / 1e3
+        considered = 0
 
-        def attempt(budget_ms: float) -> RerankResult:
+        def make_input() -> RerankInput:  # in a pipeline thread; the candidates are re-ranked in a batch
             nonlocal considered
-            result, considered = pipeline.recommend(user, body.n, body.strategy, budget_ms,
-                                                    body.request_id, body.objective_of())
-            return result
+            inp = pipeline.recommend_input(user, body.n, (deadline - perf_counter()) * 1e3, body.request_id,
+                                           body.objective_of())
+            considered = inp.m
+            return inp
 
         popular = pipeline.popular[:body.n]
-        budget_ms = body.budget_ms or config.default_budget_ms
-        result = await _serve("recommend", pipeline, lambda: _in_thread(attempt, budget_ms, batcher),
+        result = await _serve("recommend", pipeline, lambda: batcher.rerank(pipeline, make_input, body.strategy,
+                                                                            budget_ms),
                               floor=(popular, "popular"), metrics=metrics)
         return RecommendResponse(**_response_fields(pipeline, body.request_id, result),
                                  candidates_considered=considered)
@@ -233,21 +236,6 @@ def create_app(model_dir: str | Path, config: ServeConfig = ServeConfig(),
                                   changed=old is not new)
 
     return app
-
-
-async def _in_thread(attempt: Callable[[float], RerankResult], budget_ms: float, batcher: Batcher) -> RerankResult:
-    """Run ``attempt(budget left)`` in a pipeline thread; the wait for one counts against the budget (an
-    overloaded server degrades to cheaper lists instead of falling behind)."""
-    arrived = perf_counter()
-
-    def run() -> RerankResult:
-        waited_ms = (perf_counter() - arrived) * 1e3
-        result = attempt(max(budget_ms - waited_ms, 0.0))
-        total_ms = (perf_counter() - arrived) * 1e3
-        result.timings_ms = {"queue": waited_ms, **result.timings_ms, "total": total_ms}
-        return result
-
-    return await batcher.run(run)
 
 
 async def _serve(endpoint: str, pipeline: Pipeline, run: Callable[[], Awaitable[RerankResult]],

@@ -9,9 +9,10 @@ after its arrival for company, then re-ranks up to ``max_batch`` queued requests
 version and strategy in one :meth:`~relist.serve.pipeline.Pipeline.rerank_batch`, and answers each.
 While a batch runs, the next one gathers, so the batch grows with the load. Each request keeps its own
 deadline: the pipeline serves together those whose tightest deadline still affords the model
-(Pipeline.rerank_batch), and each response records its own queue time. Other pipeline work (a
-/v1/recommend request) goes through the same threads, so the worker never runs more pipelines at once
-than it has threads.
+(Pipeline.rerank_batch), and each response records its own queue time. A /v1/recommend request joins the
+same batches: its input is made in the pipeline thread (recall and ranking, Pipeline.recommend_input, one
+request at a time) and its candidates are re-ranked with the others, so the worker never runs more pipelines
+at once than it has threads.
 
 The threads live as long as the app: handing a batch to a fresh thread-pool call and sleeping on the
 event loop for company cost the event loop ~0.25 ms per batch, as much as parsing a request.
@@ -25,11 +26,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, TypeVar
 
 from relist.serve.pipeline import Pipeline, RerankInput, RerankResult
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -42,16 +40,10 @@ class _Pending:
     future: asyncio.Future = field(repr=False)
 
 
-@dataclass
-class _Job:
-    work: Callable[[], Any]
-    future: asyncio.Future = field(repr=False)
-
-
 class Batcher:
     def __init__(self, threads: int = 1, max_batch: int = 16, wait_ms: float = 1.0):
         self.threads, self.max_batch, self.wait_s = threads, max_batch, wait_ms / 1e3
-        self._queue: queue.SimpleQueue[_Pending | _Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._running: list[threading.Thread] = []
         self._lock = threading.Lock()
 
@@ -63,12 +55,6 @@ class Batcher:
         self._put(_Pending(pipeline, make_input, strategy, now + budget_ms / 1e3, now, future))
         return await future
 
-    async def run(self, work: Callable[[], T]) -> T:
-        """``work()`` in a pipeline thread, between batches."""
-        future = asyncio.get_running_loop().create_future()
-        self._put(_Job(work, future))
-        return await future
-
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the threads once the work queued before this call is done."""
         with self._lock:
@@ -78,7 +64,7 @@ class Batcher:
         for thread in running:
             thread.join(timeout_s)
 
-    def _put(self, item: _Pending | _Job) -> None:
+    def _put(self, item: _Pending) -> None:
         if len(self._running) < self.threads:  # started on first use: in the process that serves
             with self._lock:
                 while len(self._running) < self.threads:
@@ -91,38 +77,29 @@ class Batcher:
     def _serve(self) -> None:
         while (first := self._queue.get()) is not None:
             work = [first]
-            if isinstance(first, _Pending):
-                until = first.arrived + self.wait_s
-                while len(work) < self.max_batch:
-                    try:
-                        item = self._queue.get(timeout=max(until - perf_counter(), 0.0))
-                    except queue.Empty:
-                        break
-                    if item is None:  # closing: served after this batch
-                        self._queue.put(None)
-                        break
-                    work.append(item)
+            until = first.arrived + self.wait_s
+            while len(work) < self.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(until - perf_counter(), 0.0))
+                except queue.Empty:
+                    break
+                if item is None:  # closing: served after this batch
+                    self._queue.put(None)
+                    break
+                work.append(item)
             self._do(work)
 
-    def _do(self, work: list[_Pending | _Job]) -> None:
-        """Each (version, strategy) group of the requests as one batch, in arrival order; then the jobs."""
+    def _do(self, work: list[_Pending]) -> None:
+        """Each (version, strategy) group of the requests as one batch, in arrival order."""
         groups: dict[tuple[int, str | None], list[_Pending]] = {}
         for item in work:
-            if isinstance(item, _Pending):
-                groups.setdefault((id(item.pipeline), item.strategy), []).append(item)
+            groups.setdefault((id(item.pipeline), item.strategy), []).append(item)
         for batch in groups.values():
             try:
                 outcomes = _run(batch)
             except Exception as err:  # never leave a request waiting
                 outcomes = [err] * len(batch)
             for item, outcome in zip(batch, outcomes, strict=True):
-                _settle(item.future, outcome)
-        for item in work:
-            if isinstance(item, _Job):
-                try:
-                    outcome = item.work()
-                except Exception as err:
-                    outcome = err
                 _settle(item.future, outcome)
 
 

@@ -46,6 +46,15 @@ Ranker = Callable[[FeatureStore, int, np.ndarray], np.ndarray]  # (store, user, 
 
 
 @dataclass(frozen=True)
+class EarlierStages:
+    """What ran before re-ranking (/v1/recommend's recall and rankers), for the request's result."""
+
+    timings_ms: dict[str, float]
+    skipped: list[str]
+    failure: tuple[str, str] | None = None  # (ranker, error) of a ranker that failed: the order so far stood
+
+
+@dataclass(frozen=True)
 class RerankInput:
     """One request as the pipeline sees it: a single-row :class:`Requests` plus what it overrides."""
 
@@ -55,10 +64,22 @@ class RerankInput:
     shops: np.ndarray  # [1, m]
     store: FeatureStore  # the version's store, or a view of it carrying this request's user overrides
     objective: Objective | None = None  # the request's objective weights (None: the version's)
+    earlier: EarlierStages | None = None  # /v1/recommend: how its candidates were found
 
     @property
     def m(self) -> int:
         return self.requests.candidates.shape[1]
+
+    def finished(self, result: RerankResult) -> RerankResult:
+        """``result`` with the earlier stages' timings, skips and failure in it."""
+        if self.earlier is None:
+            return result
+        result.timings_ms = {**self.earlier.timings_ms, **result.timings_ms}
+        result.skipped = self.earlier.skipped + result.skipped
+        result.budget_exceeded = result.budget_exceeded or bool(self.earlier.skipped)
+        if self.earlier.failure is not None and not result.fallback:
+            result.fallback, (result.failed_stage, result.error) = True, self.earlier.failure
+        return result
 
 
 @dataclass
@@ -181,27 +202,38 @@ class Pipeline:
             log.exception("re-ranking on model version %s failed", self.version)
             upstream = requests.candidates[:, None, :n]
             breaks = ~ctx.keeps_rules(requests, upstream)[:, 0]
-            return [RerankResult(upstream[i, 0], None, UPSTREAM, fallback=True, breaks_rules=bool(breaks[i]),
-                                 skipped=list(budget.skipped), timings_ms=dict(budget.timings_ms),
-                                 error=f"{type(err).__name__}: {err}", failed_stage=_failed_stage(budget, ranking))
-                    for i in range(len(inputs))]
+            return [inp.finished(RerankResult(upstream[i, 0], None, UPSTREAM, fallback=True,
+                                              breaks_rules=bool(breaks[i]), skipped=list(budget.skipped),
+                                              timings_ms=dict(budget.timings_ms), error=f"{type(err).__name__}: {err}",
+                                              failed_stage=_failed_stage(budget, ranking)))
+                    for i, inp in enumerate(inputs)]
         scored = ranked.scored  # an unscored list has no reward (not a NaN one)
         timings = {**budget.timings_ms, "total": budget.elapsed_ms()}
-        return [RerankResult(ranked.lists[i], float(ranked.reward[i]) if scored else None, str(ranked.source[i]),
-                             breaks_rules=bool(ranked.breaks_rules[i]), budget_exceeded=budget.exceeded,
-                             skipped=list(budget.skipped), timings_ms=dict(timings), batch=len(inputs))
-                for i in range(len(inputs))]
+        return [inp.finished(RerankResult(ranked.lists[i], float(ranked.reward[i]) if scored else None,
+                                          str(ranked.source[i]), breaks_rules=bool(ranked.breaks_rules[i]),
+                                          budget_exceeded=budget.exceeded, skipped=list(budget.skipped),
+                                          timings_ms=dict(timings), batch=len(inputs)))
+                for i, inp in enumerate(inputs)]
 
     def recommend(self, user: UserLike | None, n: int, strategy: str | None = None,
                   budget_ms: float = float("inf"), request_id: int | None = None,
                   objective: Objective | None = None) -> tuple[RerankResult, int]:
-        """Recall from the catalogue, coarse and fine ranking (where the version has the models), re-ranking.
-
-        Returns the result and how many candidates reached re-ranking. A ranker that fails or would
-        overrun the budget is passed over (the order so far stands); a failure sets ``fallback``.
-        """
+        """Recall from the catalogue, coarse and fine ranking (where the version has the models), re-ranking
+        (:meth:`recommend_input`, then :meth:`rerank`). Returns the result and how many candidates reached
+        re-ranking."""
         if strategy is not None and strategy not in self.strategies:
             raise UnknownStrategy(strategy, self.strategies)
+        start = perf_counter()
+        inp = self.recommend_input(user, n, budget_ms, request_id, objective)
+        result = self.rerank(inp, strategy, budget_ms - (perf_counter() - start) * 1e3)
+        result.timings_ms["total"] = (perf_counter() - start) * 1e3
+        return result, inp.m
+
+    def recommend_input(self, user: UserLike | None, n: int, budget_ms: float = float("inf"),
+                        request_id: int | None = None, objective: Objective | None = None) -> RerankInput:
+        """/v1/recommend's candidates as a re-ranking input: recalled from the catalogue, then ranked coarse and
+        fine (where the version has the models). A ranker that fails or would overrun the budget is passed over
+        (the order so far stands); what ran, was skipped or failed travels in ``earlier``."""
         budget = Budget(budget_ms, self.costs)
         store, user_id = _user_view(self.store, user)
         failure = None
@@ -221,13 +253,7 @@ class Pipeline:
                     ids, scores = ids[order], scores[order]
             ids, scores = ids[:keep], scores[:keep]
         inp = self._input(store, user_id, ids, scores, n, None, None, request_id, objective)
-        result = self.rerank(inp, strategy, budget.remaining_ms())
-        result.timings_ms = {**budget.timings_ms, **result.timings_ms, "total": budget.elapsed_ms()}
-        result.skipped = budget.skipped + result.skipped
-        result.budget_exceeded = result.budget_exceeded or bool(budget.skipped)
-        if failure is not None and not result.fallback:
-            result.fallback, (result.failed_stage, result.error) = True, failure
-        return result, len(ids)
+        return dataclasses.replace(inp, earlier=EarlierStages(dict(budget.timings_ms), list(budget.skipped), failure))
 
     def warm_up(self, rounds: int = 3) -> None:
         """Run every ranker and generator on a synthetic request: fails loudly on a broken model and fills
