@@ -17,7 +17,7 @@ from relist.models.evaluator import Evaluator, exposure, load_evaluator
 from relist.models.inputs import list_inputs
 from relist.models.vocab import Vocab
 from relist.objective import Objective
-from relist.rerank.list_scorer import ListScorer, pessimistic
+from relist.rerank.list_scorer import ListScorer, distinct_lists, pessimistic
 from relist.train.evaluator import LABELS, bootstrap_weights, labelled_batch
 
 FREE = TINY_EVALUATOR.model_copy(update={"prior": False})
@@ -166,6 +166,23 @@ def test_scorer_is_type_preserving_and_batch_invariant(models, logs):
     proposals = np.stack([shown, shown[:, ::-1]], 1)  # K lists per request score like one list each
     np.testing.assert_allclose(scorer.list_reward(requests, proposals)[:, 1],
                                scorer.list_reward(requests, shown[:, ::-1]), rtol=1e-5)
+
+
+def test_a_list_proposed_twice_is_scored_once_and_valued_as_alone(models, logs):
+    requests, shown = some_lists(logs)
+    scorer = models.evaluator
+    other = shown[:, ::-1]
+    proposals = np.stack([shown, other, shown, other, shown], 1)  # each list thrice or twice per request
+    proposals[1, 2] = shown[0]  # a list of another request is not this request's copy of it
+    first, copies = distinct_lists(proposals.reshape(-1, 10), np.repeat(np.arange(len(shown)), 5))
+    assert len(first) == 2 * len(shown) + int((shown[0] != shown[1]).any())
+    np.testing.assert_array_equal(proposals.reshape(-1, 10)[first][copies], proposals.reshape(-1, 10))
+    values = scorer.values(requests, proposals)
+    for k, lists in enumerate(proposals.transpose(1, 0, 2)):
+        np.testing.assert_allclose(values[:, :, k], scorer.values(requests, lists), rtol=1e-5)
+    tensor = scorer.values(requests, torch.tensor(proposals))
+    assert isinstance(tensor, torch.Tensor)
+    np.testing.assert_allclose(tensor.numpy(), values, rtol=1e-5)
 
 
 def test_spread_is_zero_for_equal_members_and_pessimism_lowers_only_where_members_disagree(models, logs, store):

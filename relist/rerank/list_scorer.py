@@ -155,7 +155,12 @@ class ListScorer:
         """
         proposals = lists if lists.ndim == 3 else lists[:, None]
         b, k, n = proposals.shape
-        per_position = self.terms(requests, proposals.reshape(b * k, n), np.repeat(np.arange(b), k))
+        flat, rows = proposals.reshape(b * k, n), np.repeat(np.arange(b), k)
+        first, copies = distinct_lists(flat, rows)  # generators often agree: a list is scored once per request
+        if len(first) == len(flat):
+            per_position = self.terms(requests, flat, rows)
+        else:
+            per_position = self.terms(requests, flat[first], rows[first])[:, copies]
         per_position = per_position.reshape(per_position.shape[0], b, k, n, 4)
         weights = _weights(objective, b)
         out = value(per_position, weights if isinstance(per_position, np.ndarray) else torch.as_tensor(weights))
@@ -189,6 +194,15 @@ class ListScorer:
         out = terms(seen, torch.sigmoid(logits["click"]), torch.sigmoid(logits["buy"]), batch["raw_price"])
         out = out.to(ids.device)
         return out.numpy() if isinstance(lists, np.ndarray) else out
+
+
+def distinct_lists(lists: Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lists [R, n] of requests ``rows`` [R] -> (one index per distinct (request, list) pair [U], and for each
+    list the position of its pair among those [R]): ``lists[first][copies]`` is ``lists``."""
+    ids = lists.numpy() if isinstance(lists, Tensor) else np.asarray(lists)
+    _, first, copies = np.unique(np.concatenate([rows[:, None], ids], 1), axis=0, return_index=True,
+                                 return_inverse=True)
+    return first, copies.reshape(-1)
 
 
 def _weights(objective: Objective | np.ndarray, b: int) -> np.ndarray:
