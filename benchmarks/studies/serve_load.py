@@ -61,7 +61,7 @@ class Config(BaseModel):
     endpoints: list[str] = ["noop", "rerank", "recommend"]
     bodies: int = Field(200, ge=1, description="logged test requests sent in turn")
     serve: dict = Field({}, description="changes to the server's config outside its pipeline, e.g. "
-                                        "{gil_switch_ms: 5.0} (written next to the version under --work)")
+                                        "{batch_wait_ms: 2.0} (written next to the version under --work)")
     pipeline: dict = Field({}, description="changes to the serving config's pipeline the version is exported "
                                            "with, e.g. {rerank: {ranking: {generators: [upstream, beam, last], "
                                            "min_share: 0}}} to serve LAST whatever its share on validation")
@@ -120,8 +120,7 @@ def run(cfg: Config, work: Path) -> dict:
     ranking = manifest["pipeline"]["rerank"]["ranking"]
     return {"rows": rows, "workers": serve.workers, "torch_threads": serve.torch_threads,
             "default_budget_ms": serve.default_budget_ms, "max_batch": serve.max_batch,
-            "batch_wait_ms": serve.batch_wait_ms, "gil_switch_ms": serve.gil_switch_ms,
-            "duration_s": cfg.duration_s, "onnx": manifest["onnx"],
+            "batch_wait_ms": serve.batch_wait_ms, "duration_s": cfg.duration_s, "onnx": manifest["onnx"],
             "served_generators": ranking["generators"], "incumbent": ranking["incumbent"]}
 
 

@@ -529,13 +529,6 @@ def configure_logging(level: int = logging.INFO) -> None:
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers: model dir and config path come from the environment."""
     config = load_serve_config(os.environ.get(ENV_CONFIG))
-    configure_worker(config)
+    torch.set_num_threads(config.torch_threads)
     configure_logging()
     return create_app(os.environ[ENV_MODEL_DIR], config)
-
-
-def configure_worker(config: ServeConfig) -> None:
-    """A worker process's threads: torch's, and how often the running thread hands the GIL to a waiting one
-    (the event loop waits behind the pipeline thread's Python for at most that long)."""
-    torch.set_num_threads(config.torch_threads)
-    sys.setswitchinterval(config.gil_switch_ms / 1e3)

@@ -59,8 +59,6 @@ class ServeConfig(BaseModel):
                                                  "(relist.serve.batching); 1: one at a time")
     batch_wait_ms: float = Field(1.0, ge=0, le=100, description="how long the first request of a batch waits for "
                                                                 "others to join (it counts against its budget)")
-    gil_switch_ms: float = Field(0.1, gt=0, le=100, description="how often a worker's running thread hands the "
-                                                              "GIL to a waiting one (Python's default: 5 ms)")
     default_budget_ms: float = Field(20.0, gt=0, le=MAX_BUDGET_MS, description="time budget of a request "
                                                                                "that names none")
     max_candidates: int = Field(500, ge=1, le=SCHEMA_MAX_CANDIDATES, description="candidates per request")
