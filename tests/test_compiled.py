@@ -13,11 +13,12 @@ import torch
 
 from relist.data.logs import logged_requests
 from relist.models.ranking.context import ContextTerms
-from relist.rerank.compiled import MANIFEST, CompiledGRN, compiled_models, export_onnx
+from relist.objective import Objective
+from relist.rerank.compiled import MANIFEST, CompiledGRN, KernelGRN, compiled_models, export_onnx
 from relist.rerank.generators import Context
 from relist.rerank.grn import GRNGreedy, GRNSamples
 from relist.rerank.last import LAST, LASTConfig
-from relist.rerank.registry import RerankConfig, build_ranking
+from relist.rerank.registry import GENERATORS, RerankConfig, build_ranking
 from relist.rerank.rules import BusinessRules
 
 RULES = BusinessRules(cate_window=2)
@@ -95,6 +96,14 @@ def test_other_rules_and_more_slots_than_exported_give_the_eager_lists(models, d
     longer = Context(store, RULES)
     assert (GRNGreedy(decoded.generator).propose(batch, 12, longer) == GRNGreedy(models.generator).propose(
         batch, 12, longer)).all()
+
+
+def test_a_grn_conditioned_on_the_objective_decodes_in_the_kernel_to_the_eager_lists(models, fast, store, requests):
+    assert isinstance(fast.generator_cmr, KernelGRN) and not isinstance(fast.generator_cmr, CompiledGRN)
+    weights = np.where(np.arange(64)[:, None] % 2, Objective.of({"gmv": 0.02}).vector(), Objective().vector())
+    ctx = Context(store, RULES, weights)  # every other request asks for spend: the encoder reads it
+    eager, kernel = (GENERATORS["grn_cmr"](m, RerankConfig()).propose(requests[:64], 10, ctx) for m in (models, fast))
+    assert (eager == kernel).all() and (eager[0::2] != eager[1::2]).any()
 
 
 def test_evaluator_and_teacher_agree_to_float_rounding(models, fast, store, requests):

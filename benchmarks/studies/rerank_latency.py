@@ -2,7 +2,8 @@
 
 The models are the rerank study's default-world models (trained under ``--work`` if missing, so a
 shared ``--work`` reuses them); the requests are logged test requests, each served alone with its own
-candidates (m up to 50) for n=10 slots, under the business rules. Every policy runs twice: eagerly and
+candidates (m up to 50) for n=10 slots, under the business rules (``grn_cmr``, the GRN conditioned on the
+objective, is trained here with the shipped config where the models lack it). Every policy runs twice: eagerly and
 on the compiled path a served version runs (relist.rerank.compiled: the GRN, evaluator and teacher as
 ONNX graphs in ONNX Runtime, written as ``relist export`` writes them, the GRN's slot loop in its numba
 kernel); the GRN's policies run a third time with the slot loop in the exported decoder graph instead, as an
@@ -29,7 +30,7 @@ from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.studies.rerank import ROOT, DefaultWorldStudy, default_world_models
+from benchmarks.studies.rerank import ROOT, DefaultWorldStudy, default_world_models, train_role
 
 FLOOR = "greedy_upstream_score"
 SERVED = "served"  # list ranking as an exported version serves it (serve.yaml's defaults resolved on validation)
@@ -42,8 +43,8 @@ class Config(DefaultWorldStudy):
     threads: int = Field(2, ge=1, description="torch threads")
     onnx_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per graph (the server's)")
     budget_ms: float = Field(20.0, gt=0, description="the served rows' budget per request (serve.yaml's default)")
-    policies: list[str] = [FLOOR, "greedy_ctr", "beam", "prm", "dlcm", "seq2slate", "grn", "grn_samples", "last",
-                           "list_retrieval", "list_retrieval_last"]
+    policies: list[str] = [FLOOR, "greedy_ctr", "beam", "prm", "dlcm", "seq2slate", "grn", "grn_samples", "grn_cmr",
+                           "last", "list_retrieval", "list_retrieval_last"]
     graph_decoder_policies: list[str] = Field(["grn", "grn_samples", "last"],
                                               description="timed again with the GRN's slot loop in its ONNX graph")
 
@@ -62,8 +63,13 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.serve.config import PipelineConfig
     from relist.serve.pipeline import UPSTREAM, VALID_REQUESTS
     from relist.sim.config import load_sim_config
+    from relist.train.generator import GeneratorTrainConfig
 
     data, models_dir = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
+    if "grn_cmr" in cfg.policies:  # the GRN conditioned on the objective, trained here where missing
+        cmr = load_config(CONFIGS / "generator_cmr.yaml", GeneratorTrainConfig)
+        train_role(cmr.model_copy(update={"train": cmr.train.model_copy(update={"seed": cfg.seed})}), data,
+                   models_dir, "generator_cmr")
     torch.set_num_threads(cfg.threads)
     store = FeatureStore.from_dir(data)
     eager, _ = Models.load(models_dir, store)

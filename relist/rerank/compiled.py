@@ -19,8 +19,9 @@ slot tables (relist.models.ranking.context) are no graph: they ship beside them 
 Exactness: greedy decoding and sampling (Gumbel noise drawn from the request's seed by the caller,
 as the eager path draws it) pick the same candidates as the eager modules; log-probabilities and
 evaluator values agree to float rounding. A call the decoder graph cannot take (other rules than it was
-exported with, more slots than it unrolls) runs eagerly. A GRN conditioned on the objective (role
-``generator_cmr``, generator ``grn_cmr``) is not compiled: it is served eagerly.
+exported with, more slots than it unrolls) runs in the kernel. A GRN conditioned on the objective (role
+``generator_cmr``, generator ``grn_cmr``) has no encoder graph: its encoder runs eagerly, its slot loop in the
+kernel (:class:`KernelGRN`).
 
 The graphs use the TorchScript-based exporter (4 s for the decoder; the dynamo-based one took 55 s
 on the same machine for a graph of the same speed). It cannot trace ``nn.GRUCell``'s fused kernel
@@ -101,18 +102,35 @@ class OnnxModule:
         return {name: out[name] for name in self.names}
 
 
-class CompiledGRN(GRNRunner):
-    """The GRN's runner on its encoder graph and the slot-loop kernel (relist.rerank.grn_decoder: any rules, any
-    number of slots), or, given ``decoder``, on the exported decoder graph as an edge device runs it (eager
-    where that graph does not apply: other rules than it was exported with, more slots than it unrolls)."""
+class KernelGRN(GRNRunner):
+    """The GRN's runner with its slot loop and LAST's gradient in the numba kernels (relist.rerank.grn_decoder: any
+    rules, any number of slots) and its encoder eager: a GRN whose encoder has no graph (one conditioned on the
+    objective, ``grn_cmr``) still decodes without per-slot Python."""
 
     compiled = True
+
+    def __init__(self, model: GRN):
+        super().__init__(model)
+        self.weights = DecoderWeights.of(model)
+
+    def decode(self, enc: Encoded, rule_inputs: dict[str, Tensor], n: int, rules: BusinessRules | None,
+               noise: Tensor | None = None, temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+        return decode_rows(self.weights, enc, rule_inputs, n, rules, noise, temperature)
+
+    def logp_gradients(self, enc: Encoded, choice: Tensor, allowed: Tensor,
+                       temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        return logp_gradients(self.weights, enc, choice, allowed, temperature)
+
+
+class CompiledGRN(KernelGRN):
+    """The GRN's runner on its encoder graph and the slot-loop kernel, or, given ``decoder``, on the exported
+    decoder graph as an edge device runs it (the kernel where that graph does not apply: other rules than it was
+    exported with, more slots than it unrolls)."""
 
     def __init__(self, model: GRN, encoder: OnnxGraph, decoder: OnnxGraph | None = None,
                  rules: BusinessRules | None = None, slots: int = 0):
         super().__init__(model)
         self.encoder, self.decoder, self.rules, self.slots = encoder, decoder, rules, slots
-        self.weights = DecoderWeights.of(model)
 
     def encode(self, batch: dict[str, Tensor]) -> Encoded:
         out = self.encoder.run(batch)
@@ -120,9 +138,7 @@ class CompiledGRN(GRNRunner):
 
     def decode(self, enc: Encoded, rule_inputs: dict[str, Tensor], n: int, rules: BusinessRules | None,
                noise: Tensor | None = None, temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
-        if self.decoder is None:
-            return decode_rows(self.weights, enc, rule_inputs, n, rules, noise, temperature)
-        if rules != self.rules or n > self.slots:
+        if self.decoder is None or rules != self.rules or n > self.slots:
             return super().decode(enc, rule_inputs, n, rules, noise, temperature)
         rows, m = enc.mask.shape
         full = torch.zeros(rows, self.slots, m)
@@ -133,10 +149,6 @@ class CompiledGRN(GRNRunner):
         feeds |= {f"rule_{name}": value for name, value in rule_inputs.items()}
         out = self.decoder.run(feeds)
         return out["choice"][:, :n], out["step_logp"][:, :n], out["allowed"][:, :n]
-
-    def logp_gradients(self, enc: Encoded, choice: Tensor, allowed: Tensor,
-                       temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-        return logp_gradients(self.weights, enc, choice, allowed, temperature)
 
 
 class _GRUCellOps(nn.Module):
@@ -343,8 +355,9 @@ def export_onnx(models, rules: BusinessRules, out_dir: str | Path, slots: int | 
 def compiled_models(models, onnx_dir: str | Path, threads: int = 1, decoder_graph: bool = False):
     """``models`` with every role whose graph ``onnx_dir`` holds running on ONNX Runtime: the GRN as a
     :class:`CompiledGRN` (its slot loop in the kernel, or in the exported graph with ``decoder_graph``, as an
-    edge device would run it), the teacher as an :class:`OnnxModule`, the evaluator compiled and reading the
-    compiled teacher's logits as its prior (one teacher pass per request serves both)."""
+    edge device would run it), a GRN conditioned on the objective as a :class:`KernelGRN`, the teacher as an
+    :class:`OnnxModule`, the evaluator compiled and reading the compiled teacher's logits as its prior (one
+    teacher pass per request serves both)."""
     from relist.rerank.list_scorer import teacher_prior
 
     onnx_dir = Path(onnx_dir)
@@ -364,6 +377,9 @@ def compiled_models(models, onnx_dir: str | Path, threads: int = 1, decoder_grap
                               {int(k): v for k, v in rules["pinned"].items()})
         decoder = graph("generator_decoder") if decoder_graph else None
         changes["generator"] = CompiledGRN(model, graph("generator_encoder"), decoder, rules, manifest["slots"])
+    if models.generator_cmr is not None:  # its encoder reads the request's objective: no graph, the kernel decodes
+        model = models.generator_cmr
+        changes["generator_cmr"] = KernelGRN(model.model if isinstance(model, GRNRunner) else model)
     ranker = models.ranker
     if "ranker" in graphs and ranker is not None:
         if "slot_terms" in manifest:
