@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from benchmarks.studies.rerank import ROOT, DefaultWorldStudy, default_world_models, train_role
+from benchmarks.studies.rerank import ROOT, DefaultWorldStudy, conditioned_generator, default_world_models
 from relist.data.features import FeatureStore
 from relist.eval.objective_sweep import objective_sweep
 from relist.eval.report import objective_front
@@ -30,7 +30,6 @@ from relist.io.config import CONFIGS, load_config
 from relist.rerank.registry import Models, build_generators, build_ranking
 from relist.sim.config import load_sim_config
 from relist.sim.world import world_of_logs
-from relist.train.generator import GeneratorTrainConfig
 
 
 class Config(DefaultWorldStudy):
@@ -42,17 +41,10 @@ class Config(DefaultWorldStudy):
     plot: str = "benchmarks/results/objective_sweep.png"
 
 
-def conditioned_generator(cfg: Config, data: Path, models_dir: Path) -> float | None:
-    """Train the conditioned GRN into ``models_dir/generator_cmr`` unless it is there; the seconds it took."""
-    shipped = load_config(ROOT / cfg.cmr_config, GeneratorTrainConfig)
-    train = shipped.model_copy(update={"train": shipped.train.model_copy(update={"seed": cfg.seed})})
-    return train_role(train, data, models_dir, "generator_cmr")
-
-
 def run(cfg: Config, work: Path) -> dict:
     torch.set_num_threads(1)
     data, models_dir = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
-    trained = conditioned_generator(cfg, data, models_dir) if "grn_cmr" in cfg.policies else None
+    trained = conditioned_generator(data, models_dir, cfg.seed, cfg.cmr_config) if "grn_cmr" in cfg.policies else None
     world, store = world_of_logs(data), FeatureStore.from_dir(data)
     models, _ = Models.load(models_dir, store)
     eval_cfg = load_config(CONFIGS / "rerank_eval.yaml", RerankEvalConfig)

@@ -100,6 +100,20 @@ def train_role(cfg, data: Path, models: Path, role: str) -> float | None:
     return seconds
 
 
+def seeded(cfg, seed: int, **train):
+    """A training config with its ``train`` section's seed (and other ``train`` fields) set."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed, **train})})
+
+
+def conditioned_generator(data: Path, models: Path, seed: int,
+                          config: str = "relist/configs/generator_cmr.yaml") -> float | None:
+    """Train the GRN conditioned on the objective into ``models/generator_cmr`` from ``config`` unless it is there;
+    the seconds it took, None when cached."""
+    from relist.train.generator import GeneratorTrainConfig
+
+    return train_role(seeded(load_config(ROOT / config, GeneratorTrainConfig), seed), data, models, "generator_cmr")
+
+
 def train_models(data: Path, models: Path, seed: int, generator_steps: int | None) -> dict[str, float]:
     """Train whatever is missing under ``models/<role>`` with the shipped configs; seconds per model trained now."""
     from relist.models.ranking.config import RankingConfig
@@ -107,15 +121,12 @@ def train_models(data: Path, models: Path, seed: int, generator_steps: int | Non
     from relist.train.evaluator import EvaluatorTrainConfig
     from relist.train.generator import GeneratorTrainConfig
 
-    def seeded(cfg, **train):
-        return cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed, **train})})
-
     steps = {} if generator_steps is None else {"max_steps_per_epoch": generator_steps}
     base = load_config(CONFIGS / "baselines.yaml", BaselineTrainConfig).model_dump()
     configs = {
-        "ranker": seeded(load_config(CONFIGS / "ranking_teacher.yaml", RankingConfig), num_threads=1),
-        "evaluator": seeded(load_config(CONFIGS / "evaluator.yaml", EvaluatorTrainConfig)),
-        "generator": seeded(load_config(CONFIGS / "generator.yaml", GeneratorTrainConfig), **steps),
+        "ranker": seeded(load_config(CONFIGS / "ranking_teacher.yaml", RankingConfig), seed, num_threads=1),
+        "evaluator": seeded(load_config(CONFIGS / "evaluator.yaml", EvaluatorTrainConfig), seed),
+        "generator": seeded(load_config(CONFIGS / "generator.yaml", GeneratorTrainConfig), seed, **steps),
     } | {kind: BaselineTrainConfig.model_validate(base | {"model": base["model"] | {"kind": kind},
                                                           "train": base["train"] | {"seed": seed}})
          for kind in ("prm", "dlcm", "seq2slate")}

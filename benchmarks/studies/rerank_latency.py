@@ -30,7 +30,7 @@ from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.studies.rerank import ROOT, DefaultWorldStudy, default_world_models, train_role
+from benchmarks.studies.rerank import ROOT, DefaultWorldStudy, conditioned_generator, default_world_models
 
 FLOOR = "greedy_upstream_score"
 SERVED = "served"  # list ranking as an exported version serves it (serve.yaml's defaults resolved on validation)
@@ -63,13 +63,10 @@ def run(cfg: Config, work: Path) -> dict:
     from relist.serve.config import PipelineConfig
     from relist.serve.pipeline import UPSTREAM, VALID_REQUESTS
     from relist.sim.config import load_sim_config
-    from relist.train.generator import GeneratorTrainConfig
 
     data, models_dir = default_world_models(work, load_sim_config(ROOT / cfg.world), cfg.lists, cfg.seed)
     if "grn_cmr" in cfg.policies:  # the GRN conditioned on the objective, trained here where missing
-        cmr = load_config(CONFIGS / "generator_cmr.yaml", GeneratorTrainConfig)
-        train_role(cmr.model_copy(update={"train": cmr.train.model_copy(update={"seed": cfg.seed})}), data,
-                   models_dir, "generator_cmr")
+        conditioned_generator(data, models_dir, cfg.seed)
     torch.set_num_threads(cfg.threads)
     store = FeatureStore.from_dir(data)
     eager, _ = Models.load(models_dir, store)

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from relist.models.generator import GRN, Encoded
 from relist.models.ranking.context import ContextTerms
-from relist.rerank.grn import RULE_INPUTS, GRNRunner, branch_free_rules_hook, request_batch
+from relist.rerank.grn import RULE_INPUTS, GRNRunner, as_runner, branch_free_rules_hook, request_batch
 from relist.rerank.grn_decoder import DecoderWeights, decode_rows, logp_gradients
 from relist.rerank.rules import BusinessRules
 
@@ -371,15 +371,14 @@ def compiled_models(models, onnx_dir: str | Path, threads: int = 1, decoder_grap
 
     changes = {}
     if "generator_decoder" in graphs and models.generator is not None:
-        model = models.generator.model if isinstance(models.generator, GRNRunner) else models.generator
+        model = as_runner(models.generator).model
         rules = manifest["rules"]
         rules = BusinessRules(rules["cate_window"], rules["max_per_shop"],
                               {int(k): v for k, v in rules["pinned"].items()})
         decoder = graph("generator_decoder") if decoder_graph else None
         changes["generator"] = CompiledGRN(model, graph("generator_encoder"), decoder, rules, manifest["slots"])
     if models.generator_cmr is not None:  # its encoder reads the request's objective: no graph, the kernel decodes
-        model = models.generator_cmr
-        changes["generator_cmr"] = KernelGRN(model.model if isinstance(model, GRNRunner) else model)
+        changes["generator_cmr"] = KernelGRN(as_runner(models.generator_cmr).model)
     ranker = models.ranker
     if "ranker" in graphs and ranker is not None:
         if "slot_terms" in manifest:

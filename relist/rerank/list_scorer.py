@@ -199,7 +199,7 @@ class ListScorer:
 def distinct_lists(lists: Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lists [R, n] of requests ``rows`` [R] -> (one index per distinct (request, list) pair [U], and for each
     list the position of its pair among those [R]): ``lists[first][copies]`` is ``lists``."""
-    ids = lists.numpy() if isinstance(lists, Tensor) else np.asarray(lists)
+    ids = lists.cpu().numpy() if isinstance(lists, Tensor) else np.asarray(lists)
     _, first, copies = np.unique(np.concatenate([rows[:, None], ids], 1), axis=0, return_index=True,
                                  return_inverse=True)
     return first, copies.reshape(-1)
